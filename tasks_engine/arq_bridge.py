@@ -1,0 +1,86 @@
+"""``arq settings.WorkerSettings``: arq's CLI hosts the tasks_engine worker.
+
+arq's own Worker polls, reads one queue, has no priorities, dies on Redis errors and never renews
+its leases, so the jobs are run by :class:`tasks_engine.worker.Worker`, started from arq's
+``on_startup`` and drained from ``on_shutdown``. arq keeps what it is good at here: the CLI,
+``--check`` health key, signal handling. Its own queue gets one no-op function (arq requires one)
+and a JSON serializer, so nothing in the process ever unpickles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+from typing import Any
+
+from arq.connections import RedisSettings
+
+from tasks_engine.config import get_settings
+from tasks_engine.messages import arq_job_deserializer, arq_job_serializer
+
+
+async def _arq_ping(ctx: dict[str, Any]) -> str:
+    """arq needs at least one function; this one answers health probes sent through arq itself."""
+    return "pong"
+
+
+def worker_settings(
+    imports: list[str] | None = None,
+    queue: str | None = None,
+    queues: list[str] | None = None,
+    max_jobs: int | None = None,
+    **extra: Any,
+) -> type:
+    """A class arq's CLI runs: ``WorkerSettings = worker_settings(imports=["jobs"], queue="default")``."""
+    for module in imports or []:
+        importlib.import_module(module)
+    importlib.import_module("tasks_engine.builtins")
+    settings = get_settings()
+    consumed = queues or [queue or settings.default_queue]
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        from tasks_engine.logs import configure_logging
+        from tasks_engine.worker import Worker
+
+        configure_logging()
+        worker = Worker(queues=consumed, max_jobs=max_jobs)
+        arq_main = asyncio.current_task()
+        ctx["tasks_engine_worker"] = worker
+        await worker.start(handle_signals=False)
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            worker.handle_signal(signum)
+
+            async def finish_arq() -> None:
+                await worker._stopped.wait()
+                if arq_main is not None and not arq_main.done():
+                    arq_main.cancel()
+
+            if worker._signals == 1:
+                loop.create_task(finish_arq())
+
+        for sig in (signal.SIGINT, signal.SIGTERM):  # replaces arq's handler: we drain first
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        worker = ctx.get("tasks_engine_worker")
+        if worker is not None and not worker._stopped.is_set():
+            await worker.stop()
+
+    attrs: dict[str, Any] = {
+        "functions": [_arq_ping],
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url.get_secret_value()),
+        "queue_name": f"{settings.key_prefix}:arq",
+        "health_check_key": f"{settings.key_prefix}:arq:health-check",
+        "job_serializer": arq_job_serializer,
+        "job_deserializer": arq_job_deserializer,
+        "poll_delay": 1.0,
+        "max_jobs": 1,
+        "handle_signals": True,
+        **extra,
+    }
+    return type("WorkerSettings", (), attrs)

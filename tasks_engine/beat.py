@@ -1,0 +1,175 @@
+"""Periodic jobs without a separate beat process, each tick run exactly once across all workers.
+
+Every worker runs this scheduler. Tick times are computed the same way everywhere (crontab in the
+configured timezone; intervals aligned to the epoch), and a tick becomes a job only through one
+Lua call that claims ``beat:<entry>:<tick>`` with SET NX *and* enqueues the job — so N workers
+yield one run, even when the job is so fast it finished before another worker looked (arq#196),
+and a crash between claim and enqueue cannot lose the tick. After downtime, only the most recent
+missed tick runs (``beat_run_missed``), never a backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from tasks_engine.broker import _LUA_ENQUEUE_FN, get_broker, now_ms
+from tasks_engine.canvas import Context, Signature
+from tasks_engine.config import get_settings
+from tasks_engine.control import REDIS_ERRORS
+from tasks_engine.exceptions import TaskDefinitionError
+from tasks_engine.schedules import Schedule, ScheduleError, as_schedule
+
+log = structlog.get_logger("tasks_engine.beat")
+
+BEAT_TICK_LUA = (
+    _LUA_ENQUEUE_FN
+    + """
+-- KEYS: claim key, last-run key. ARGV: prefix, claim ttl, tick_ms, id, msg, queue, priority, now
+if not redis.call('set', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[2]) then return 0 end
+redis.call('set', KEYS[2], ARGV[3])
+te_enqueue(ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7], '0', ARGV[8], '0')
+return 1
+"""
+)
+
+_ENTRY_KEYS = {"task", "schedule", "args", "kwargs", "options", "relative"}
+
+
+@dataclass
+class Entry:
+    name: str
+    task: str
+    schedule: Schedule
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+entries: dict[str, Entry] = {}
+
+
+def add_entry(name: str, spec: dict[str, Any]) -> Entry:
+    """Validate one Celery-style ``beat_schedule`` entry; errors name the entry."""
+    unknown = set(spec) - _ENTRY_KEYS
+    if unknown:
+        raise TaskDefinitionError(f"beat entry {name!r}: unknown keys {sorted(unknown)}")
+    if "task" not in spec or "schedule" not in spec:
+        raise TaskDefinitionError(f"beat entry {name!r}: needs 'task' and 'schedule'")
+    try:
+        schedule = as_schedule(spec["schedule"])
+    except (ScheduleError, ValueError) as exc:
+        raise TaskDefinitionError(f"beat entry {name!r}: {exc}") from None
+    options = dict(spec.get("options") or {})
+    try:
+        Signature(spec["task"], spec.get("args"), spec.get("kwargs"), options)
+    except TypeError as exc:
+        raise TaskDefinitionError(f"beat entry {name!r}: {exc}") from None
+    entry = Entry(name, spec["task"], schedule, list(spec.get("args") or []), dict(spec.get("kwargs") or {}), options)
+    entries[name] = entry
+    return entry
+
+
+def configure_beat(schedule: dict[str, dict[str, Any]]) -> None:
+    for name, spec in schedule.items():
+        add_entry(name, spec)
+
+
+def periodic(schedule: Any, name: str | None = None, args: list[Any] | None = None,
+             kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+    """Decorator form: ``@periodic(crontab(hour=2, minute=0))`` above ``@shared_task``."""
+
+    def decorate(task: Any) -> Any:
+        add_entry(name or task.name, {"task": task.name, "schedule": schedule, "args": args or [],
+                                      "kwargs": kwargs or {}, "options": options})
+        return task
+
+    return decorate
+
+
+def tz() -> ZoneInfo:
+    return ZoneInfo(get_settings().timezone)
+
+
+def view() -> list[dict[str, Any]]:
+    """Entries with their next run time, for the operations CLI."""
+    now = datetime.now(tz())
+    return [{"name": e.name, "task": e.task, "schedule": repr(e.schedule),
+             "next_run": e.schedule.next_after(now, tz()).isoformat()} for e in sorted(entries.values(), key=lambda e: e.name)]
+
+
+class Beat:
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+
+    async def fire(self, entry: Entry, tick: datetime) -> bool:
+        """Claim ``tick`` of ``entry`` and enqueue its job, atomically; False if another worker had it."""
+        broker = get_broker()
+        tick_ms = int(tick.timestamp() * 1000)
+        task_id = f"beat:{entry.name}:{tick_ms}"
+        sig = Signature(entry.task, entry.args, entry.kwargs, {**entry.options, "task_id": task_id})
+        enq = sig.to_enqueue([], Context())
+        period = (entry.schedule.next_after(tick, tz()) - tick).total_seconds()
+        ttl = int(max(3600, period * 2))
+        script = broker.redis.register_script(BEAT_TICK_LUA)
+        won = await script(
+            keys=[broker.key("beat", entry.name, str(tick_ms)), broker.key("beat-last", entry.name)],
+            args=[broker.prefix, ttl, tick_ms, task_id, enq.raw, enq.queue, enq.priority, now_ms()],
+        )
+        if won:
+            log.info("periodic job sent", entry=entry.name, task=entry.task, tick=tick.isoformat(), task_id=task_id)
+        return bool(won)
+
+    async def catch_up(self) -> None:
+        """At start-up: the most recent tick missed while no worker ran, once."""
+        broker = get_broker()
+        now = datetime.now(tz())
+        for entry in list(entries.values()):
+            last_raw = await broker.redis.get(broker.key("beat-last", entry.name))
+            if last_raw is None:
+                await broker.redis.set(broker.key("beat-last", entry.name), int(now.timestamp() * 1000), nx=True)
+                continue
+            previous = entry.schedule.previous_at_or_before(now, tz())
+            if previous is None or int(previous.timestamp() * 1000) <= int(last_raw):
+                continue
+            if get_settings().beat_run_missed:
+                log.info("running missed periodic tick once", entry=entry.name, tick=previous.isoformat())
+                await self.fire(entry, previous)
+            else:
+                await broker.redis.set(broker.key("beat-last", entry.name), int(previous.timestamp() * 1000))
+
+    async def run(self, stopping: Any) -> None:
+        if not entries:
+            return
+        try:
+            await self.catch_up()
+        except REDIS_ERRORS as exc:
+            log.error("beat catch-up failed", error=str(exc))
+        zone = tz()
+        start = datetime.now(zone)
+        upcoming = {name: e.schedule.next_after(start, zone) for name, e in entries.items()}
+        while not stopping():
+            now = datetime.now(zone)
+            for name, tick in list(upcoming.items()):
+                if tick <= now:
+                    try:
+                        await self.fire(entries[name], tick)
+                    except REDIS_ERRORS as exc:
+                        log.error("beat could not reach redis; will retry this tick", entry=name, error=str(exc))
+                        continue
+                    upcoming[name] = entries[name].schedule.next_after(max(tick, now - timedelta(seconds=0)), zone)
+            soonest = min(upcoming.values())
+            await asyncio.sleep(max(0.005, min(1.0, (soonest - datetime.now(zone)).total_seconds())))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+__all__ = ["Beat", "Entry", "add_entry", "configure_beat", "entries", "periodic", "view", "time"]

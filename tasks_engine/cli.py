@@ -1,0 +1,232 @@
+"""``tasks-engine``: run workers (one process or a supervised pool) and operate a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Celery's task model on asyncio, arq and Redis.", no_args_is_help=True)
+console = Console()
+
+
+def _load_app(app_module: str | None, imports: list[str]) -> None:
+    """Import the application's settings module (configures the engine) and task modules."""
+    sys.path.insert(0, os.getcwd())
+    module = app_module if app_module is not None else ("settings" if os.path.exists("settings.py") else None)
+    if module and module != "none":
+        importlib.import_module(module)
+    for name in imports:
+        importlib.import_module(name)
+    importlib.import_module("tasks_engine.builtins")
+
+
+def _run(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+AppOpt = Annotated[str | None, typer.Option("--app", "-A", help="settings module to import (default: ./settings.py)")]
+ImportsOpt = Annotated[list[str] | None, typer.Option("--imports", "-I", help="task modules to import")]
+
+
+@app.command()
+def worker(
+    app_module: AppOpt = None,
+    imports: ImportsOpt = None,
+    queues: Annotated[str | None, typer.Option("--queues", "-Q", help="comma-separated queues")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="worker processes (supervised)")] = 1,
+    max_jobs: Annotated[int | None, typer.Option("--max-jobs", "-j", help="concurrent jobs per process")] = None,
+    max_tasks_per_child: Annotated[int | None, typer.Option(help="recycle a process after N jobs")] = None,
+    max_memory_per_child: Annotated[int | None, typer.Option(help="recycle a process above this RSS (KiB)")] = None,
+    beat: Annotated[bool, typer.Option(help="also schedule periodic jobs (safe on every worker)")] = True,
+    child: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """Run a worker. With ``-c N``, a supervisor keeps N worker processes alive and replaces any that exit."""
+    if concurrency > 1 and not child:
+        _supervise(concurrency, sys.argv[1:])
+        return
+    _load_app(app_module, imports or [])
+    from tasks_engine.config import configure, get_settings
+    from tasks_engine.logs import configure_logging
+    from tasks_engine.worker import Worker
+
+    overrides: dict[str, Any] = {}
+    if max_tasks_per_child is not None:
+        overrides["max_tasks_per_child"] = max_tasks_per_child
+    if max_memory_per_child is not None:
+        overrides["max_memory_per_child_kb"] = max_memory_per_child
+    if overrides:
+        configure(get_settings(), **overrides)
+    configure_logging()
+    names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
+    _run(Worker(queues=names, max_jobs=max_jobs, beat=beat).run())
+
+
+def _supervise(count: int, argv: list[str]) -> None:
+    """Keep ``count`` children running; a child that exits (recycled or crashed) is replaced."""
+    from tasks_engine.logs import configure_logging
+
+    configure_logging()
+    import structlog
+
+    log = structlog.get_logger("tasks_engine.supervisor")
+    args = [a for a in argv if not a.startswith(("-c", "--concurrency"))]
+    cleaned: list[str] = []
+    skip = False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if a in ("-c", "--concurrency"):
+            skip = True
+            continue
+        if a.startswith("--concurrency=") or (a.startswith("-c") and a[2:].isdigit()):
+            continue
+        cleaned.append(a)
+        del i
+    args = cleaned
+    command = [sys.executable, "-m", "tasks_engine.cli", *args, "--child"]
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = {"count": 0}
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping["count"] += 1
+        for proc in children:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    children.extend(subprocess.Popen(command) for _ in range(count))  # noqa: S603 - our own argv
+    log.info("supervisor started", processes=count, pids=[p.pid for p in children])
+    while True:
+        time.sleep(0.2)
+        for index, proc in enumerate(children):
+            code = proc.poll()
+            if code is None:
+                continue
+            if stopping["count"]:
+                continue
+            log.info("worker process exited; starting a replacement", pid=proc.pid, code=code)
+            children[index] = subprocess.Popen(command)  # noqa: S603
+        if stopping["count"] and all(p.poll() is not None for p in children):
+            return
+
+
+@app.command()
+def status(app_module: AppOpt = None) -> None:
+    """Queues (ready jobs, consumers), workers, periodic entries with their next run, dead letters."""
+    _load_app(app_module, [])
+
+    async def show() -> None:
+        from tasks_engine import beat, control
+        from tasks_engine.broker import get_broker
+
+        broker = get_broker()
+        table = Table("queue", "ready", "consumers")
+        for row in await control.queue_stats():
+            consumers = ", ".join(row["consumers"]) or "[red]nobody consumes this queue[/red]"
+            table.add_row(row["queue"], str(row["ready"]), consumers)
+        console.print(table)
+        console.print(f"deferred: {await broker.redis.zcard(broker.key('delayed'))}  "
+                      f"running: {await broker.redis.zcard(broker.key('active'))}  "
+                      f"dead letters: {await broker.redis.llen(broker.key('dead'))}")
+        wt = Table("worker", "queues", "running", "processed", "seen")
+        for w in await control.workers():
+            wt.add_row(w["id"], ",".join(w["queues"]), str(w["running"]), str(w["processed"]), w["seen"])
+        console.print(wt)
+        bt = Table("periodic entry", "task", "schedule", "next run")
+        for e in beat.view():
+            bt.add_row(e["name"], e["task"], e["schedule"], e["next_run"])
+        console.print(bt)
+        await broker.close()
+
+    asyncio.run(show())
+
+
+@app.command()
+def revoke(
+    task_ids: Annotated[list[str], typer.Argument(help="task ids")],
+    terminate: Annotated[bool, typer.Option(help="also cancel if running")] = False,
+    app_module: AppOpt = None,
+) -> None:
+    """Revoke jobs by id."""
+    _load_app(app_module, [])
+    from tasks_engine import control
+
+    removed = asyncio.run(control.revoke(task_ids, terminate=terminate))
+    console.print(f"revoked {len(task_ids)} id(s); {removed} were waiting and will never run")
+
+
+@app.command("revoke-matching")
+def revoke_matching(pattern: str, app_module: AppOpt = None) -> None:
+    """Drop every queued or deferred job whose task name matches a glob (e.g. 'report.*')."""
+    _load_app(app_module, [])
+    from tasks_engine import control
+
+    console.print(f"revoked {asyncio.run(control.revoke_matching(pattern))} queued job(s) matching {pattern!r}")
+
+
+@app.command("rate-limit")
+def rate_limit(task: str, rate: str, app_module: AppOpt = None) -> None:
+    """Set a task's cluster-wide rate limit now ('10/m', '5/s', '0' = unlimited, 'default' = as declared)."""
+    _load_app(app_module, [])
+    from tasks_engine import control
+
+    asyncio.run(control.set_rate_limit(task, None if rate == "default" else rate))
+    console.print(f"rate limit of {task!r} set to {rate}")
+
+
+@app.command()
+def purge(queue: str, app_module: AppOpt = None) -> None:
+    """Delete the ready jobs of a queue."""
+    _load_app(app_module, [])
+    from tasks_engine import control
+
+    console.print(f"purged {asyncio.run(control.purge(queue))} job(s) from {queue!r}")
+
+
+@app.command()
+def result(task_id: str, app_module: AppOpt = None) -> None:
+    """Show a task's result record."""
+    _load_app(app_module, [])
+    from tasks_engine.results import AsyncResult
+
+    console.print(asyncio.run(AsyncResult(task_id).info()))
+
+
+@app.command("redis")
+def redis_up() -> None:
+    """Start an embedded Redis at REDIS_URL if nothing answers there."""
+    from tasks_engine.embedded import ensure_redis
+
+    console.print(f"Redis answers at {ensure_redis()}")
+
+
+@app.command()
+def demo(app_module: AppOpt = None) -> None:
+    """Start Redis if needed, a worker, enqueue the demo jobs and print each result with its state."""
+    from tasks_engine.embedded import ensure_redis
+
+    ensure_redis()
+    _load_app(app_module, [])
+    demo_module = importlib.import_module("jobs.demo")
+    _run(demo_module.main())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,74 @@
+"""Engine settings: read once from the environment (``TE_*`` plus plain ``REDIS_URL``).
+
+The application's ``settings.py`` subclasses :class:`EngineSettings` to add its own fields
+and calls :func:`configure` so the engine sees the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class EngineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TE_", extra="ignore", env_file=None)
+
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        validation_alias=AliasChoices("REDIS_URL", "TE_REDIS_URL"),
+        description="Redis DSN; may carry a password / ACL user, or use rediss:// for TLS.",
+    )
+    key_prefix: str = Field(default="te", description="Prefix of every key: lets apps share a Redis.")
+    default_queue: str = "default"
+    default_priority: int = Field(default=5, ge=0, le=9)
+    result_expires: int = Field(default=86_400, description="Seconds a result record is kept.")
+    task_routes: dict[str, str] = Field(default_factory=dict, description="glob -> queue")
+    # Task defaults (the seed application's values are set in settings.py).
+    task_time_limit: float | None = None
+    task_soft_time_limit: float | None = None
+    task_max_retries: int | None = 3
+    task_default_retry_delay: float = 180.0
+    max_payload_bytes: int = Field(default=1_000_000, description="Largest accepted message.")
+    # Worker.
+    max_jobs: int = 50
+    lease_seconds: float = Field(default=10.0, description="A dead worker's jobs return after this.")
+    heartbeat_seconds: float = 2.0
+    shutdown_grace_seconds: float = 30.0
+    blocked_loop_seconds: float = Field(default=1.0, description="Warn when the loop stalls longer.")
+    max_tasks_per_child: int | None = None
+    max_memory_per_child_kb: int | None = None
+    enqueue_wait_seconds: float = Field(
+        default=0.0, description="How long delay() retries while Redis is unreachable before raising."
+    )
+    # Periodic jobs.
+    timezone: str = "UTC"
+    beat_enabled: bool = True
+    beat_run_missed: bool = True
+    # Logging and security.
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+    signing_key: SecretStr | None = Field(default=None, description="HMAC key; when set, unsigned messages are rejected.")
+
+
+_settings: EngineSettings | None = None
+
+
+def get_settings() -> EngineSettings:
+    """The active settings; built from the environment on first use."""
+    global _settings
+    if _settings is None:
+        _settings = EngineSettings()
+    return _settings
+
+
+def configure(settings: EngineSettings | None = None, **overrides: Any) -> EngineSettings:
+    """Install ``settings`` (or the current ones with ``overrides``) for this process."""
+    global _settings
+    base = settings or get_settings()
+    _settings = base.model_copy(update=overrides) if overrides else base
+    from tasks_engine import broker  # local: broker caches per-settings connections
+
+    broker.reset_brokers()
+    return _settings

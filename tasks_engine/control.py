@@ -1,0 +1,143 @@
+"""Operations on a running cluster: revoke, rate limits at runtime, queue and worker views."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.exceptions
+import structlog
+
+from tasks_engine.broker import get_broker
+from tasks_engine.config import get_settings
+from tasks_engine.exceptions import EngineConnectionError
+from tasks_engine.limits import parse_rate_limit
+from tasks_engine.messages import dumps, loads
+from tasks_engine.results import now_iso
+
+T = TypeVar("T")
+log = structlog.get_logger("tasks_engine.control")
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def redacted_url() -> str:
+    """The Redis URL without its password, fit for logs and error messages."""
+    url = get_settings().redis_url.get_secret_value()
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        rest = f"{user + ':' if user else ''}***@{host}"
+    return f"{scheme}{sep}{rest}"
+
+
+async def with_redis_retry(fn: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``fn``; while Redis is unreachable retry up to ``enqueue_wait_seconds``, then raise clearly."""
+    deadline = time.monotonic() + get_settings().enqueue_wait_seconds
+    delay = 0.05
+    while True:
+        try:
+            return await fn()
+        except REDIS_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise EngineConnectionError(f"cannot {what}: Redis at {redacted_url()} is unreachable ({exc})") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+async def revoke(task_ids: list[str], terminate: bool = False, reason: str = "revoked") -> int:
+    """Revoke ids: waiting jobs are removed now (REVOKED); future ones never start; running ones
+    are cancelled on whichever worker runs them when ``terminate`` is set. Returns how many were waiting."""
+    broker = get_broker()
+    ttl = max(get_settings().result_expires, 3600)
+    removed = 0
+    for task_id in task_ids:
+        removed += int(await broker.revoke_script(args=[broker.prefix, task_id, ttl, now_iso(), reason]))
+    if terminate:
+        await broker.redis.publish(broker.control_channel, dumps({"action": "terminate", "ids": task_ids}))
+    return removed
+
+
+async def queued_messages(queues: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(queue or 'delayed', task id, task name) of every waiting job."""
+    broker = get_broker()
+    out: list[tuple[str, str, str]] = []
+    names = queues if queues is not None else await known_queues()
+    sources = [(q, broker.key("q", q)) for q in names] + [("delayed", broker.key("delayed"))]
+    for label, key in sources:
+        ids = [i.decode() for i in await broker.redis.zrange(key, 0, -1)]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            raws = await broker.redis.mget([broker.key("msg", i) for i in chunk])
+            for task_id, raw in zip(chunk, raws, strict=True):
+                if raw is None:
+                    continue
+                text = raw.decode(errors="replace")
+                marker = text.find('"task":"')
+                name = text[marker + 8 : text.find('"', marker + 8)] if marker >= 0 else "?"
+                out.append((label, task_id, name))
+    return out
+
+
+async def revoke_matching(pattern: str, queues: list[str] | None = None) -> int:
+    """Drop every queued or deferred job whose task name matches a glob, e.g. ``report.*``."""
+    ids = [tid for _, tid, name in await queued_messages(queues) if fnmatch.fnmatchcase(name, pattern)]
+    return await revoke(ids, reason=f"revoked by pattern {pattern!r}") if ids else 0
+
+
+async def set_rate_limit(task_name: str, rate: str | float | None, burst: int = 1) -> None:
+    """Change a task's rate limit cluster-wide at once (Celery's ``control rate_limit``); None restores the default."""
+    broker = get_broker()
+    key = broker.key("rate-limits")
+    if rate is None:
+        await broker.redis.hdel(key, task_name)
+        return
+    try:
+        parsed = parse_rate_limit(rate, burst)
+    except ValueError as exc:
+        raise ValueError(f"task {task_name!r}: {exc}") from None
+    await broker.redis.hset(key, task_name, dumps(parsed.lua_value() if parsed else [0, 0]))
+
+
+async def known_queues() -> list[str]:
+    broker = get_broker()
+    prefix = broker.key("q", "")
+    names = {k.decode()[len(prefix) :] async for k in broker.redis.scan_iter(match=prefix + "*", count=500)}
+    for worker in await workers():
+        names.update(worker.get("queues", []))
+    return sorted(names | {get_settings().default_queue})
+
+
+async def workers() -> list[dict[str, Any]]:
+    """Live workers (heartbeat within the lease): id, queues, running jobs, pid, host."""
+    broker = get_broker()
+    out = []
+    async for key in broker.redis.scan_iter(match=broker.key("worker", "*"), count=200):
+        raw = await broker.redis.get(key)
+        if raw is not None:
+            out.append(loads(raw))
+    return sorted(out, key=lambda w: str(w.get("id")))
+
+
+async def queue_stats() -> list[dict[str, Any]]:
+    """Per queue: ready jobs, consumers; plus deferred and running totals."""
+    broker = get_broker()
+    live = await workers()
+    stats = []
+    for queue in await known_queues():
+        consumers = [w["id"] for w in live if queue in w.get("queues", [])]
+        stats.append({"queue": queue, "ready": await broker.redis.zcard(broker.key("q", queue)), "consumers": consumers})
+    return stats
+
+
+async def purge(queue: str) -> int:
+    """Delete every ready job of a queue (not deferred or running ones)."""
+    broker = get_broker()
+    key = broker.key("q", queue)
+    ids = [i.decode() for i in await broker.redis.zrange(key, 0, -1)]
+    if ids:
+        await broker.redis.delete(key, *[broker.key("msg", i) for i in ids])
+    return len(ids)

@@ -1,0 +1,81 @@
+"""Exceptions with Celery's names, so ``except SoftTimeLimitExceeded:`` ports unchanged."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+
+class TasksEngineError(Exception):
+    """Base class for the engine's own errors."""
+
+
+class Retry(TasksEngineError):  # noqa: N818 - Celery's name
+    """Raised by ``self.retry()``: the worker re-sends the task instead of failing it."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        exc: BaseException | None = None,
+        when: float | datetime | None = None,
+    ) -> None:
+        self.exc = exc
+        self.when = when
+        self.countdown: float | None = None
+        self.eta: datetime | None = None
+        self.new_args: list[Any] | None = None
+        self.new_kwargs: dict[str, Any] | None = None
+        self.options: dict[str, Any] = {}
+        super().__init__(message or f"Retry in {when}: {exc!r}")
+
+
+class MaxRetriesExceededError(TasksEngineError):
+    """The task asked for a retry after its ``max_retries`` were used up, without an ``exc``."""
+
+
+class SoftTimeLimitExceeded(TasksEngineError):  # noqa: N818 - Celery's name
+    """Raised inside the task's own code at its ``soft_time_limit``; it may clean up."""
+
+
+class TimeLimitExceeded(TasksEngineError):  # noqa: N818 - Celery's name
+    """The task hit its hard ``time_limit`` and was stopped."""
+
+
+class TaskRevokedError(TasksEngineError):
+    """The task was revoked (or expired) before or while it ran."""
+
+
+class ChordError(TasksEngineError):
+    """A chord header task failed, so the body never ran."""
+
+
+class TaskError(TasksEngineError):
+    """A task failed with an exception class this process cannot rebuild.
+
+    Only exception classes from modules already imported here are rebuilt: importing a module
+    named by data in Redis would let anyone who can write to Redis run that module's code.
+    """
+
+    def __init__(self, exc_type: str, message: str, *args: Any) -> None:
+        self.exc_type = exc_type
+        self.exc_message = message
+        super().__init__(f"{exc_type}: {message}", *args)
+
+
+class NotRegistered(TasksEngineError, KeyError):  # noqa: N818 - Celery's name
+    """No task with this name is known to the worker."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "task not registered"
+
+
+class TaskDefinitionError(TasksEngineError, ValueError):
+    """A ``@shared_task`` option or a task argument is invalid; the message names the task."""
+
+
+class MessageError(TasksEngineError, ValueError):
+    """A message in Redis could not be decoded, verified or validated."""
+
+
+class EngineConnectionError(TasksEngineError, ConnectionError):
+    """Redis could not be reached within the configured bound."""

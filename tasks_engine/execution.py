@@ -1,0 +1,92 @@
+"""One attempt of a task: request context, argument check, time limits, and what an error means.
+
+Shared by the worker and by eager ``apply()``, so both decide retries exactly alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback as tb_module
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+from tasks_engine.exceptions import Retry
+from tasks_engine.limits import LimitedRun
+from tasks_engine.retries import backoff_countdown, backoff_factor, matches
+from tasks_engine.task import Request, Task, current_request
+
+log = structlog.get_logger("tasks_engine.execution")
+
+_thread_pool: ThreadPoolExecutor | None = None
+
+
+def thread_pool() -> ThreadPoolExecutor:
+    """Where sync (``def``) task functions run, so they never block the event loop."""
+    global _thread_pool
+    if _thread_pool is None:
+        _thread_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="tasks-engine-sync")
+    return _thread_pool
+
+
+@dataclass
+class Attempt:
+    outcome: Literal["success", "retry", "failure", "revoked"]
+    value: Any = None
+    exc: BaseException | None = None
+    traceback: str | None = None
+    retry: Retry | None = None
+
+
+def _format(exc: BaseException) -> str:
+    return "".join(tb_module.format_exception(exc))
+
+
+async def run_attempt(
+    task: Task, req: Request, soft: float | None, hard: float | None, run: LimitedRun | None = None
+) -> Attempt:
+    run = run or LimitedRun()
+    token = current_request.set(req)
+    structlog.contextvars.bind_contextvars(task_id=req.id, task_name=task.name, retries=req.retries)
+    try:
+        try:
+            args, kwargs = task.run_args(req.args, req.kwargs)
+        except TypeError as exc:  # arguments that no longer fit the task's signature: never retried
+            return Attempt("failure", exc=exc, traceback=_format(exc))
+        if task.options.bind:
+            args = [task, *args]
+        if task.is_async:
+            value = await run.run_coroutine(task.fn(*args, **kwargs), soft, hard)
+        else:
+            value = await run.run_sync(thread_pool(), task.fn, args, kwargs, soft, hard)
+        return Attempt("success", value=value)
+    except Retry as retry:
+        return Attempt("retry", exc=retry.exc, retry=retry, traceback=_format(retry.exc) if retry.exc else None)
+    except asyncio.CancelledError:
+        if run.terminated:
+            return Attempt("revoked")
+        raise
+    except Exception as exc:  # noqa: BLE001 - every task error becomes a result, never a worker crash
+        return _after_error(task, exc)
+    finally:
+        structlog.contextvars.unbind_contextvars("task_id", "task_name", "retries")
+        current_request.reset(token)
+
+
+def _after_error(task: Task, exc: Exception) -> Attempt:
+    """``autoretry_for``/``dont_autoretry_for`` (checked first), with backoff, as in Celery."""
+    opts = task.options
+    if matches(exc, opts.dont_autoretry_for) or not matches(exc, opts.autoretry_for):
+        return Attempt("failure", exc=exc, traceback=_format(exc))
+    retry_kwargs = dict(opts.retry_kwargs)
+    if opts.retry_backoff:
+        retry_kwargs["countdown"] = backoff_countdown(
+            backoff_factor(opts.retry_backoff), task.request.retries, opts.retry_backoff_max, opts.retry_jitter
+        )
+    try:
+        retry = task.retry(exc=exc, throw=False, **retry_kwargs)
+    except Exception as final:  # noqa: BLE001 - max retries reached: the original error (or MaxRetriesExceeded)
+        return Attempt("failure", exc=final, traceback=_format(final))
+    return Attempt("retry", exc=exc, retry=retry, traceback=_format(exc))

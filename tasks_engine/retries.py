@@ -1,0 +1,25 @@
+"""Celery's retry arithmetic: exponential backoff with a cap, then full jitter."""
+
+from __future__ import annotations
+
+import random
+
+
+def backoff_countdown(factor: int, retries: int, maximum: int, full_jitter: bool) -> int:
+    """Seconds before retry number ``retries + 1``: ``min(maximum, factor * 2**retries)``, jittered.
+
+    The cap applies before the jitter, so the jittered value is uniform in ``[0, capped]``.
+    """
+    countdown = min(maximum, factor * 2**retries)
+    if full_jitter:
+        countdown = random.randrange(countdown + 1)
+    return max(0, countdown)
+
+
+def backoff_factor(retry_backoff: bool | int) -> int:
+    """``True`` means factor 1, an int is the factor itself (Celery: ``int(max(1.0, float(x)))``)."""
+    return int(max(1.0, float(retry_backoff)))
+
+
+def matches(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    return bool(kinds) and isinstance(exc, kinds)

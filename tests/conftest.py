@@ -1,0 +1,104 @@
+"""Test fixtures: a real Redis (started embedded if nothing answers), one key prefix per test,
+workers in the test process or as real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as sync_redis
+
+from tasks_engine import configure
+from tasks_engine.broker import get_broker
+from tasks_engine.config import EngineSettings
+from tasks_engine.embedded import ensure_redis
+from tasks_engine.worker import Worker
+
+import tests.sample_tasks  # noqa: F401 - registers the sample tasks
+import tasks_engine.builtins  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server() -> str:
+    return ensure_redis(REDIS_URL, ROOT / "var" / "redis")
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def sync_client() -> Iterator[sync_redis.Redis]:
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+async def engine(prefix: str, sync_client: sync_redis.Redis) -> AsyncIterator[EngineSettings]:
+    """Engine settings isolated to this test's key prefix; keys are removed afterwards."""
+    settings = configure(EngineSettings(key_prefix=prefix, lease_seconds=3, heartbeat_seconds=0.5,
+                                        shutdown_grace_seconds=5, beat_enabled=False))
+    yield settings
+    broker = get_broker()
+    await broker.close()
+    keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        sync_client.delete(*keys)
+
+
+@pytest.fixture
+async def worker(engine: EngineSettings) -> AsyncIterator[Worker]:
+    """A worker in this test's event loop."""
+    w = Worker(beat=False)
+    await w.start(handle_signals=False)
+    yield w
+    await w.stop(grace=1)
+
+
+def worker_env(prefix: str, **extra: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"TE_KEY_PREFIX": prefix, "REDIS_URL": REDIS_URL, "TE_LEASE_SECONDS": "3",
+                "TE_HEARTBEAT_SECONDS": "0.5", "TE_BEAT_ENABLED": "false", "PYTHONUNBUFFERED": "1"})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+@pytest.fixture
+def spawn_worker(prefix: str, sync_client: sync_redis.Redis, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start ``tasks-engine worker`` subprocesses; waits until each has announced itself in Redis."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*args: str, env: dict[str, Any] | None = None, wait: bool = True, imports: str = "tests.sample_tasks",
+              count_before: int | None = None) -> subprocess.Popen[bytes]:
+        before = count_before if count_before is not None else len(list(sync_client.scan_iter(f"{prefix}:worker:*")))
+        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", imports, *args],
+            cwd=ROOT, env=worker_env(prefix, **(env or {})), stdout=log, stderr=subprocess.STDOUT,
+        )
+        procs.append(proc)
+        if wait:
+            deadline = time.monotonic() + 20
+            while len(list(sync_client.scan_iter(f"{prefix}:worker:*"))) <= before:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker did not start: {(tmp_path / f'worker-{len(procs) - 1}.log').read_text()}")
+                time.sleep(0.05)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
