@@ -48,7 +48,9 @@ def worker(
     app_module: AppOpt = None,
     imports: ImportsOpt = None,
     queues: Annotated[str | None, typer.Option("--queues", "-Q", help="comma-separated queues")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="worker processes (supervised)")] = 1,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", help="worker processes, kept alive by a supervisor")
+    ] = None,
     max_jobs: Annotated[int | None, typer.Option("--max-jobs", "-j", help="concurrent jobs per process")] = None,
     max_tasks_per_child: Annotated[int | None, typer.Option(help="recycle a process after N jobs")] = None,
     max_memory_per_child: Annotated[int | None, typer.Option(help="recycle a process above this RSS (KiB)")] = None,
@@ -56,7 +58,7 @@ def worker(
     child: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Run a worker. With ``-c N``, a supervisor keeps N worker processes alive and replaces any that exit."""
-    if concurrency > 1 and not child:
+    if concurrency is not None and not child:
         _supervise(concurrency, sys.argv[1:])
         return
     _load_app(app_module, imports or [])

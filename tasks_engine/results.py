@@ -261,9 +261,9 @@ class AsyncResult:
             fut = waiter.register(self.id)
             try:
                 await waiter._ensure()
-                state = await broker.redis.hget(key, "state")
-                if state is not None and state.decode() in states.READY_STATES:
-                    return _outcome(parse_record(await broker.redis.hgetall(key)), propagate)
+                record = parse_record(await broker.redis.hgetall(key))
+                if record.get("state") in states.READY_STATES:
+                    return _outcome(record, propagate)
                 remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if remaining <= 0:
                     raise TimeoutError(f"task {self.id} did not finish within {timeout}s")

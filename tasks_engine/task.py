@@ -282,6 +282,21 @@ class Task:
         req = self.request
         await store_state(task_id or req.id, state or "PROGRESS", meta, eager=req.is_eager)
 
+    # -- at-least-once delivery: make effects happen once --
+    async def effect_done(self, key: str) -> bool:
+        """True if :meth:`mark_effect_done` ran for ``key`` in an earlier delivery of this same job."""
+        from tasks_engine.broker import get_broker
+
+        broker = get_broker()
+        return bool(await broker.redis.exists(broker.key("effect", str(self.request.id), key)))
+
+    async def mark_effect_done(self, key: str) -> None:
+        """Record that the effect ``key`` of this job happened (kept as long as results)."""
+        from tasks_engine.broker import get_broker
+
+        broker = get_broker()
+        await broker.redis.set(broker.key("effect", str(self.request.id), key), "1", ex=get_settings().result_expires)
+
     # -- argument checks (at enqueue and again at run) --
     def prepare_args(self, args: list[Any], kwargs: dict[str, Any], complete: bool) -> tuple[list[Any], dict[str, Any]]:
         """Validate against the type hints and return JSON-ready copies; errors name the task and argument.

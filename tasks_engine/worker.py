@@ -264,6 +264,13 @@ class Worker:
             except NotRegistered as exc:
                 await self._dead_letter(task_id, raw, str(exc), msg)
                 return
+            if task.options.idempotent and self.broker is not None:
+                # The task id doubles as an idempotency key: a job id that already succeeded never runs again.
+                stored = await self.broker.redis.get(self.broker.key("done", msg.id))
+                if stored is not None:
+                    log.info("idempotent task already succeeded under this id; not running it again")
+                    await self._complete(msg, task, Attempt("success", value=loads(stored)))
+                    return
             soft = msg.soft_time_limit if msg.soft_time_limit is not None else task.soft_time_limit
             hard = msg.time_limit if msg.time_limit is not None else task.time_limit
             req = Request(
@@ -401,6 +408,8 @@ class Worker:
                           now_iso(), ttl], client=pipe)
             if done:
                 pipe.publish(b.done_channel, msg.id)
+            if outcome == "success" and task is not None and task.options.idempotent:
+                pipe.set(b.key("done", msg.id), result_json, ex=ttl)
 
         await self._write(msg.id, add, [])
 
@@ -427,16 +436,24 @@ class Worker:
 
     # ------------------------------------------------------------ background duties
     async def _reaper(self) -> None:
-        """Requeue jobs whose lease expired (their worker died); every worker does this, cheaply."""
+        """Requeue jobs whose lease expired (their worker died); every worker does this, cheaply.
+
+        After a Redis outage every lease looks expired, so reaping waits until Redis has answered
+        for two heartbeats — time for live workers (this one included) to renew theirs.
+        """
         assert self.broker is not None
+        healthy_since = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
             try:
+                if time.monotonic() - healthy_since < 2 * self.settings.heartbeat_seconds:
+                    await self.broker.redis.ping()
+                    continue
                 back = await self.broker.requeue_script(args=[self.broker.prefix, now_ms(), "expired"])
                 if back:
                     log.warning("requeued jobs of a lost worker", ids=[b.decode() for b in back])
             except REDIS_ERRORS:
-                pass
+                healthy_since = time.monotonic() + 1.0
 
     async def _control_listener(self) -> None:
         """Broadcast commands: ``terminate`` cancels a running job here if we have it."""

@@ -89,3 +89,86 @@ async def soft_cleanup(key: str) -> str:
 @shared_task(name="demo.not_json")
 async def not_json() -> object:
     return object()
+
+
+@shared_task(name="demo.slow_first_delivery", bind=True, time_limit=3600)
+async def slow_first_delivery(self: Any, key: str) -> int:
+    """Hangs on its first delivery (its worker gets killed), returns at once on the next one."""
+    broker = get_broker()
+    await broker.redis.rpush(broker.key("test-log", key), f"{self.request.delivered}|{time.time()}|{os.getpid()}")
+    if self.request.delivered == 1:
+        await asyncio.sleep(3600)
+    return self.request.delivered
+
+
+@shared_task(name="demo.charge", bind=True, idempotent=True)
+async def charge(self: Any, key: str) -> str:
+    """An effect that must happen once per task id (idempotent=True)."""
+    broker = get_broker()
+    await broker.redis.incr(broker.key("test-charges", key))
+    return "charged"
+
+
+@shared_task(name="demo.effect_once", bind=True)
+async def effect_once(self: Any, key: str) -> int:
+    """Marks its effect done, then dies on the first delivery; a redelivery must skip the effect."""
+    broker = get_broker()
+    if not await self.effect_done("sent"):
+        await broker.redis.incr(broker.key("test-effects", key))
+        await self.mark_effect_done("sent")
+    if self.request.delivered == 1:
+        await asyncio.sleep(3600)
+    return int(await broker.redis.get(broker.key("test-effects", key)) or 0)
+
+
+# ---- canvas tests (tests/test_canvas.py) ----
+@shared_task(name="demo.slow_once", bind=True)
+async def slow_once(self: Any, key: str, value: Any, seconds: float) -> Any:
+    """Records the run, then sleeps only on the first delivery: a re-delivered copy finishes at once."""
+    broker = get_broker()
+    await broker.redis.rpush(broker.key("test-log", key), f"{self.request.id}|{value}|{time.time()}|{os.getpid()}")
+    if self.request.delivered <= 1:
+        await asyncio.sleep(seconds)
+    return value
+
+
+@shared_task(name="demo.flaky", bind=True)
+async def flaky(self: Any, x: int, key: str, fails: int) -> int:
+    """Retries ``fails`` times (counted in Redis), then returns ``x + 1``."""
+    broker = get_broker()
+    calls = await broker.redis.incr(broker.key("test-count", key))
+    if calls <= fails:
+        raise self.retry(exc=RuntimeError(f"flaky {calls}"), countdown=0.01, max_retries=fails + 1)
+    return x + 1
+
+
+@shared_task(name="demo.errback")
+async def errback(task_id: str, key: str = "errbacks") -> str:
+    """An old-style errback: receives only the failed task's id."""
+    broker = get_broker()
+    await broker.redis.rpush(broker.key("test-log", key), task_id)
+    return task_id
+
+
+@shared_task(name="demo.errback_full")
+async def errback_full(task_id: str, exc: str, traceback: str) -> str:
+    """A three-argument errback: failed task id, exception text, traceback."""
+    broker = get_broker()
+    await broker.redis.rpush(broker.key("test-log", "errbacks_full"), f"{task_id}|{exc}|{len(traceback)}")
+    return task_id
+
+
+@shared_task(name="demo.count_body")
+async def count_body(results: list[Any], key: str) -> list[Any]:
+    """A chord body that counts its executions in Redis."""
+    broker = get_broker()
+    await broker.redis.rpush(broker.key("test-log", key), f"{results}|{time.time()}|{os.getpid()}")
+    return results
+
+
+@shared_task(name="demo.chord_stats", bind=True)
+async def chord_stats(self: Any, results: list[Any]) -> list[int]:
+    """A chord body reporting how many header results it got and how many its chord's Redis hash holds."""
+    broker = get_broker()
+    stored = await broker.redis.hlen(broker.key("chord", str(self.request.id), "r"))
+    return [len(results), stored, sum(1 for r in results if r is not None)]
