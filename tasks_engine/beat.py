@@ -24,7 +24,7 @@ from tasks_engine.canvas import Context, Signature
 from tasks_engine.config import get_settings
 from tasks_engine.control import REDIS_ERRORS
 from tasks_engine.exceptions import TaskDefinitionError
-from tasks_engine.schedules import Schedule, ScheduleError, as_schedule
+from tasks_engine.schedules import Schedule, ScheduleError, as_schedule, crontab
 
 log = structlog.get_logger("tasks_engine.beat")
 
@@ -63,7 +63,9 @@ def add_entry(name: str, spec: dict[str, Any]) -> Entry:
     if "task" not in spec or "schedule" not in spec:
         raise TaskDefinitionError(f"beat entry {name!r}: needs 'task' and 'schedule'")
     try:
-        schedule = as_schedule(spec["schedule"])
+        raw = spec["schedule"]
+        # A cron string is parsed here, so a bad field is reported with the entry's name.
+        schedule = crontab.from_string(raw) if isinstance(raw, str) else as_schedule(raw)
     except (ScheduleError, ValueError) as exc:
         raise TaskDefinitionError(f"beat entry {name!r}: {exc}") from None
     options = dict(spec.get("options") or {})
