@@ -11,9 +11,8 @@ missed tick runs (``beat_run_missed``), never a backlog.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -117,7 +116,7 @@ class Beat:
         task_id = f"beat:{entry.name}:{tick_ms}"
         sig = Signature(entry.task, entry.args, entry.kwargs, {**entry.options, "task_id": task_id})
         enq = sig.to_enqueue([], Context())
-        period = (entry.schedule.next_after(tick, tz()) - tick).total_seconds()
+        period = (entry.schedule.next_after(tick, tz()).astimezone(UTC) - tick.astimezone(UTC)).total_seconds()
         ttl = int(max(3600, period * 2))
         script = broker.redis.register_script(BEAT_TICK_LUA)
         won = await script(
@@ -154,24 +153,22 @@ class Beat:
         except REDIS_ERRORS as exc:
             log.error("beat catch-up failed", error=str(exc))
         zone = tz()
-        start = datetime.now(zone)
-        upcoming = {name: e.schedule.next_after(start, zone) for name, e in entries.items()}
+        # Compare instants in UTC: same-zone aware datetimes compare by wall time, wrong across fall-back.
+        start = datetime.now(UTC)
+        upcoming = {name: e.schedule.next_after(start.astimezone(zone), zone).astimezone(UTC)
+                    for name, e in entries.items()}
         while not stopping():
-            now = datetime.now(zone)
+            now = datetime.now(UTC)
             for name, tick in list(upcoming.items()):
                 if tick <= now:
                     try:
-                        await self.fire(entries[name], tick)
+                        await self.fire(entries[name], tick.astimezone(zone))
                     except REDIS_ERRORS as exc:
                         log.error("beat could not reach redis; will retry this tick", entry=name, error=str(exc))
                         continue
-                    upcoming[name] = entries[name].schedule.next_after(max(tick, now - timedelta(seconds=0)), zone)
+                    upcoming[name] = entries[name].schedule.next_after(max(tick, now).astimezone(zone), zone).astimezone(UTC)
             soonest = min(upcoming.values())
-            await asyncio.sleep(max(0.005, min(1.0, (soonest - datetime.now(zone)).total_seconds())))
+            await asyncio.sleep(max(0.005, min(1.0, (soonest - datetime.now(UTC)).total_seconds())))
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-__all__ = ["Beat", "Entry", "add_entry", "configure_beat", "entries", "periodic", "view", "time"]
+__all__ = ["Beat", "Entry", "add_entry", "configure_beat", "entries", "periodic", "view"]

@@ -35,19 +35,10 @@ _SEARCH_YEARS: Final = 401
 # How far ``previous_at_or_before`` looks back (four years covers Feb 29 schedules).
 _LOOKBACK: Final = timedelta(days=366 * 4)
 # Longest possible length of each month; Feb counts 29 so leap-day schedules are valid.
-_MONTH_MAX_DAYS: Final = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30,
-                          7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}  # fmt: skip
+_MONTH_MAX_DAYS: Final = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
 
 # English names, hard-coded: ``calendar.day_abbr`` and friends follow the process locale.
-_DAYS: Final = (
-    "sunday",
-    "monday",
-    "tuesday",
-    "wednesday",
-    "thursday",
-    "friday",
-    "saturday",
-)
+_DAYS: Final = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 _MONTHS: Final = ("january", "february", "march", "april", "may", "june", "july",
                   "august", "september", "october", "november", "december")  # fmt: skip
 _DAY_NAMES: Final = {
@@ -90,9 +81,7 @@ def _field_text(spec: _Spec, value: object) -> str:
     if isinstance(value, str):
         return value.strip()
     if isinstance(value, bool):
-        raise ScheduleError(
-            f"crontab {spec.name}={value!r}: expected int, iterable of ints or str"
-        )
+        raise ScheduleError(f"crontab {spec.name}={value!r}: expected int, iterable of ints or str")
     if isinstance(value, int):
         items: list[int] = [value]
     elif isinstance(value, Iterable):
@@ -101,21 +90,16 @@ def _field_text(spec: _Spec, value: object) -> str:
             raise ScheduleError(f"crontab {spec.name}={items!r}: empty iterable")
         for item in items:
             if isinstance(item, bool) or not isinstance(item, int):
-                raise ScheduleError(
-                    f"crontab {spec.name}={items!r}: {item!r} is not an int"
-                )
+                raise ScheduleError(f"crontab {spec.name}={items!r}: {item!r} is not an int")
     else:
         raise ScheduleError(
-            f"crontab {spec.name}={value!r}: expected int, iterable of ints or str, "
-            f"got {type(value).__name__}"
+            f"crontab {spec.name}={value!r}: expected int, iterable of ints or str, got {type(value).__name__}"
         )
     text = ",".join(str(item) for item in sorted(set(items)))
     # Negative numbers would read as ranges in the text form, so reject them here.
     for item in items:
         if item < 0:
-            raise ScheduleError(
-                f"crontab {spec.name}={text!r}: {item} is out of range {spec.lo}-{spec.accept_hi}"
-            )
+            raise ScheduleError(f"crontab {spec.name}={text!r}: {item} is out of range {spec.lo}-{spec.accept_hi}")
     return text
 
 
@@ -135,9 +119,7 @@ def _parse_field(spec: _Spec, value: object) -> tuple[str, frozenset[int]]:
         if token in spec.names:
             return spec.names[token]
         if spec.names:
-            raise fail(
-                f"{token!r} is not a {spec.kind} name or a number {spec.lo}-{spec.accept_hi}"
-            )
+            raise fail(f"{token!r} is not a {spec.kind} name or a number {spec.lo}-{spec.accept_hi}")
         raise fail(f"{token!r} is not a number")
 
     values: set[int] = set()
@@ -192,7 +174,7 @@ def _existing(wall: datetime, tz: tzinfo) -> datetime | None:
     return local
 
 
-class crontab:
+class crontab:  # noqa: N801 - Celery's name
     """Wall-clock schedule with Celery's ``crontab`` arguments and semantics.
 
     ``day_of_week`` counts 0 = Sunday (7 is also Sunday) … 6 = Saturday, as in Celery.
@@ -209,15 +191,7 @@ class crontab:
       (``fold=0``); the repeated hour does not fire again.
     """
 
-    __slots__ = (
-        "_sorted",
-        "_texts",
-        "day_of_month",
-        "day_of_week",
-        "hour",
-        "minute",
-        "month_of_year",
-    )
+    __slots__ = ("_sorted", "_texts", "day_of_month", "day_of_week", "hour", "minute", "month_of_year")
 
     def __init__(
         self,
@@ -235,13 +209,7 @@ class crontab:
         # Cron order: minute hour day-of-month month day-of-week.
         self._texts = (minute_text, hour_text, dom_text, month_text, dow_text)
         self._sorted = tuple(
-            tuple(sorted(values))
-            for values in (
-                self.minute,
-                self.hour,
-                self.day_of_month,
-                self.month_of_year,
-            )
+            tuple(sorted(values)) for values in (self.minute, self.hour, self.day_of_month, self.month_of_year)
         )
         shortest = min(self.day_of_month)
         if all(shortest > _MONTH_MAX_DAYS[month] for month in self.month_of_year):
@@ -297,9 +265,7 @@ class crontab:
 
     def _backward(self, start: datetime, limit: date) -> Iterator[datetime]:
         """Matching naive wall times <= ``start`` in decreasing order, down to ``limit``."""
-        minutes, hours, days, months = (
-            tuple(reversed(values)) for values in self._sorted
-        )
+        minutes, hours, days, months = (tuple(reversed(values)) for values in self._sorted)
         for year in range(start.year, max(limit.year, MINYEAR) - 1, -1):
             for month in months:
                 if (year, month) > (start.year, start.month):
@@ -336,22 +302,18 @@ class crontab:
         after_utc = after.astimezone(_UTC)
         # Start at the wall clock of ``after``: every earlier wall time (first occurrence)
         # is at or before ``after``, even when ``after`` is in a repeated fall-back hour.
-        start = after.astimezone(tz).replace(
-            tzinfo=None, second=0, microsecond=0, fold=0
-        )
+        start = after.astimezone(tz).replace(tzinfo=None, second=0, microsecond=0, fold=0)
         for wall in self._forward(start):
             local = _existing(wall, tz)
             # Compare in UTC: aware datetimes sharing a tzinfo compare by wall time alone.
             if local is not None and local.astimezone(_UTC) > after_utc:
                 return local
-        raise ScheduleError(
-            f"{self!r} has no tick within {_SEARCH_YEARS} years after {after}"
-        )
+        raise ScheduleError(f"{self!r} has no tick within {_SEARCH_YEARS} years after {after}")
 
     def previous_at_or_before(self, moment: datetime, tz: tzinfo) -> datetime | None:
         """Most recent tick at or before ``moment``, or None if there is none in ~4 years.
 
-        Used to run a tick missed while nothing was running once at start-up.
+        Beat uses it at start-up to run, once, the latest tick missed while no worker ran.
         """
         _require_aware("moment", moment)
         moment_utc = moment.astimezone(_UTC)
@@ -361,11 +323,7 @@ class crontab:
         # the past; begin the walk that much later so they are not missed.
         first_offset = start.replace(tzinfo=tz).utcoffset()
         actual_offset = local_moment.utcoffset()
-        if (
-            first_offset is not None
-            and actual_offset is not None
-            and first_offset > actual_offset
-        ):
+        if first_offset is not None and actual_offset is not None and first_offset > actual_offset:
             start += first_offset - actual_offset
         start = start.replace(second=0, microsecond=0)
         try:
@@ -382,13 +340,7 @@ class crontab:
         return f"<crontab: {' '.join(self._texts)} (m/h/dom/mon/dow)>"
 
     def _key(self) -> tuple[frozenset[int], ...]:
-        return (
-            self.minute,
-            self.hour,
-            self.day_of_week,
-            self.day_of_month,
-            self.month_of_year,
-        )
+        return (self.minute, self.hour, self.day_of_week, self.day_of_month, self.month_of_year)
 
     def __eq__(self, other: object) -> bool:
         """Equal when the parsed sets are: ``crontab(day_of_week=7) == crontab(day_of_week='sun')``."""
@@ -400,7 +352,7 @@ class crontab:
         return hash(("crontab", *self._key()))
 
 
-class interval:
+class interval:  # noqa: N801 - lowercase like crontab
     """Every N seconds, with ticks aligned to the Unix epoch (tick k at epoch + k * period).
 
     The alignment lets every process compute the same tick times without coordinating.
@@ -410,12 +362,9 @@ class interval:
     __slots__ = ("_period",)
 
     def __init__(self, run_every: float | timedelta) -> None:
-        if isinstance(run_every, bool) or not isinstance(
-            run_every, int | float | timedelta
-        ):
+        if isinstance(run_every, bool) or not isinstance(run_every, int | float | timedelta):
             raise ScheduleError(
-                f"interval run_every={run_every!r}: expected seconds or timedelta, "
-                f"got {type(run_every).__name__}"
+                f"interval run_every={run_every!r}: expected seconds or timedelta, got {type(run_every).__name__}"
             )
         if isinstance(run_every, timedelta):
             period = run_every
@@ -425,13 +374,9 @@ class interval:
             try:
                 period = timedelta(seconds=run_every)
             except OverflowError:
-                raise ScheduleError(
-                    f"interval run_every={run_every!r}: too large"
-                ) from None
+                raise ScheduleError(f"interval run_every={run_every!r}: too large") from None
         if period <= timedelta(0):
-            raise ScheduleError(
-                f"interval run_every={run_every!r}: must be positive (at least 1 microsecond)"
-            )
+            raise ScheduleError(f"interval run_every={run_every!r}: must be positive (at least 1 microsecond)")
         self._period = period
 
     @property
@@ -480,18 +425,11 @@ def as_schedule(value: object) -> Schedule:
     if isinstance(value, int | float | timedelta) and not isinstance(value, bool):
         return interval(value)
     raise ScheduleError(
-        f"cannot use {type(value).__name__} as a schedule; "
-        "expected crontab, interval, seconds (int/float) or timedelta"
+        f"cannot use {type(value).__name__} as a schedule; expected crontab, interval, seconds (int/float) or timedelta"
     )
 
 
-_CRONTAB_KEYS: Final = (
-    "minute",
-    "hour",
-    "day_of_week",
-    "day_of_month",
-    "month_of_year",
-)
+_CRONTAB_KEYS: Final = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, str | float]:
@@ -515,9 +453,7 @@ def schedule_from_dict(data: Mapping[str, object]) -> Schedule:
     if kind == "interval":
         seconds = data.get("seconds")
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise ScheduleError(
-                f"interval dict needs numeric 'seconds', got {seconds!r}"
-            )
+            raise ScheduleError(f"interval dict needs numeric 'seconds', got {seconds!r}")
         return interval(seconds)
     if kind == "crontab":
         unknown = set(data) - {"type", *_CRONTAB_KEYS}
@@ -527,9 +463,7 @@ def schedule_from_dict(data: Mapping[str, object]) -> Schedule:
         for key in _CRONTAB_KEYS:
             value = data.get(key, "*")
             if isinstance(value, bool) or not isinstance(value, str | int):
-                raise ScheduleError(
-                    f"crontab dict {key}={value!r}: expected str or int"
-                )
+                raise ScheduleError(f"crontab dict {key}={value!r}: expected str or int")
             fields[key] = value
         return crontab(
             minute=fields["minute"],
@@ -538,6 +472,4 @@ def schedule_from_dict(data: Mapping[str, object]) -> Schedule:
             day_of_month=fields["day_of_month"],
             month_of_year=fields["month_of_year"],
         )
-    raise ScheduleError(
-        f"unknown schedule type {kind!r}; expected 'crontab' or 'interval'"
-    )
+    raise ScheduleError(f"unknown schedule type {kind!r}; expected 'crontab' or 'interval'")
