@@ -101,8 +101,11 @@ def tz() -> ZoneInfo:
 def view() -> list[dict[str, Any]]:
     """Entries with their next run time, for the operations CLI."""
     now = datetime.now(tz())
-    return [{"name": e.name, "task": e.task, "schedule": repr(e.schedule),
-             "next_run": e.schedule.next_after(now, tz()).isoformat()} for e in sorted(entries.values(), key=lambda e: e.name)]
+    return [
+        {"name": e.name, "task": e.task, "schedule": repr(e.schedule),
+         "next_run": e.schedule.next_after(now, tz()).isoformat()}
+        for e in sorted(entries.values(), key=lambda e: e.name)
+    ]
 
 
 class Beat:
@@ -166,7 +169,8 @@ class Beat:
                     except REDIS_ERRORS as exc:
                         log.error("beat could not reach redis; will retry this tick", entry=name, error=str(exc))
                         continue
-                    upcoming[name] = entries[name].schedule.next_after(max(tick, now).astimezone(zone), zone).astimezone(UTC)
+                    after = max(tick, now).astimezone(zone)
+                    upcoming[name] = entries[name].schedule.next_after(after, zone).astimezone(UTC)
             soonest = min(upcoming.values())
             await asyncio.sleep(max(0.005, min(1.0, (soonest - datetime.now(UTC)).total_seconds())))
 
