@@ -127,7 +127,27 @@ async def soak(args: argparse.Namespace) -> int:
             broker = get_broker()
             redis_restarted = True
             print(f"  t={time.monotonic() - start:5.1f}s Redis restarted (append-only file kept)")
+    chaos_elapsed = time.monotonic() - start
+    # Chaos over: give the survivors time to finish what is left, then look for anything missing.
+    settle = time.monotonic() + args.settle
+    while done < len(results) and time.monotonic() < settle:
+        await asyncio.sleep(0.5)
+        async with broker.redis.pipeline(transaction=False) as pipe:
+            for r in results:
+                pipe.hget(broker.result_key(r.id), "state")
+            found = await pipe.execute()
+        done = sum(1 for s in found if s == states.SUCCESS.encode())
     elapsed = time.monotonic() - start
+    for r, state in zip(results, found, strict=True):
+        if state != states.SUCCESS.encode():
+            where = {
+                "state": state,
+                "msg": await broker.redis.exists(broker.key("msg", r.id)),
+                "queued": await broker.redis.zscore(broker.key("q", "default"), r.id),
+                "delayed": await broker.redis.zscore(broker.key("delayed"), r.id),
+                "active": await broker.redis.zscore(broker.key("active"), r.id),
+            }
+            print(f"  not completed: {r.id} {where}")
     starts: dict[int, list[float]] = {}
     for raw in await broker.redis.lrange(broker.key("soak-starts"), 0, -1):
         index, at, _delivered = raw.decode().split("|")
@@ -139,7 +159,7 @@ async def soak(args: argparse.Namespace) -> int:
     lost = len(results) - done
     print(f"\njobs enqueued {len(results)}, completed {done}, lost {lost}, delivered more than once {twice}, "
           f"longest recovery {recovery:.1f}s, workers killed {kills}, Redis restarted {int(redis_restarted)}, "
-          f"elapsed {elapsed:.1f}s")
+          f"elapsed {elapsed:.1f}s (chaos {chaos_elapsed:.1f}s)")
     for w in workers:
         w.send_signal(signal.SIGTERM)
     for w in workers:
@@ -157,7 +177,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--kill-every", type=float, default=3.0)
     parser.add_argument("--max-jobs", type=int, default=5)
-    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds of chaos at most")
+    parser.add_argument("--settle", type=float, default=60, help="seconds without chaos to finish the rest")
     sys.exit(asyncio.run(soak(parser.parse_args())))
 
 

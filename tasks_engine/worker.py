@@ -442,7 +442,7 @@ class Worker:
         for two heartbeats — time for live workers (this one included) to renew theirs.
         """
         assert self.broker is not None
-        healthy_since = time.monotonic()
+        healthy_since = 0.0  # at start-up there is no outage to wait out
         while True:
             await asyncio.sleep(1.0)
             try:
