@@ -2,44 +2,31 @@
 
 Values come from the environment (``TE_*``; plus plain ``REDIS_URL`` and ``DATABASE_URL``).
 Defaults are the seed application's: time_limit 3600, soft 3000, max_retries 3, retry delay 60,
-timezone Asia/Shanghai.
+timezone Asia/Shanghai. The jobs' own fields (SMTP, database, reports, batch, maintenance) are
+declared in :class:`jobs.config.JobsSettings`, so job code can read them without importing this
+module (which configures the engine when imported).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pydantic import Field
 
-from pydantic import AliasChoices, Field, SecretStr
-
-from tasks_engine import EngineSettings, configure, crontab, worker_settings
+from jobs.config import JobsSettings
+from tasks_engine import configure, crontab, worker_settings
 from tasks_engine.beat import configure_beat
 
+EMAIL_QUEUE = "email"
 
-class Settings(EngineSettings):
+
+class Settings(JobsSettings):
     task_time_limit: float | None = 3600
     task_soft_time_limit: float | None = 3000
     task_max_retries: int | None = 3
     task_default_retry_delay: float = 60
     timezone: str = "Asia/Shanghai"
-    task_routes: dict[str, str] = Field(default_factory=lambda: {"admin.send_*": "email", "jobs.email.*": "email"})
-
-    # SMTP (jobs/email.py). The password is a SecretStr: it never prints in logs or reprs.
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 8025
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_from_address: str = "noreply@example.com"
-    smtp_from_name: str = "Py Small Admin"
-    smtp_timeout: float = 10.0
-    smtp_security: str = Field(default="auto", description="auto (465 TLS, 587 STARTTLS, else plain), tls, starttls, none")
-    admin_email: str = "admin@example.com"
-
-    # Database and reports (jobs/reports.py).
-    database_url: str = Field(
-        default="sqlite+aiosqlite:///var/app.db", validation_alias=AliasChoices("DATABASE_URL", "TE_DATABASE_URL")
+    task_routes: dict[str, str] = Field(
+        default_factory=lambda: {"admin.send_*": EMAIL_QUEUE, "jobs.email.*": EMAIL_QUEUE}
     )
-    reports_dir: Path = Path("var/reports")
-    report_retention_days: int = 7
 
 
 settings = configure(Settings())
@@ -54,5 +41,7 @@ BEAT_SCHEDULE = {
     },
 }
 
-WorkerSettings = worker_settings(imports=["jobs"], queue=settings.default_queue)
+# Emails are routed to their own queue (so a slow SMTP server never holds up other work); this
+# worker consumes both unless a deployment runs dedicated email workers (-Q email).
+WorkerSettings = worker_settings(imports=["jobs"], queues=[settings.default_queue, EMAIL_QUEUE])
 configure_beat(BEAT_SCHEDULE)

@@ -106,7 +106,7 @@ async def soak(args: argparse.Namespace) -> int:
                 for r in results:
                     pipe.hget(broker.result_key(r.id), "state")
                 found = await pipe.execute()
-        except Exception:  # noqa: BLE001 - Redis restarting
+        except Exception:
             continue
         done = sum(1 for s in found if s == states.SUCCESS.encode())
         if done == len(results):

@@ -54,10 +54,14 @@ async def revoke(task_ids: list[str], terminate: bool = False, reason: str = "re
     broker = get_broker()
     ttl = max(get_settings().result_expires, 3600)
     removed = 0
-    for task_id in task_ids:
-        removed += int(await broker.revoke_script(args=[broker.prefix, task_id, ttl, now_iso(), reason]))
-    if terminate:
+    for start in range(0, len(task_ids), 500):
+        async with broker.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids[start : start + 500]:
+                await broker.revoke_script(args=[broker.prefix, task_id, ttl, now_iso(), reason], client=pipe)
+            removed += sum(int(n) for n in await pipe.execute())
+    if terminate and task_ids:
         await broker.redis.publish(broker.control_channel, dumps({"action": "terminate", "ids": task_ids}))
+    log.info("revoked", ids=len(task_ids), waiting=removed, terminate=terminate)
     return removed
 
 
@@ -88,18 +92,64 @@ async def revoke_matching(pattern: str, queues: list[str] | None = None) -> int:
     return await revoke(ids, reason=f"revoked by pattern {pattern!r}") if ids else 0
 
 
-async def set_rate_limit(task_name: str, rate: str | float | None, burst: int = 1) -> None:
-    """Change a task's rate limit cluster-wide at once (Celery's ``control rate_limit``); None restores the default."""
+# Jobs parked under the old limit go back to their queue (at their priority's place) to be checked
+# against the new one; the old reservations are dropped, so a change takes effect at once both ways.
+_REPLAN_LUA = """
+-- ARGV: prefix, task, first ('1': also install the new limit and reset the arrival time), value ('' = none)
+local p, task = ARGV[1], ARGV[2]
+if ARGV[3] == '1' then
+  if ARGV[4] == '' then
+    redis.call('hdel', p .. ':rate-limits', task)
+  else
+    redis.call('hset', p .. ':rate-limits', task, ARGV[4])
+  end
+  redis.call('del', p .. ':rl:' .. task)
+end
+local ids = redis.call('spop', p .. ':rl-pass:' .. task, 1000)
+local woken = {}
+for _, id in ipairs(ids) do
+  local info = redis.call('hget', p .. ':dq', id)
+  if info then
+    local sep = string.find(info, '|', 1, true)
+    local q = string.sub(info, 1, sep - 1)
+    redis.call('zrem', p .. ':delayed', id)
+    redis.call('hdel', p .. ':dq', id)
+    redis.call('zadd', p .. ':q:' .. q, string.sub(info, sep + 1), id)
+    if not woken[q] then
+      woken[q] = true
+      redis.call('lpush', p .. ':wake:' .. q, '1')
+    end
+  end
+end
+return #ids
+"""
+
+
+async def set_rate_limit(task_name: str, rate: str | float | None, burst: int = 1) -> int:
+    """Change a task's rate limit for the whole cluster, at once (Celery's ``control rate_limit``).
+
+    ``rate`` uses the task option's grammar (``"0"`` = unlimited); None restores the declared limit.
+    Running workers apply it on their next claim; jobs already parked under the old limit are put
+    back and re-planned. Returns how many parked jobs were released.
+    """
     broker = get_broker()
-    key = broker.key("rate-limits")
-    if rate is None:
-        await broker.redis.hdel(key, task_name)
-        return
-    try:
-        parsed = parse_rate_limit(rate, burst)
-    except ValueError as exc:
-        raise ValueError(f"task {task_name!r}: {exc}") from None
-    await broker.redis.hset(key, task_name, dumps(parsed.lua_value() if parsed else [0, 0]))
+    value = ""
+    if rate is not None:
+        try:
+            parsed = parse_rate_limit(rate, burst)
+        except ValueError as exc:
+            raise ValueError(f"task {task_name!r}: {exc}") from None
+        value = dumps(parsed.lua_value() if parsed else [0, 0]).decode()
+    script = broker.redis.register_script(_REPLAN_LUA)
+    released, first = 0, "1"
+    while True:
+        batch = int(await script(args=[broker.prefix, task_name, first, value]))
+        released += batch
+        first = "0"
+        if batch < 1000:
+            break
+    log.info("rate limit changed", task=task_name, rate=rate, burst=burst, released=released)
+    return released
 
 
 async def known_queues() -> list[str]:
@@ -129,7 +179,8 @@ async def queue_stats() -> list[dict[str, Any]]:
     stats = []
     for queue in await known_queues():
         consumers = [w["id"] for w in live if queue in w.get("queues", [])]
-        stats.append({"queue": queue, "ready": await broker.redis.zcard(broker.key("q", queue)), "consumers": consumers})
+        ready = await broker.redis.zcard(broker.key("q", queue))
+        stats.append({"queue": queue, "ready": ready, "consumers": consumers})
     return stats
 
 

@@ -1,6 +1,7 @@
 """One attempt of a task: request context, argument check, time limits, and what an error means.
 
-Shared by the worker and by eager ``apply()``, so both decide retries exactly alike.
+Shared by the worker and by eager ``apply()``, so both decide retries exactly alike. The outcome is
+data (:class:`Attempt`); the caller turns it into a result record, a re-sent message or a failure.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Literal
 
 import structlog
 
-from tasks_engine.exceptions import Retry
+from tasks_engine.exceptions import Retry, TimeLimitExceeded
 from tasks_engine.limits import LimitedRun
 from tasks_engine.retries import backoff_countdown, backoff_factor, matches
 from tasks_engine.task import Request, Task, current_request
@@ -44,10 +45,17 @@ def _format(exc: BaseException) -> str:
     return "".join(tb_module.format_exception(exc))
 
 
+def _retrying(retry: Retry) -> Attempt:
+    # The record shows why: the task's exception, or the Retry itself when none was given.
+    reason = retry.exc if retry.exc is not None else retry
+    return Attempt("retry", exc=reason, retry=retry, traceback=_format(reason))
+
+
 async def run_attempt(
     task: Task, req: Request, soft: float | None, hard: float | None, run: LimitedRun | None = None
 ) -> Attempt:
     run = run or LimitedRun()
+    run.label = req.id or task.name  # what the blocked-loop watchdog reports
     token = current_request.set(req)
     structlog.contextvars.bind_contextvars(task_id=req.id, task_name=task.name, retries=req.retries)
     try:
@@ -61,13 +69,19 @@ async def run_attempt(
             value = await run.run_coroutine(task.fn(*args, **kwargs), soft, hard)
         else:
             value = await run.run_sync(thread_pool(), task.fn, args, kwargs, soft, hard)
+        if isinstance(value, Retry):  # ``return self.retry(..., throw=False)``
+            return _retrying(value)
         return Attempt("success", value=value)
     except Retry as retry:
-        return Attempt("retry", exc=retry.exc, retry=retry, traceback=_format(retry.exc) if retry.exc else None)
+        return _retrying(retry)
     except asyncio.CancelledError:
         if run.terminated:
             return Attempt("revoked")
         raise
+    except TimeLimitExceeded as exc:
+        if run.timed_out:  # the hard limit is terminal, as when Celery kills the child process
+            return Attempt("failure", exc=exc, traceback=_format(exc))
+        return _after_error(task, exc)
     except Exception as exc:  # noqa: BLE001 - every task error becomes a result, never a worker crash
         return _after_error(task, exc)
     finally:
@@ -76,7 +90,11 @@ async def run_attempt(
 
 
 def _after_error(task: Task, exc: Exception) -> Attempt:
-    """``autoretry_for``/``dont_autoretry_for`` (checked first), with backoff, as in Celery."""
+    """``autoretry_for``/``dont_autoretry_for`` (checked first), with backoff, as in Celery.
+
+    The backoff countdown is computed before ``retry()`` checks ``max_retries`` (Celery does the
+    same), so the last, refused retry still "asks" for the next countdown in the sequence.
+    """
     opts = task.options
     if matches(exc, opts.dont_autoretry_for) or not matches(exc, opts.autoretry_for):
         return Attempt("failure", exc=exc, traceback=_format(exc))
@@ -86,7 +104,9 @@ def _after_error(task: Task, exc: Exception) -> Attempt:
             backoff_factor(opts.retry_backoff), task.request.retries, opts.retry_backoff_max, opts.retry_jitter
         )
     try:
-        retry = task.retry(exc=exc, throw=False, **retry_kwargs)
+        task.retry(exc=exc, **retry_kwargs)
+    except Retry as retry:
+        return Attempt("retry", exc=exc, retry=retry, traceback=_format(exc))
     except Exception as final:  # noqa: BLE001 - max retries reached: the original error (or MaxRetriesExceeded)
         return Attempt("failure", exc=final, traceback=_format(final))
-    return Attempt("retry", exc=exc, retry=retry, traceback=_format(exc))
+    raise AssertionError("Task.retry() returned instead of raising")  # pragma: no cover

@@ -1,17 +1,36 @@
 """Rate-limit grammar and time limits on asyncio.
 
-Soft limit, and why it needs care on asyncio: cancellation only raises ``CancelledError``, and only
-at an ``await``. Celery users write ``except SoftTimeLimitExceeded:``, so the engine runs the task's
-coroutine through :class:`_Interruptible`, a thin driver that forwards every ``send``/``throw``
-unchanged. At the soft limit the engine cancels the asyncio task, the driver catches that one
-cancellation, takes it back (``Task.uncancel()``) and throws ``SoftTimeLimitExceeded`` into the
-coroutine at the very ``await`` it is suspended on. The task may catch it, clean up and return, or
-re-raise. The hard limit is a real cancellation: the job is recorded as FAILURE
-(``TimeLimitExceeded``) at the limit whether or not the coroutine ever yields again.
+Soft limit. Celery users write ``except SoftTimeLimitExceeded:`` around their work, but asyncio can
+only interrupt a coroutine by cancelling its task, which raises ``CancelledError`` at the ``await``
+it is suspended on. So every ``async def`` task runs under :class:`_Interruptible`, a thin driver
+that steps the task's coroutine itself and forwards every value and exception unchanged. At the
+soft limit the engine cancels the asyncio task; the driver intercepts that one cancellation, takes
+it back (``Task.uncancel()``, so nothing above still thinks the task is being cancelled) and throws
+``SoftTimeLimitExceeded`` into the coroutine at that very ``await``. The task's own code can then
+clean up and return a value (SUCCESS), re-raise (FAILURE, or a retry when the exception is in
+``autoretry_for``), or do more awaited work: the soft limit is only a warning. Whatever the task
+was awaiting is cancelled (a ``gather`` cancels its children, a ``shield`` does not), exactly as a
+plain cancellation would do.
 
-Sync task functions run in a thread pool; there the soft limit is raised in the thread with
-``PyThreadState_SetAsyncExc`` (it lands between bytecodes), and the hard limit marks the job
-failed on time even if the thread keeps running.
+Hard limit. At ``time_limit`` the attempt is reported as FAILURE (``TimeLimitExceeded``) at once,
+without waiting for the coroutine, and the coroutine is stopped for good: it gets one
+``CancelledError`` at its current ``await`` so ``finally``/``async with`` clean-ups run, and if it
+swallows that and awaits anything again, the driver closes it (``GeneratorExit``) and never steps
+it again. A task that loops on ``except CancelledError: pass`` therefore cannot outlive its limit.
+A hard limit is terminal, like Celery's killed child process: never turned into a retry.
+``revoke(terminate=True)`` and a cold shutdown stop an attempt the same way.
+
+Blocked loop. A coroutine that runs sync code without awaiting holds the event loop; nothing in
+asyncio can interrupt it, so no limit fires until it yields. The driver records which task is
+being stepped (:func:`current_steps`), so the worker's watchdog thread can name the culprit.
+
+Sync (``def``) task functions run in a thread pool and never block the loop. The soft limit is
+raised inside the thread with ``PyThreadState_SetAsyncExc``: it lands between two bytecodes, so a
+function in the middle of a long C call (``time.sleep(60)``, a blocking socket read) only sees it
+when that call returns. The hard limit marks the job FAILURE on time regardless, raises
+``TimeLimitExceeded`` in the thread the same way, and frees the worker slot; a thread stuck in C
+keeps its pool thread until the call returns. Limits count from the start of the attempt, so time
+spent waiting for a free pool thread counts too.
 """
 
 from __future__ import annotations
@@ -20,12 +39,13 @@ import asyncio
 import ctypes
 import re
 import threading
+import time
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Any, NamedTuple, TypeVar
 
-from tasks_engine.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from tasks_engine.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 
 T = TypeVar("T")
 
@@ -36,7 +56,7 @@ _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 class RateLimit(NamedTuple):
     """``count`` starts per ``period`` seconds across the whole cluster, ``burst`` at once."""
 
-    count: float
+    count: float  # type: ignore[assignment]  # shadows tuple.count(); the name reads best here
     period: float
     burst: int = 1
 
@@ -76,33 +96,66 @@ def check_time_limits(soft: float | None, hard: float | None) -> None:
         raise ValueError(f"soft_time_limit ({soft}) must not exceed time_limit ({hard})")
 
 
-class _Interruptible:
-    """Drives a coroutine; turns the soft-limit cancellation into ``SoftTimeLimitExceeded`` inside it."""
+# Which attempt each event-loop thread is stepping right now, and since when (monotonic).
+# Written by the driver around every step; read by the worker's watchdog thread.
+_steps: dict[int, tuple[str, float]] = {}
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+
+def current_steps() -> list[tuple[str, float]]:
+    """``(label, seconds)`` of every task step in progress: the task holding a blocked event loop."""
+    now = time.monotonic()
+    return [(label, now - since) for label, since in _steps.copy().values()]
+
+
+class _Interruptible:
+    """Steps a coroutine; turns the soft-limit cancellation into ``SoftTimeLimitExceeded`` inside it
+    and, once ``kill`` is set, lets it clean up for one step and then drops it."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], label: str) -> None:
         self._coro = coro
+        self.label = label
         self.inject: BaseException | None = None
+        self.kill = False
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro = self._coro
+        thread = threading.get_ident()
         value: Any = None
         error: BaseException | None = None
+        dying = False  # the coroutine has had its CancelledError after ``kill``
         while True:
+            _steps[thread] = (self.label, time.monotonic())
             try:
                 yielded = coro.send(value) if error is None else coro.throw(error)
             except StopIteration as stop:
+                if self.kill:  # it caught the stop and returned: the supervisor already decided
+                    raise asyncio.CancelledError from None
                 return stop.value
+            finally:
+                _steps.pop(thread, None)
+            if dying:
+                # It swallowed the cancellation and awaits again: close it and never step it again.
+                try:
+                    coro.close()
+                except RuntimeError:  # it awaited inside its GeneratorExit handling too
+                    pass
+                raise asyncio.CancelledError
             value, error = None, None
             try:
                 value = yield yielded
             except asyncio.CancelledError as cancelled:
-                if self.inject is not None:
+                if self.kill:
+                    error, dying = cancelled, True
+                elif self.inject is not None:
                     error, self.inject = self.inject, None
                     current = asyncio.current_task()
                     if current is not None:
                         current.uncancel()
                 else:
                     error = cancelled
+            except GeneratorExit:
+                coro.close()
+                raise
             except BaseException as other:  # noqa: BLE001 - forwarded into the coroutine as-is
                 error = other
 
@@ -110,15 +163,24 @@ class _Interruptible:
 class LimitedRun:
     """One running attempt: can be soft-interrupted, hard-stopped or terminated from outside."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "") -> None:
+        self.label = label
         self.task: asyncio.Future[Any] | None = None
         self._driver: _Interruptible | None = None
         self._thread_id: int | None = None
+        self._thread_lock = threading.Lock()
+        self._thread_done = False
+        self._soft_due = False  # the soft limit passed before the sync function got a thread
         self.terminated = False
+        self.timed_out = False  # the hard limit stopped it
 
-    def _raise_in_thread(self, exc_type: type[BaseException]) -> None:
-        if self._thread_id is not None:
+    def _raise_in_thread(self, exc_type: type[BaseException]) -> bool:
+        """Raise ``exc_type`` in the thread running the sync function, if it is still running it."""
+        with self._thread_lock:
+            if self._thread_id is None or self._thread_done:
+                return False
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), ctypes.py_object(exc_type))
+            return True
 
     def soft_interrupt(self) -> None:
         if self.task is None or self.task.done():
@@ -126,26 +188,33 @@ class LimitedRun:
         if self._driver is not None:
             self._driver.inject = SoftTimeLimitExceeded("soft time limit exceeded")
             self.task.cancel()
+        elif not self._raise_in_thread(SoftTimeLimitExceeded):
+            self._soft_due = True
+
+    def _stop(self, exc_type: type[BaseException]) -> None:
+        if self.task is None or self.task.done():
+            return
+        if self._driver is not None:
+            self._driver.kill = True
         else:
-            self._raise_in_thread(SoftTimeLimitExceeded)
+            self._raise_in_thread(exc_type)
+        self.task.cancel()
+        self.task.add_done_callback(_consume)
 
     def terminate(self) -> None:
         """Stop the attempt now (revoke with terminate=True)."""
         self.terminated = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-            if self._driver is None:
-                self._raise_in_thread(TimeLimitExceeded)
+        self._stop(TaskRevokedError)
 
     async def run_coroutine(self, coro: Coroutine[Any, Any, T], soft: float | None, hard: float | None) -> T:
-        self._driver = _Interruptible(coro)
+        self._driver = _Interruptible(coro, self.label)
         driver = self._driver
 
         async def drive() -> Any:
             return await driver
 
         self.task = asyncio.ensure_future(drive())
-        return await self._supervise(soft, hard)
+        return await self._supervise(soft, hard)  # type: ignore[no-any-return]
 
     async def run_sync(
         self, pool: ThreadPoolExecutor, fn: Callable[..., T], args: list[Any], kwargs: dict[str, Any],
@@ -154,14 +223,23 @@ class LimitedRun:
         context = copy_context()
 
         def in_thread() -> T:
-            self._thread_id = threading.get_ident()
+            ident = threading.get_ident()
+            with self._thread_lock:
+                self._thread_id = ident
+                soft_due = self._soft_due
             try:
+                if soft_due:
+                    raise SoftTimeLimitExceeded("soft time limit exceeded before the function started")
                 return context.run(fn, *args, **kwargs)
             finally:
-                self._thread_id = None
+                with self._thread_lock:
+                    self._thread_done = True
+                    # Clear an interrupt that was set but has not landed yet: it must never hit
+                    # whatever this pool thread runs next.
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
 
         self.task = asyncio.get_running_loop().run_in_executor(pool, in_thread)
-        return await self._supervise(soft, hard)
+        return await self._supervise(soft, hard)  # type: ignore[no-any-return]
 
     async def _supervise(self, soft: float | None, hard: float | None) -> Any:
         assert self.task is not None
@@ -172,18 +250,14 @@ class LimitedRun:
                 return await asyncio.shield(self.task)
             done, _ = await asyncio.wait({self.task}, timeout=hard)
             if not done:
-                # Hard limit: stop it and report now; never wait for a task that ignores cancellation.
-                self.task.cancel()
-                if self._driver is None:
-                    self._raise_in_thread(TimeLimitExceeded)
-                self.task.add_done_callback(_consume)
+                # Report now; never wait for a task that ignores cancellation.
+                self.timed_out = True
+                self._stop(TimeLimitExceeded)
                 raise TimeLimitExceeded(f"hard time limit ({hard}s) exceeded")
             return self.task.result()
         except asyncio.CancelledError:
             # The worker itself is being cancelled (cold shutdown): take the attempt down too.
-            if not self.task.done():
-                self.task.cancel()
-                self.task.add_done_callback(_consume)
+            self._stop(TaskRevokedError)
             raise
         finally:
             if soft_handle is not None:

@@ -8,9 +8,10 @@ import random
 def backoff_countdown(factor: int, retries: int, maximum: int, full_jitter: bool) -> int:
     """Seconds before retry number ``retries + 1``: ``min(maximum, factor * 2**retries)``, jittered.
 
-    The cap applies before the jitter, so the jittered value is uniform in ``[0, capped]``.
+    ``retries`` is the request's count of earlier retries (0 on the first failure). The cap applies
+    before the jitter, so the jittered value is uniform over the integers ``0..capped``.
     """
-    countdown = min(maximum, factor * 2**retries)
+    countdown = int(min(maximum, factor * 2 ** max(0, retries)))
     if full_jitter:
         countdown = random.randrange(countdown + 1)
     return max(0, countdown)

@@ -159,8 +159,8 @@ async def errback_full(task_id: str, exc: str, traceback: str) -> str:
 
 
 @shared_task(name="demo.count_body")
-async def count_body(results: list[Any], key: str) -> list[Any]:
-    """A chord body that counts its executions in Redis."""
+async def count_body(results: Any, key: str) -> Any:
+    """A chord body (or link callback) that counts its executions in Redis and returns what it got."""
     broker = get_broker()
     await broker.redis.rpush(broker.key("test-log", key), f"{results}|{time.time()}|{os.getpid()}")
     return results
@@ -172,3 +172,24 @@ async def chord_stats(self: Any, results: list[Any]) -> list[int]:
     broker = get_broker()
     stored = await broker.redis.hlen(broker.key("chord", str(self.request.id), "r"))
     return [len(results), stored, sum(1 for r in results if r is not None)]
+
+
+# ---- flow control (tests/test_flow_control.py) ----
+@shared_task(name="demo.limited", bind=True, rate_limit="15/s")
+async def limited(self: Any, key: str, value: Any = None) -> Any:
+    """Rate-limited twin of demo.record: 15 starts a second across every worker sharing the Redis
+    (66.7 ms apart: not a multiple of Redis's 100 ms timer tick, so a coarse wake-up would show)."""
+    broker = get_broker()
+    await broker.redis.rpush(broker.key("test-log", key), f"{self.request.id}|{value}|{time.time()}|{os.getpid()}")
+    return value
+
+
+@shared_task(name="demo.span")
+async def span(key: str, seconds: float, value: Any = None) -> Any:
+    """Logs its start, sleeps, logs its end: shows overlap, and whether a job ran to completion."""
+    broker = get_broker()
+    log_key = broker.key("test-log", key)
+    await broker.redis.rpush(log_key, f"start|{value}|{time.time()}|{os.getpid()}")
+    await asyncio.sleep(seconds)
+    await broker.redis.rpush(log_key, f"end|{value}|{time.time()}|{os.getpid()}")
+    return value
