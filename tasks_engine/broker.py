@@ -383,6 +383,10 @@ class Broker:
         return int(await self.enqueue_script(args=self.enqueue_args(items)))
 
     async def close(self) -> None:
+        listener = getattr(getattr(self, "_waiter", None), "_listener", None)
+        if listener is not None and not listener.done():
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
         await self.redis.aclose()
 
 
