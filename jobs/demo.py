@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ def describe(value: Any) -> str:
 async def main() -> None:
     settings = job_settings()
     configure_logging(settings.model_copy(update={"log_level": os.environ.get("TE_LOG_LEVEL", "ERROR")}))
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.rule("[bold]tasks_engine demo: email, reports, batch, maintenance")
     console.print(f"Redis {redacted_url()} (key prefix [bold]{settings.key_prefix}[/bold])")
 
