@@ -575,8 +575,8 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
         body = self._need_body()
         self._push_down()
         header = await self.header._eager(prefix, None)
-        values = await header.get(propagate=False)
-        for leaf, value in zip(header.results, values, strict=True):
+        for leaf in header._leaves():  # nested groups too
+            value = await leaf.get(propagate=False)
             if isinstance(value, BaseException):
                 error = ChordError(f"Dependency {leaf.id} raised {type(value).__name__}({str(value)!r})")
                 failed = _failed_results(body, error, header)
@@ -584,7 +584,7 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
                 for errback in _errbacks_of(body):
                     await from_dict(errback)._errback_call(failed_id, error, "")._eager([], failed)
                 return failed
-        return await body._eager([values], header)
+        return await body._eager([await header.get()], header)
 
 
 def chord(header: Any, body: Signature | None = None, **options: Any) -> _chord:
