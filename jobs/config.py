@@ -41,8 +41,9 @@ class JobsSettings(EngineSettings):
     admin_email: str = "admin@example.com"
 
     # Database (SQLAlchemy async URL) and reports.
-    database_url: str = Field(
-        default="sqlite+aiosqlite:///var/app.db", validation_alias=AliasChoices("DATABASE_URL", "TE_DATABASE_URL")
+    database_url: str = Field(  # repr=False: the URL may carry the database password
+        default="sqlite+aiosqlite:///var/app.db", validation_alias=AliasChoices("DATABASE_URL", "TE_DATABASE_URL"),
+        repr=False,
     )
     database_schema: str | None = Field(
         default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", description="PostgreSQL schema of the app tables"

@@ -15,9 +15,24 @@ import signal
 from typing import Any
 
 from arq.connections import RedisSettings
+from redis.connection import parse_url
 
 from tasks_engine.config import get_settings
 from tasks_engine.messages import arq_job_deserializer, arq_job_serializer
+
+
+def arq_redis_settings(url: str) -> RedisSettings:
+    """arq's ``RedisSettings`` for ``url``, parsed by redis-py: arq's own ``from_dsn`` drops the ``ssl_*``
+    query options (so a private CA cannot be trusted) and does not unquote the username and password."""
+    scheme = url.partition("://")[0]
+    opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+    return RedisSettings(
+        host=opts.get("host", "localhost"), port=opts.get("port", 6379), database=opts.get("db", 0),
+        username=opts.get("username"), password=opts.get("password"), unix_socket_path=opts.get("path"),
+        ssl=scheme == "rediss", ssl_keyfile=opts.get("ssl_keyfile"), ssl_certfile=opts.get("ssl_certfile"),
+        ssl_cert_reqs=opts.get("ssl_cert_reqs", "required"), ssl_ca_certs=opts.get("ssl_ca_certs"),
+        ssl_ca_data=opts.get("ssl_ca_data"), ssl_check_hostname=opts.get("ssl_check_hostname", False),
+    )
 
 
 async def _arq_ping(ctx: dict[str, Any]) -> str:
@@ -73,7 +88,7 @@ def worker_settings(
         "functions": [_arq_ping],
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url.get_secret_value()),
+        "redis_settings": arq_redis_settings(settings.redis_url.get_secret_value()),
         "queue_name": f"{settings.key_prefix}:arq",
         "health_check_key": f"{settings.key_prefix}:arq:health-check",
         "job_serializer": arq_job_serializer,

@@ -24,14 +24,17 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
 
 
 def redacted_url() -> str:
-    """The Redis URL without its password, fit for logs and error messages."""
+    """The Redis URL without its password (in the userinfo or a ``?password=`` query), fit for logs."""
     url = get_settings().redis_url.get_secret_value()
     scheme, sep, rest = url.partition("://")
+    rest, qmark, query = rest.partition("?")
     if "@" in rest:
         creds, _, host = rest.rpartition("@")
         user = creds.split(":", 1)[0]
         rest = f"{user + ':' if user else ''}***@{host}"
-    return f"{scheme}{sep}{rest}"
+    if query:
+        query = "&".join("password=***" if part.lower().startswith("password=") else part for part in query.split("&"))
+    return f"{scheme}{sep}{rest}{qmark}{query}"
 
 
 async def with_redis_retry(fn: Callable[[], Awaitable[T]], what: str) -> T:

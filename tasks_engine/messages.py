@@ -40,17 +40,18 @@ class ChordRef(BaseModel):
 
 class Message(BaseModel):
     """One task call. Field order matters: ``id`` and ``task`` come first so Lua can read them cheaply,
-    and ``args`` third, where a chord body's placeholder is found again when checking its signature."""
+    then ``queue`` and ``priority`` (before ``args``, which may hold a "queue" key of its own), then ``args``,
+    where a chord body's placeholder is found again when checking its signature."""
 
     # "constants" writes NaN/Infinity as such (invalid JSON), so encode() can spot them cheaply and refuse.
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     id: str
     task: str
+    queue: str = "default"  # before args: Lua finds the first "queue" key, and args may contain one
+    priority: int = Field(default=5, ge=0, le=9)
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    queue: str = "default"
-    priority: int = Field(default=5, ge=0, le=9)
     retries: int = 0
     eta: float | None = None  # epoch seconds; None = now
     expires: float | None = None  # epoch seconds
@@ -171,6 +172,9 @@ def _with_chord_placeholder(body: bytes) -> bytes | None:
         if not text.startswith(',"task":', pos):
             return None
         _, pos = decoder.raw_decode(text, pos + len(',"task":'))
+        for field in (',"queue":', ',"priority":'):  # the fields between task and args (see Message)
+            if text.startswith(field, pos):
+                _, pos = decoder.raw_decode(text, pos + len(field))
         if not text.startswith(_ARGS_OPEN, pos):
             return None
         start = pos + len(_ARGS_OPEN)

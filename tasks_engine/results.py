@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from tasks_engine import states
 from tasks_engine.broker import Broker, get_broker
 from tasks_engine.config import get_settings
@@ -126,6 +128,8 @@ class ResultWaiter:
                 for fut in self.waiters.pop(message["data"].decode(), ()):
                     if not fut.done():
                         fut.set_result(None)
+        except (ConnectionError, OSError, RedisError):
+            pass  # the client closed or Redis went away: waiters are woken below and re-check the record
         finally:
             self._ready.set()  # never leave a waiter stuck on a listener that died
             for futs in self.waiters.values():

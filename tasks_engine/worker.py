@@ -247,7 +247,7 @@ class Worker:
     # ------------------------------------------------------------ one job
     async def _process(self, task_id: str, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
         try:
-            msg = decode(raw)
+            msg = decode(raw, expected_id=task_id)
         except MessageError as exc:
             await self._dead_letter(task_id, raw, str(exc))
             return
@@ -297,23 +297,32 @@ class Worker:
             structlog.contextvars.unbind_contextvars("task_id", "task_name", "retries")
 
     async def _dead_letter(self, task_id: str, raw: bytes, reason: str, msg: Message | None = None) -> None:
-        """An undecodable, forged or unknown-task message: FAILURE with the reason, kept in ``dead``."""
+        """An undecodable, forged or unknown-task message: FAILURE with the reason, kept in ``dead``, and
+        acknowledged (left in ``active`` it would come back at every lease expiry and be dead-lettered again)."""
         assert self.broker is not None
         b = self.broker
         log.error("message rejected", task_id=task_id, reason=reason)
-        record = {"state": states.FAILURE, "exc_type": "MessageError" if msg is None else "NotRegistered",
-                  "exc_module": "tasks_engine.exceptions", "exc_message": reason, "exc_args": dumps([reason]).decode(),
-                  "traceback": "", "date_done": now_iso(), "worker": self.id, "task": msg.task if msg else ""}
+        record = {"state": states.FAILURE, "exc_type": "MessageError", "exc_module": "tasks_engine.exceptions",
+                  "exc_message": reason, "exc_args": dumps([reason]).decode(), "traceback": "",
+                  "date_done": now_iso(), "worker": self.id, "task": ""}
         entry = dumps({"id": task_id, "reason": reason, "at": now_iso(), "raw": raw[:4096].decode(errors="replace"),
-                       "peek_id": peek_id(raw)})
+                       "peek_id": peek_id(raw), "task": msg.task if msg else None})
 
         def add(pipe: Any) -> None:
-            pipe.hset(b.result_key(task_id), mapping=record)
-            pipe.expire(b.result_key(task_id), self.settings.result_expires)
             pipe.lpush(b.key("dead"), entry)
             pipe.ltrim(b.key("dead"), 0, 9999)
+            if msg is None:
+                pipe.hset(b.result_key(task_id), mapping=record)
+                pipe.expire(b.result_key(task_id), self.settings.result_expires)
+                pipe.zrem(b.key("active"), task_id)
+                pipe.hdel(b.key("inflight"), task_id)
+                pipe.delete(b.key("msg", task_id))
+                pipe.publish(b.done_channel, task_id)
 
         await self._write(task_id, add, [])
+        if msg is not None:  # a valid message for a task we lack: fail it like any failure, so chains/chords learn
+            exc = NotRegistered(reason)
+            await self._complete(msg, None, Attempt("failure", exc=exc, traceback=f"NotRegistered: {reason}"))
 
     async def _complete(self, msg: Message, task: Task | None, attempt: Attempt) -> None:
         """Record the outcome and move the workflow on, all in one transaction with the ack."""
