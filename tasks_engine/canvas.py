@@ -441,7 +441,7 @@ class group(Signature):  # noqa: N801 - Celery's spelling
 
     def freeze(self, parent: Any = None) -> GroupResult:
         group_id = _own_id(self)
-        return GroupResult(group_id, [t.freeze() for t in self.tasks])
+        return GroupResult(group_id, [t.freeze() for t in self.tasks], parent=parent)
 
     def _push_down(self) -> None:
         links, errbacks, call = _pop_workflow_options(self)
@@ -525,7 +525,7 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
         own_id = self.options.pop("task_id", None)
         if own_id:  # a chord's id is its body's
             _assign_id(body, own_id)
-        header = self.header.freeze()
+        header = self.header.freeze(parent)
         return body.freeze(header)
 
     def _push_down(self) -> None:

@@ -185,7 +185,9 @@ def _check_not_in_task() -> None:
 class AsyncResult:
     """A handle on a task's result by id; works from any process using the same Redis and prefix."""
 
-    def __init__(self, id: str, parent: AsyncResult | None = None, ignore_result: bool = False) -> None:  # noqa: A002
+    def __init__(
+        self, id: str, parent: AsyncResult | GroupResult | None = None, ignore_result: bool = False  # noqa: A002
+    ) -> None:
         self.id = id
         self.parent = parent
         self.ignore_result = ignore_result
@@ -292,7 +294,10 @@ class AsyncResult:
         ids = [self.id]
         parent = self.parent
         while parent is not None:  # a chain's result: the remaining steps must not run either
-            ids.append(parent.id)
+            if isinstance(parent, GroupResult):  # a chord header inside the chain
+                ids.extend(leaf.id for leaf in parent._leaves())
+            else:
+                ids.append(parent.id)
             parent = parent.parent
         await revoke(ids, terminate=terminate)
 
@@ -320,7 +325,7 @@ _eager_results: weakref.WeakValueDictionary[str, EagerResult] = weakref.WeakValu
 class EagerResult(AsyncResult):
     """The result of ``apply()``: computed in-process, same async methods as :class:`AsyncResult`."""
 
-    def __init__(self, id: str, parent: AsyncResult | None = None) -> None:  # noqa: A002
+    def __init__(self, id: str, parent: AsyncResult | GroupResult | None = None) -> None:  # noqa: A002
         super().__init__(id, parent)
         self._state = states.PENDING
         self._value: Any = None
@@ -372,9 +377,10 @@ class EagerResult(AsyncResult):
 class GroupResult:
     """Results of a group, in declaration order; can be saved and restored by id from any process."""
 
-    def __init__(self, id: str, results: list[Any]) -> None:  # noqa: A002
+    def __init__(self, id: str, results: list[Any], parent: AsyncResult | GroupResult | None = None) -> None:  # noqa: A002
         self.id = id
         self.results: list[AsyncResult | GroupResult] = results
+        self.parent = parent
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"

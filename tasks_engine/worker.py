@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterable
 from dataclasses import replace
@@ -350,14 +351,20 @@ class Worker:
                 attempt = Attempt("failure", exc=exc, traceback=str(exc))
                 outcome = "failure"
         if outcome == "success":
+            try:
+                ctx = Context(parent_id=msg.id, root_id=msg.root_id, nx=True)
+                for link in msg.links:
+                    from_dict(link)._plan([value], replace(ctx, partial=False), plan)
+                if msg.chain:
+                    nxt, rest = from_dict(msg.chain[0]), [from_dict(d) for d in msg.chain[1:]]
+                    nxt._plan([value], replace(ctx, chain_rest=rest, chord=msg.chord), plan)
+            except Exception as exc:  # noqa: BLE001 - e.g. the next step rejects this result: fail, never loop
+                plan = Plan()
+                attempt = Attempt("failure", exc=exc, traceback="".join(traceback.format_exception(exc)))
+                outcome = "failure"
+        if outcome == "success":
             record = {**base, "state": states.SUCCESS, "result": result_json, "date_done": now_iso()}
-            ctx = Context(parent_id=msg.id, root_id=msg.root_id, nx=True)
-            for link in msg.links:
-                from_dict(link)._plan([value], replace(ctx, partial=False), plan)
-            if msg.chain:
-                nxt, rest = from_dict(msg.chain[0]), [from_dict(d) for d in msg.chain[1:]]
-                nxt._plan([value], replace(ctx, chain_rest=rest, chord=msg.chord, link_errors=msg.link_errors), plan)
-            elif msg.chord is not None:
+            if not msg.chain and msg.chord is not None:
                 chord_calls.append([msg.chord.id, msg.id, msg.chord.index, "1", result_json, "", ""])
         elif outcome == "retry":
             assert attempt.retry is not None

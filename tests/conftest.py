@@ -4,6 +4,7 @@ workers in the test process or as real subprocesses."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -81,17 +82,20 @@ def spawn_worker(prefix: str, sync_client: sync_redis.Redis, tmp_path: Path) -> 
     procs: list[subprocess.Popen[bytes]] = []
 
     def spawn(*args: str, env: dict[str, Any] | None = None, wait: bool = True, imports: str = "tests.sample_tasks",
-              count_before: int | None = None) -> subprocess.Popen[bytes]:
-        before = count_before if count_before is not None else len(list(sync_client.scan_iter(f"{prefix}:worker:*")))
+              ) -> subprocess.Popen[bytes]:
+        # Wait for a worker key that was not there before (a count could be fooled by a dead worker's
+        # key expiring meanwhile).
+        before = set(sync_client.scan_iter(f"{prefix}:worker:*"))
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", imports, *args],
             cwd=ROOT, env=worker_env(prefix, **(env or {})), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a supervisor's children die with it
         )
         procs.append(proc)
         if wait:
             deadline = time.monotonic() + 20
-            while len(list(sync_client.scan_iter(f"{prefix}:worker:*"))) <= before:
+            while not set(sync_client.scan_iter(f"{prefix}:worker:*")) - before:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"worker did not start: {(tmp_path / f'worker-{len(procs) - 1}.log').read_text()}")
                 time.sleep(0.05)
@@ -99,6 +103,8 @@ def spawn_worker(prefix: str, sync_client: sync_redis.Redis, tmp_path: Path) -> 
 
     yield spawn
     for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         proc.wait()
