@@ -74,7 +74,7 @@ def worker_settings(
                     arq_main.cancel()
 
             if worker._signals == 1:
-                loop.create_task(finish_arq())
+                worker.spawn(finish_arq())
 
         for sig in (signal.SIGINT, signal.SIGTERM):  # replaces arq's handler: we drain first
             loop.add_signal_handler(sig, on_signal, sig)

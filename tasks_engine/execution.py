@@ -56,6 +56,7 @@ async def run_attempt(
 ) -> Attempt:
     run = run or LimitedRun()
     run.label = req.id or task.name  # what the blocked-loop watchdog reports
+    req.requested_retry = None  # eager retries reuse the request
     token = current_request.set(req)
     structlog.contextvars.bind_contextvars(task_id=req.id, task_name=task.name, retries=req.retries)
     try:
@@ -71,6 +72,8 @@ async def run_attempt(
             value = await run.run_sync(thread_pool(), task.fn, args, kwargs, soft, hard)
         if isinstance(value, Retry):  # ``return self.retry(..., throw=False)``
             return _retrying(value)
+        if req.requested_retry is not None:  # ``self.retry(throw=False)`` then returned something else
+            return _retrying(req.requested_retry)
         return Attempt("success", value=value)
     except Retry as retry:
         return _retrying(retry)

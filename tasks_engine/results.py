@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from redis.exceptions import RedisError
 
 from tasks_engine import states
@@ -24,6 +25,8 @@ from tasks_engine.config import get_settings
 from tasks_engine.exceptions import TaskError, TaskRevokedError
 from tasks_engine.messages import dumps, loads
 from tasks_engine.task import current_request
+
+log = structlog.get_logger("tasks_engine.results")
 
 
 def now_iso() -> str:
@@ -62,8 +65,8 @@ def rebuild_exception(record: dict[str, Any]) -> BaseException:
         except Exception:  # noqa: BLE001 - a class whose __init__ wants other args
             try:
                 return cls(message)
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as exc:  # noqa: BLE001 - fall back to TaskError below
+                log.debug("cannot rebuild exception", exc_type=name, error=str(exc))
     return TaskError(f"{module}.{name}" if module != "builtins" else name, message)
 
 
@@ -128,8 +131,9 @@ class ResultWaiter:
                 for fut in self.waiters.pop(message["data"].decode(), ()):
                     if not fut.done():
                         fut.set_result(None)
-        except (ConnectionError, OSError, RedisError):
-            pass  # the client closed or Redis went away: waiters are woken below and re-check the record
+        except (ConnectionError, OSError, RedisError) as exc:
+            # The client closed or Redis went away: waiters are woken below and re-check the record.
+            log.debug("result listener stopped", error=str(exc))
         finally:
             self._ready.set()  # never leave a waiter stuck on a listener that died
             for futs in self.waiters.values():
@@ -427,7 +431,9 @@ class GroupResult:
         for leaf in self._leaves():
             await leaf.forget()
 
-    async def get(self, timeout: float | None = None, propagate: bool = True, interval: float | None = None) -> list[Any]:
+    async def get(
+        self, timeout: float | None = None, propagate: bool = True, interval: float | None = None
+    ) -> list[Any]:
         """All results in declaration order (nested groups give nested lists)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         out: list[Any] = []

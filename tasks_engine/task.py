@@ -106,6 +106,8 @@ class Request:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     headers: dict[str, Any] = field(default_factory=dict)
+    # A retry asked for with ``retry(throw=False)``: Celery sends it whether or not it is raised.
+    requested_retry: Retry | None = field(default=None, repr=False)
 
 
 current_request: ContextVar[Request | None] = ContextVar("tasks_engine_request", default=None)
@@ -271,6 +273,7 @@ class Task:
         retry.options = options
         if throw:
             raise retry
+        req.requested_retry = retry
         return retry
 
     async def update_state(
@@ -343,7 +346,8 @@ class Task:
 
     def _validate(self, name: str | None, value: Any) -> Any:
         adapter = self._adapters.get(name) if name else None
-        if adapter is None or self._kinds.get(name or "") in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+        variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        if adapter is None or self._kinds.get(name or "") in variadic:
             return value
         try:
             return adapter.validate_python(value)
@@ -378,13 +382,18 @@ def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
             opts = TaskOptions(**options)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}".replace("Extra inputs are not permitted", "unknown option")
+                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}".replace(
+                    "Extra inputs are not permitted", "unknown option"
+                )
                 for e in exc.errors()
             )
             raise TaskDefinitionError(f"task {label!r}: {problems}") from None
         task = Task(func, opts)
         existing = registry.get(task.name)
-        if existing is not None and (existing.fn.__module__, existing.fn.__qualname__) != (func.__module__, func.__qualname__):
+        same = existing is not None and (existing.fn.__module__, existing.fn.__qualname__) == (
+            func.__module__, func.__qualname__
+        )
+        if existing is not None and not same:
             raise TaskDefinitionError(f"task {task.name!r} is already registered by {existing.fn.__module__}")
         registry[task.name] = task
         return task

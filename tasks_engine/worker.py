@@ -22,8 +22,9 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import replace
+from datetime import UTC
 from typing import Any
 
 import redis as sync_redis
@@ -43,7 +44,7 @@ from tasks_engine.exceptions import (
     TimeLimitExceeded,
 )
 from tasks_engine.execution import Attempt, run_attempt
-from tasks_engine.limits import LimitedRun
+from tasks_engine.limits import LimitedRun, current_steps
 from tasks_engine.messages import Message, decode, dumps, encode, loads, peek_id
 from tasks_engine.results import EagerResult, exception_fields, now_iso
 from tasks_engine.task import Request, Task, get_task, registry
@@ -81,6 +82,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._pending_writes: list[Any] = []
         self._signals = 0
+        self._spawned: set[asyncio.Task[Any]] = set()
         self.broker: Broker | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -122,16 +124,22 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` in the background, keeping a reference so it is not garbage-collected mid-way."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
     def handle_signal(self, signum: int) -> None:
         """First SIGTERM/SIGINT: warm shutdown (finish running jobs up to the grace period). Second: cold."""
         self._signals += 1
         if self._signals == 1:
             log.warning("warm shutdown: no new jobs; waiting for running ones",
                         running=len(self.running), grace=self.settings.shutdown_grace_seconds, signal=signum)
-            asyncio.get_running_loop().create_task(self.stop())
+            self.spawn(self.stop())
         else:
             log.warning("cold shutdown: cancelling running jobs and putting them back", running=len(self.running))
-            asyncio.get_running_loop().create_task(self.stop(grace=0))
+            self.spawn(self.stop(grace=0))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking jobs, wait for running ones (``grace``), then requeue the rest without counting a retry."""
@@ -231,7 +239,7 @@ class Worker:
         self.processed += 1
         self._slot.set()
         if not self.stopping and self._should_recycle():
-            asyncio.get_running_loop().create_task(self.stop())
+            self.spawn(self.stop())
 
     def _should_recycle(self) -> bool:
         if self.max_tasks and self.processed >= self.max_tasks:
@@ -241,7 +249,8 @@ class Worker:
         if ceiling:
             rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             if rss_kb > ceiling:
-                log.warning("max_memory_per_child exceeded; exiting for a fresh process", rss_kb=rss_kb, limit_kb=ceiling)
+                log.warning("max_memory_per_child exceeded; exiting for a fresh process",
+                            rss_kb=rss_kb, limit_kb=ceiling)
                 return True
         return False
 
@@ -287,11 +296,12 @@ class Worker:
             if attempt.outcome == "failure":
                 log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
             elif attempt.outcome == "retry":
-                log.warning("task will retry", error=repr(attempt.exc), countdown=attempt.retry and attempt.retry.countdown)
+                log.warning("task will retry", error=repr(attempt.exc),
+                            countdown=attempt.retry and attempt.retry.countdown)
             await self._complete(msg, task, attempt)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a bug here must not kill the worker; the lease brings the job back
+        except Exception:
             log.exception("internal error while processing job")
         finally:
             del bound
@@ -370,7 +380,12 @@ class Worker:
             assert attempt.retry is not None
             retry = attempt.retry
             countdown = retry.countdown
-            eta_s = time.time() + countdown if countdown is not None else (retry.eta.timestamp() if retry.eta else time.time())
+            if countdown is not None:  # countdown wins over eta, as in Celery
+                eta_s = time.time() + countdown
+            else:
+                eta = retry.eta
+                # A naive eta means UTC, as everywhere else in the engine.
+                eta_s = (eta if eta.tzinfo else eta.replace(tzinfo=UTC)).timestamp() if eta else time.time()
             again = msg.model_copy(update={
                 "retries": msg.retries + 1,
                 "args": retry.new_args if retry.new_args is not None else msg.args,
@@ -510,8 +525,10 @@ class Worker:
             stalled = time.monotonic() - self._loop_tick
             if stalled > self.settings.blocked_loop_seconds:
                 if not reported_stall:
+                    # The task whose step holds the loop (the engine steps every async task itself).
+                    culprit = max(current_steps(), key=lambda step: step[1], default=(None, 0.0))[0]
                     log.error("event loop blocked: a task runs sync code without awaiting; use a def task "
-                              "(runs in a thread) or await", blocked_seconds=round(stalled, 2),
+                              "(runs in a thread) or await", task_id=culprit, blocked_seconds=round(stalled, 2),
                               running=list(self.running))
                     reported_stall = True
             else:
@@ -560,7 +577,9 @@ async def run_eager(sig: Signature, prefix: list[Any], parent: Any) -> EagerResu
         try:
             value = loads(dumps(to_jsonable_python(attempt.value)))
         except (TypeError, PydanticSerializationError, ValueError):
-            exc = TypeError(f"task {task.name!r} returned a {type(attempt.value).__name__}, which cannot be serialized to JSON")
+            exc = TypeError(
+                f"task {task.name!r} returned a {type(attempt.value).__name__}, which cannot be serialized to JSON"
+            )
             result._finish(states.FAILURE, exc=exc, tb=str(exc))
             return result
         result._finish(states.SUCCESS, value=value)

@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
+import tasks_engine.builtins  # noqa: F401
+import tests.sample_tasks  # noqa: F401 - registers the sample tasks
 from tasks_engine import configure
 from tasks_engine.broker import get_broker
 from tasks_engine.config import EngineSettings
 from tasks_engine.embedded import ensure_redis
 from tasks_engine.worker import Worker
-
-import tests.sample_tasks  # noqa: F401 - registers the sample tasks
-import tasks_engine.builtins  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -77,7 +76,9 @@ def worker_env(prefix: str, **extra: Any) -> dict[str, str]:
 
 
 @pytest.fixture
-def spawn_worker(prefix: str, sync_client: sync_redis.Redis, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+def spawn_worker(
+    prefix: str, sync_client: sync_redis.Redis, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Start ``tasks-engine worker`` subprocesses; waits until each has announced itself in Redis."""
     procs: list[subprocess.Popen[bytes]] = []
 
@@ -97,7 +98,8 @@ def spawn_worker(prefix: str, sync_client: sync_redis.Redis, tmp_path: Path) -> 
             deadline = time.monotonic() + 20
             while not set(sync_client.scan_iter(f"{prefix}:worker:*")) - before:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"worker did not start: {(tmp_path / f'worker-{len(procs) - 1}.log').read_text()}")
+                    log_text = (tmp_path / f"worker-{len(procs) - 1}.log").read_text()
+                    raise RuntimeError(f"worker did not start: {log_text}")
                 time.sleep(0.05)
         return proc
 

@@ -219,7 +219,8 @@ def test_all_guide_options_accepted_and_stored():
         return data
 
     o = advanced.options
-    assert (o.max_retries, o.time_limit, o.soft_time_limit, o.rate_limit, o.queue, o.priority) == (3, 300, 240, "10/m", "admin", 3)
+    got = (o.max_retries, o.time_limit, o.soft_time_limit, o.rate_limit, o.queue, o.priority)
+    assert got == (3, 300, 240, "10/m", "admin", 3)
     assert o.autoretry_for == (Exception,) and o.compression == "gzip" and o.routing_key == "admin.process_data"
 
 
