@@ -25,8 +25,9 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -34,6 +35,7 @@ from redis.commands.core import AsyncScript
 from tasks_engine.config import EngineSettings, get_settings
 
 PRIORITY_WEIGHT = 1_000_000_000_000  # 1e12 sequence numbers per priority level
+T = TypeVar("T")
 CHORD_PLACEHOLDER = '"__te_chord_results__"'
 
 # Shared Lua helpers. Numbers are formatted with %d: Redis converts Lua numbers with %.14g.
@@ -388,6 +390,11 @@ class Broker:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
         await self.redis.aclose()
+
+
+def awaited(value: Awaitable[T] | T) -> Awaitable[T]:
+    """redis-py types its asyncio commands as "awaitable or value"; on our async client it is awaitable."""
+    return cast("Awaitable[T]", value)
 
 
 def now_ms() -> int:

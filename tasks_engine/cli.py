@@ -136,7 +136,7 @@ def status(app_module: AppOpt = None) -> None:
 
     async def show() -> None:
         from tasks_engine import beat, control
-        from tasks_engine.broker import get_broker
+        from tasks_engine.broker import awaited, get_broker
 
         broker = get_broker()
         table = Table("queue", "ready", "consumers")
@@ -146,7 +146,7 @@ def status(app_module: AppOpt = None) -> None:
         console.print(table)
         console.print(f"deferred: {await broker.redis.zcard(broker.key('delayed'))}  "
                       f"running: {await broker.redis.zcard(broker.key('active'))}  "
-                      f"dead letters: {await broker.redis.llen(broker.key('dead'))}")
+                      f"dead letters: {await awaited(broker.redis.llen(broker.key('dead')))}")
         wt = Table("worker", "queues", "running", "processed", "seen")
         for w in await control.workers():
             wt.add_row(w["id"], ",".join(w["queues"]), str(w["running"]), str(w["processed"]), w["seen"])

@@ -20,7 +20,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from tasks_engine import states
-from tasks_engine.broker import Broker, get_broker
+from tasks_engine.broker import Broker, awaited, get_broker
 from tasks_engine.config import get_settings
 from tasks_engine.exceptions import TaskError, TaskRevokedError
 from tasks_engine.messages import dumps, loads
@@ -141,7 +141,7 @@ class ResultWaiter:
                     if not fut.done():
                         fut.set_result(None)
             self.waiters.clear()
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def wait(self, task_ids: Iterable[str], timeout: float) -> None:
         """Return when any of ``task_ids`` is announced, or after ``timeout`` seconds."""
@@ -211,11 +211,11 @@ class AsyncResult:
 
     async def _record(self) -> dict[str, Any]:
         broker = get_broker()
-        return parse_record(await broker.redis.hgetall(broker.result_key(self.id)))
+        return parse_record(await awaited(broker.redis.hgetall(broker.result_key(self.id))))
 
     async def state(self) -> str:
         broker = get_broker()
-        raw = await broker.redis.hget(broker.result_key(self.id), "state")
+        raw: bytes | None = await awaited(broker.redis.hget(broker.result_key(self.id), "state"))  # type: ignore[arg-type]
         return raw.decode() if raw else states.PENDING
 
     status = state
@@ -254,7 +254,7 @@ class AsyncResult:
 
     async def traceback(self) -> str | None:
         broker = get_broker()
-        raw = await broker.redis.hget(broker.result_key(self.id), "traceback")
+        raw: bytes | None = await awaited(broker.redis.hget(broker.result_key(self.id), "traceback"))  # type: ignore[arg-type]
         return raw.decode() if raw else None
 
     async def get(self, timeout: float | None = None, propagate: bool = True, interval: float | None = None) -> Any:
@@ -271,7 +271,7 @@ class AsyncResult:
             fut = waiter.register(self.id)
             try:
                 await waiter._ensure()
-                record = parse_record(await broker.redis.hgetall(key))
+                record = parse_record(await awaited(broker.redis.hgetall(key)))
                 if record.get("state") in states.READY_STATES:
                     return _outcome(record, propagate)
                 remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
@@ -190,7 +190,8 @@ class Task:
         """Send to a worker; returns once the message is in Redis. Options: see :mod:`tasks_engine.canvas`."""
         from tasks_engine.canvas import Signature
 
-        return await Signature(self.name, args, kwargs, options).apply_async()  # type: ignore[return-value]
+        result: AsyncResult = await Signature(self.name, args, kwargs, options).apply_async()
+        return result
 
     async def apply(
         self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
@@ -198,7 +199,8 @@ class Task:
         """Run in this process now, retries included (no sleeping); returns an :class:`EagerResult`."""
         from tasks_engine.canvas import Signature
 
-        return await Signature(self.name, args, kwargs, options).apply()
+        result: EagerResult = await Signature(self.name, args, kwargs, options).apply()
+        return result
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         from tasks_engine.canvas import Signature
@@ -373,7 +375,11 @@ class Task:
             ) from None
 
 
-def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+@overload
+def shared_task(fn: Callable[..., Any], **options: Any) -> Task: ...
+@overload
+def shared_task(fn: None = None, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
+def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
     """Declare a task, as Celery's ``@shared_task`` (bare or with options). Validates options now."""
 
     def decorate(func: Callable[..., Any]) -> Task:

@@ -14,6 +14,7 @@ time limit.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import resource
 import signal
@@ -32,16 +33,14 @@ import structlog
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from tasks_engine import states
-from tasks_engine.broker import Broker, Enqueue, get_broker, now_ms
+from tasks_engine.broker import Broker, Enqueue, awaited, get_broker, now_ms
 from tasks_engine.canvas import Context, Plan, Signature, from_dict, leaf_ids_of, new_id
 from tasks_engine.config import EngineSettings, get_settings
 from tasks_engine.control import REDIS_ERRORS, redacted_url
 from tasks_engine.exceptions import (
-    ChordError,
     MessageError,
     NotRegistered,
     TaskRevokedError,
-    TimeLimitExceeded,
 )
 from tasks_engine.execution import Attempt, run_attempt
 from tasks_engine.limits import LimitedRun, current_steps
@@ -216,13 +215,15 @@ class Worker:
                 run = LimitedRun()
                 job = asyncio.create_task(self._process(tid, raw, bool(revoked), int(delivered), run))
                 self.running[tid] = (job, run)
-                job.add_done_callback(lambda _t, tid=tid: self._job_done(tid))
+                job.add_done_callback(functools.partial(self._forget_job, tid))
             if jobs or self.stopping:
                 continue
             timeout = 1.0
             if next_due:
                 timeout = min(timeout, max(0.005, (int(next_due) - now_ms()) / 1000))
-            self._idle_wait = asyncio.create_task(broker.redis.blpop(wake_keys, timeout=timeout))
+            self._idle_wait = asyncio.create_task(
+                awaited(broker.redis.blpop(wake_keys, timeout=timeout))  # type: ignore[arg-type]
+            )
             try:
                 await self._idle_wait
             except asyncio.CancelledError:
@@ -234,7 +235,7 @@ class Worker:
             finally:
                 self._idle_wait = None
 
-    def _job_done(self, task_id: str) -> None:
+    def _forget_job(self, task_id: str, _done: asyncio.Task[None]) -> None:
         self.running.pop(task_id, None)
         self.processed += 1
         self._slot.set()
@@ -397,19 +398,20 @@ class Worker:
             plan.enqueues.append(Enqueue(msg.id, encode(again), msg.queue, msg.priority,
                                          int(eta_s * 1000) if eta_s > time.time() else 0))
         else:  # failure or revoked
-            exc = attempt.exc or TaskRevokedError("terminated")
+            error = attempt.exc or TaskRevokedError("terminated")
             state = states.REVOKED if outcome == "revoked" else states.FAILURE
-            record = {**base, "state": state, **exception_fields(exc, attempt.traceback or ""), "date_done": now_iso()}
+            record = {**base, "state": state, **exception_fields(error, attempt.traceback or ""),
+                      "date_done": now_iso()}
             if outcome == "failure":
                 for errback in msg.link_errors:
-                    from_dict(errback)._errback_call(msg.id, exc, attempt.traceback)._plan(
+                    from_dict(errback)._errback_call(msg.id, error, attempt.traceback)._plan(
                         [], Context(parent_id=msg.id, nx=False), plan)
             later = leaf_ids_of(msg.chain)
             for later_id in later:
-                extra_records.append((later_id, {"state": state, **exception_fields(exc, attempt.traceback or ""),
+                extra_records.append((later_id, {"state": state, **exception_fields(error, attempt.traceback or ""),
                                                  "date_done": now_iso(), "parent_id": msg.id}))
             if msg.chord is not None:
-                text = f"Dependency {msg.id} raised {type(exc).__name__}({str(exc)!r})"
+                text = f"Dependency {msg.id} raised {type(error).__name__}({str(error)!r})"
                 chord_calls.append([msg.chord.id, msg.id, msg.chord.index, "0", "null", text,
                                     attempt.traceback or ""])
         done = outcome != "retry"
@@ -506,7 +508,7 @@ class Worker:
             except REDIS_ERRORS:
                 await asyncio.sleep(1.0)
             finally:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _loop_ticker(self) -> None:
         while True:
@@ -586,11 +588,9 @@ async def run_eager(sig: Signature, prefix: list[Any], parent: Any) -> EagerResu
         for link in sig.options.get("link", []) or []:
             await (link if isinstance(link, Signature) else from_dict(link))._eager([value], result)
         return result
-    exc = attempt.exc or TaskRevokedError("revoked")
-    if isinstance(exc, TimeLimitExceeded | ChordError):
-        pass
-    result._finish(states.REVOKED if attempt.outcome == "revoked" else states.FAILURE, exc=exc, tb=attempt.traceback)
+    error: BaseException = attempt.exc or TaskRevokedError("revoked")
+    result._finish(states.REVOKED if attempt.outcome == "revoked" else states.FAILURE, exc=error, tb=attempt.traceback)
     for errback in sig.options.get("link_error", []) or []:
         eb = errback if isinstance(errback, Signature) else from_dict(errback)
-        await eb._errback_call(result.id, exc, attempt.traceback)._eager([], result)
+        await eb._errback_call(result.id, error, attempt.traceback)._eager([], result)
     return result
