@@ -16,6 +16,7 @@ Layout under ``<prefix>`` (``te`` by default, so two apps can share one Redis):
 ``chord:<id>``    chord state; the body is dispatched by Lua exactly once.
 ``rl:<task>``     GCRA arrival time of a rate-limited task (one limit for the whole cluster);
                   ``rl-pass:<task>`` set of jobs parked in ``delayed`` until their reserved slot;
+                  ``rl-log:<task>`` zset of its starts in the last second (caps late catch-up);
                   ``rate-limits`` hash task -> limit set at runtime (wins over the declared one).
 ``revoked:<id>``  revoke mark, expires with the result record (no id stays poisoned).
 """

@@ -184,13 +184,22 @@ def revoke_matching(pattern: str, app_module: AppOpt = None) -> None:
 
 
 @app.command("rate-limit")
-def rate_limit(task: str, rate: str, app_module: AppOpt = None) -> None:
+def rate_limit(
+    task: str,
+    rate: str,
+    burst: Annotated[int, typer.Option(min=1, help="starts allowed at once before the rate applies")] = 1,
+    app_module: AppOpt = None,
+) -> None:
     """Set a task's cluster-wide rate limit now ('10/m', '5/s', '0' = unlimited, 'default' = as declared)."""
     _load_app(app_module, [])
     from tasks_engine import control
 
-    asyncio.run(control.set_rate_limit(task, None if rate == "default" else rate))
-    console.print(f"rate limit of {task!r} set to {rate}")
+    try:
+        released = asyncio.run(control.set_rate_limit(task, None if rate == "default" else rate, burst))
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"rate limit of {task!r} set to {rate} (burst {burst}); {released} parked job(s) re-planned")
 
 
 @app.command()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import re
 import threading
 import time
@@ -76,8 +77,8 @@ def parse_rate_limit(value: str | float | None, burst: int = 1) -> RateLimit | N
     if isinstance(value, bool):
         raise ValueError(f"invalid rate limit {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"invalid rate limit {value!r}: must not be negative")
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"invalid rate limit {value!r}: must be a finite number, not negative")
         return RateLimit(float(value), 1.0, burst) if value else None
     match = _RATE.match(value)
     if not match:

@@ -63,7 +63,7 @@ class TaskOptions(BaseModel):
                 raise ValueError(f"{kind!r} is not an exception class")
         return kinds
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", mode="before")  # before: pydantic would turn True into 1
     @classmethod
     def _valid_rate(cls, value: Any) -> Any:
         parse_rate_limit(value)

@@ -218,22 +218,27 @@ class Worker:
                 job.add_done_callback(functools.partial(self._forget_job, tid))
             if jobs or self.stopping:
                 continue
+            # Redis times a blocking call out only on its cron tick (every 100 ms at the default hz=10)
+            # unless other traffic wakes it: far too coarse for rate-limited and deferred jobs. So the due
+            # time is kept by a local timer, while one BLPOP stays pending across rounds and still wakes
+            # us the moment a job is enqueued.
             timeout = 1.0
             if next_due:
-                timeout = min(timeout, max(0.005, (int(next_due) - now_ms()) / 1000))
-            self._idle_wait = asyncio.create_task(
-                awaited(broker.redis.blpop(wake_keys, timeout=timeout))  # type: ignore[arg-type]
-            )
-            try:
-                await self._idle_wait
-            except asyncio.CancelledError:
-                if not self.stopping:
-                    raise
-            except REDIS_ERRORS as exc:
-                log.error("redis unreachable while idle", error=str(exc))
+                timeout = min(timeout, max(0.0, (int(next_due) - now_ms()) / 1000))
+            if self._idle_wait is None:
+                self._idle_wait = asyncio.ensure_future(awaited(broker.redis.blpop(wake_keys, timeout=1)))
+            done, _ = await asyncio.wait({self._idle_wait}, timeout=timeout)
+            if not done:
+                continue
+            finished, self._idle_wait = self._idle_wait, None
+            if finished.cancelled():
+                continue  # stop() cancelled it; the loop condition ends the round
+            error = finished.exception()
+            if isinstance(error, REDIS_ERRORS):
+                log.error("redis unreachable while idle", error=str(error))
                 await asyncio.sleep(delay)
-            finally:
-                self._idle_wait = None
+            elif error is not None:
+                raise error
 
     def _forget_job(self, task_id: str, _done: asyncio.Task[None]) -> None:
         self.running.pop(task_id, None)

@@ -175,10 +175,10 @@ async def chord_stats(self: Any, results: list[Any]) -> list[int]:
 
 
 # ---- flow control (tests/test_flow_control.py) ----
-@shared_task(name="demo.limited", bind=True, rate_limit="15/s")
+@shared_task(name="demo.limited", bind=True, rate_limit="20/s")
 async def limited(self: Any, key: str, value: Any = None) -> Any:
-    """Rate-limited twin of demo.record: 15 starts a second across every worker sharing the Redis
-    (66.7 ms apart: not a multiple of Redis's 100 ms timer tick, so a coarse wake-up would show)."""
+    """Rate-limited twin of demo.record: 20 starts a second across every worker sharing the Redis
+    (50 ms apart: finer than Redis's 100 ms timer tick, so a worker waking on that tick shows)."""
     broker = get_broker()
     await broker.redis.rpush(broker.key("test-log", key), f"{self.request.id}|{value}|{time.time()}|{os.getpid()}")
     return value
