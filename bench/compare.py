@@ -1,0 +1,534 @@
+"""tasks_engine vs raw arq 0.28 vs Celery 5.7: same run, same Redis, alternating, several rounds.
+
+    .venv/bin/python bench/compare.py --rounds 3 --jobs 20000 --save bench/results-latest.txt
+    .venv/bin/python bench/compare.py --smoke --only tasks_engine,arq          # seconds
+
+The competitors are installed into their own virtual environments under ``.bench-venv/`` on
+first use (Celery is not a project dependency; arq 0.28 pins redis-py < 6 and Celery 5.7 needs
+redis-py >= 6.4, so they get one each). Every (round, workload, competitor) runs as a fresh
+client process from that competitor's venv (``cmp_te.py``, ``cmp_arq.py``, ``cmp_celery.py``),
+which starts the competitor's own worker processes on its own Redis db (flushed first),
+measures, stops them and prints one JSON line. The order of competitors rotates every round.
+
+Workloads: (1) N no-op jobs: enqueue rate (no worker running) and drain rate (first job start
+to last result stored); (2) N jobs sleeping 10 ms (``await asyncio.sleep``; Celery prefork
+``time.sleep``); (3) enqueue → start and enqueue → result p50/p99 at an open-loop trickle;
+(4) chord of K no-op headers vs K independent jobs sent as a group; (5) worker RSS before and
+after M jobs; (6) no-op drain with 2 worker processes vs 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import cmp_common as common  # noqa: E402 - after the path set-up above
+
+COMPETITORS = ("tasks_engine", "arq", "celery")
+WORKLOADS = ("noop", "sleep", "latency", "chord", "rss", "scale")
+VENV_DIR = ROOT / ".bench-venv"
+VENV_SPECS: dict[str, list[list[str]]] = {
+    # Tried in order: the first that installs wins (Celery 5.7 if the index has it, else the newest 5.x).
+    "arq": [["arq==0.28.*", "uvloop", "hiredis", "orjson", "psutil"]],
+    "celery": [["celery[redis]==5.7.*", "hiredis", "psutil"], ["celery[redis]==5.*", "hiredis", "psutil"]],
+}
+CLIENT = {"tasks_engine": "cmp_te.py", "arq": "cmp_arq.py", "arq-default": "cmp_arq.py", "celery": "cmp_celery.py"}
+LABEL = {"tasks_engine": "tasks_engine", "arq": "arq", "arq-default": "arq 0.5s", "celery": "celery"}
+
+
+# ---------------------------------------------------------------------------- setup
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def base_python() -> str:
+    """The interpreter behind this venv, so every competitor runs on the same Python build."""
+    candidate = getattr(sys, "_base_executable", None) or sys.executable
+    return candidate if Path(candidate).exists() else "python3"
+
+
+def ensure_venv(name: str, allow_install: bool) -> Path:
+    """Create or reuse ``.bench-venv/<name>``; a marker records what was installed."""
+    venv = VENV_DIR / name
+    python = venv / "bin" / "python"
+    marker = venv / ".bench-installed"
+    if python.exists() and marker.exists():
+        return python
+    if not allow_install:
+        raise SystemExit(f"{venv} is missing; run without --no-install to create it")
+    log(f"creating {venv} (one-off) ...")
+    VENV_DIR.mkdir(exist_ok=True)
+    subprocess.run([base_python(), "-m", "venv", "--clear", str(venv)], check=True)
+    errors = []
+    for spec in VENV_SPECS[name]:
+        proc = subprocess.run([str(python), "-m", "pip", "install", "-q", *spec], capture_output=True, text=True)
+        if proc.returncode == 0:
+            marker.write_text(" ".join(spec) + "\n")
+            return python
+        errors.append(f"{spec}: {proc.stderr[-1500:]}")
+    raise SystemExit(f"could not install the {name} venv:\n" + "\n".join(errors))
+
+
+def venv_versions(python: str, modules: list[str]) -> dict[str, str]:
+    code = (
+        "import importlib.metadata as m, json, platform, sys\n"
+        f"mods = {modules!r}\n"
+        "out = {'python': platform.python_version()}\n"
+        "for d in mods:\n"
+        "    try: out[d] = m.version(d)\n"
+        "    except m.PackageNotFoundError: out[d] = '-'\n"
+        "print(json.dumps(out))\n"
+    )
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {"python": "?"}
+
+
+def describe_machine(pythons: dict[str, str]) -> list[str]:
+    import psutil
+
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "?"
+    client = common.sync_redis(0)
+    info = client.info("server")
+    client.close()
+    lines = [
+        f"CPU: {cpu}, {os.cpu_count()} cores; RAM {psutil.virtual_memory().total / 2**30:.1f} GiB; "
+        f"{platform.system()} {platform.release()}; load average at start {os.getloadavg()[0]:.2f}",
+        f"Redis {info.get('redis_version')} at {common.REDIS_HOST}:{common.REDIS_PORT} (one server for all)",
+    ]
+    wanted = {"tasks_engine": ["tasks-engine", "redis", "hiredis", "uvloop", "pydantic", "orjson"],
+              "arq": ["arq", "redis", "hiredis", "uvloop", "orjson"],
+              "celery": ["celery", "kombu", "billiard", "redis", "hiredis"]}
+    for name, python in pythons.items():
+        v = venv_versions(python, wanted[name])
+        libs = ", ".join(f"{k} {val}" for k, val in v.items() if k != "python")
+        lines.append(f"{name}: Python {v.get('python')} ({python}); {libs}")
+    if "tasks_engine" in pythons:  # which engine code ran (PYTHONPATH can point at a patched copy)
+        where = subprocess.run([pythons["tasks_engine"], "-c", "import tasks_engine; print(tasks_engine.__file__)"],
+                               cwd=BENCH_DIR, capture_output=True, text=True, check=False).stdout.strip()
+        lines.append(f"tasks_engine code: {Path(where).parent if where else '?'}")
+    return lines
+
+
+# ---------------------------------------------------------------------------- plan and run
+@dataclass
+class Sizes:
+    jobs: int
+    sleep_jobs: int
+    celery_sleep_jobs: int
+    latency_jobs: int
+    rate: float
+    chord_sizes: list[int]
+    rss_jobs: int
+    rss_jobs_others: int
+    celery_max_jobs: int
+    warmup: int
+    max_jobs: int
+    poll_delay: float
+    timeout: float
+
+
+@dataclass
+class Run:
+    round: int
+    workload: str
+    competitor: str
+    result: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def client_args(workload: str, competitor: str, s: Sizes) -> list[str]:
+    celery = competitor == "celery"
+    cores = os.cpu_count() or 2
+    args: dict[str, Any] = {"max-jobs": s.max_jobs, "poll-delay": s.poll_delay, "timeout": s.timeout,
+                            "procs": cores if celery else 1}
+    cap = s.celery_max_jobs if celery else 10**12
+    if workload == "noop":
+        args.update(workload="drain", task="noop", jobs=min(s.jobs, cap))
+    elif workload == "sleep":
+        jobs = min(s.sleep_jobs, s.celery_sleep_jobs, cap) if celery else s.sleep_jobs
+        args.update(workload="drain", task="sleep", jobs=jobs)
+    elif workload == "latency":
+        args.update(workload="latency", jobs=s.latency_jobs, rate=s.rate)
+        if competitor == "arq-default":
+            args["poll-delay"] = 0.5
+    elif workload == "chord":
+        args.update(workload="chord", **{"chord-sizes": ",".join(str(k) for k in s.chord_sizes if k <= cap)})
+    elif workload == "rss":
+        jobs = s.rss_jobs if competitor == "tasks_engine" else min(s.rss_jobs_others, s.rss_jobs, cap)
+        args.update(workload="rss", task="noop", jobs=jobs, warmup=min(s.warmup, jobs))
+    elif workload == "scale":  # the other half of 2-vs-1 (noop gives the default half)
+        args.update(workload="drain", task="noop", jobs=min(s.jobs, cap), procs=1 if celery else 2)
+    out: list[str] = []
+    for key, value in args.items():
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def competitors_for(workload: str, selected: list[str]) -> list[str]:
+    names = [c for c in selected if not (workload == "chord" and c == "arq")]  # arq has no chord
+    if workload == "latency" and "arq" in names:
+        names.insert(names.index("arq") + 1, "arq-default")
+    return names
+
+
+def plan(rounds: int, workloads: list[str], selected: list[str], rss_rounds: int) -> list[Run]:
+    runs: list[Run] = []
+    for r in range(rounds):
+        for workload in workloads:
+            if workload == "rss" and r >= rss_rounds:
+                continue
+            names = competitors_for(workload, selected)
+            shift = r % len(names) if names else 0
+            runs.extend(Run(r, workload, c) for c in names[shift:] + names[:shift])  # rotate the order each round
+    return runs
+
+
+def execute(run: Run, s: Sizes, pythons: dict[str, str], db_base: int, logdir: Path) -> None:
+    family = "arq" if run.competitor == "arq-default" else run.competitor
+    db = db_base + COMPETITORS.index(family)
+    env = {**os.environ, "BENCH_DB": str(db), "PYTHONUNBUFFERED": "1"}
+    if family == "tasks_engine":
+        env.update({"REDIS_URL": f"redis://{common.REDIS_HOST}:{common.REDIS_PORT}/{db}", "TE_KEY_PREFIX": "bench",
+                    "TE_LOG_LEVEL": "WARNING", "TE_BEAT_ENABLED": "false"})
+    argv = [pythons[family], str(BENCH_DIR / CLIENT[run.competitor]), *client_args(run.workload, run.competitor, s),
+            "--db", str(db), "--logdir", str(logdir)]
+    started = time.monotonic()
+    stderr_path = logdir / f"client-r{run.round}-{run.workload}-{run.competitor}.log"
+    with stderr_path.open("w") as err:
+        try:
+            proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                                  timeout=s.timeout * 4 + 120, check=False)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(common.RESULT_MARK)]
+            run.result = json.loads(lines[-1][len(common.RESULT_MARK):]) if lines else {
+                "error": f"no result (exit {proc.returncode}); see {stderr_path}"}
+        except subprocess.TimeoutExpired:
+            run.result = {"error": f"client timed out; see {stderr_path}"}
+    run.seconds = time.monotonic() - started
+    if "error" in run.result:
+        tail = stderr_path.read_text(errors="replace")[-800:]
+        run.result["error"] = f"{run.result['error']}\n{tail}"
+
+
+def progress_line(run: Run, total: int, index: int) -> str:
+    r = run.result
+    if "error" in r:
+        detail = "ERROR " + r["error"].splitlines()[0]
+    elif run.workload in ("noop", "sleep", "scale"):
+        detail = (f"enqueue {r['enqueue_rate']:,.0f}/s  drain {r['drain_rate']:,.0f}/s  "
+                  f"worker CPU {r['cpu_us_per_job']:,.0f} us/job  stored={r['stored']}")
+    elif run.workload == "latency":
+        detail = (f"start p50 {r['start_p50_ms']:.1f} p99 {r['start_p99_ms']:.1f} ms; "
+                  f"result p50 {r['result_p50_ms']:.1f} p99 {r['result_p99_ms']:.1f} ms")
+    elif run.workload == "chord":
+        detail = "  ".join(f"{k} {v:.2f}" for k, v in r.items())
+    else:
+        detail = f"RSS {r['rss_before_mb']:.1f} -> {r['rss_after_mb']:.1f} MB"
+    where = f"round {run.round + 1} {run.workload:<8} {LABEL[run.competitor]:<13}"
+    return f"[{index}/{total}] {where} {detail} ({run.seconds:.1f}s)"
+
+
+# ---------------------------------------------------------------------------- report
+@dataclass
+class Metric:
+    label: str
+    unit: str
+    better: str  # "higher" | "lower"
+    value: Callable[[dict[tuple[str, str], list[Run]], str, int], float | None]
+
+
+def field_of(workload: str, key: str) -> Callable[[dict[tuple[str, str], list[Run]], str, int], float | None]:
+    def get(by: dict[tuple[str, str], list[Run]], competitor: str, r: int) -> float | None:
+        for run in by.get((workload, competitor), []):
+            if run.round == r and key in run.result:
+                return float(run.result[key])
+        return None
+
+    return get
+
+
+def ratio_of(num: Callable[..., float | None], den: Callable[..., float | None]) -> Callable[..., float | None]:
+    def get(by: dict[tuple[str, str], list[Run]], competitor: str, r: int) -> float | None:
+        a, b = num(by, competitor, r), den(by, competitor, r)
+        return a / b if a is not None and b else None
+
+    return get
+
+
+def one_proc_drain(by: dict[tuple[str, str], list[Run]], competitor: str, r: int) -> float | None:
+    # Celery's default (cores) already has 2 pool processes, so its 1-process run is the "scale" one.
+    return field_of("scale" if competitor == "celery" else "noop", "drain_rate")(by, competitor, r)
+
+
+def two_proc_drain(by: dict[tuple[str, str], list[Run]], competitor: str, r: int) -> float | None:
+    return field_of("noop" if competitor == "celery" else "scale", "drain_rate")(by, competitor, r)
+
+
+def metrics(s: Sizes) -> list[Metric]:
+    out = [
+        Metric("(1) no-op enqueue", "jobs/s", "higher", field_of("noop", "enqueue_rate")),
+        Metric("(1) no-op drain, results stored", "jobs/s", "higher", field_of("noop", "drain_rate")),
+        Metric("(1) worker CPU per no-op job", "us", "lower", field_of("noop", "cpu_us_per_job")),
+        Metric("(2) sleep 10 ms enqueue", "jobs/s", "higher", field_of("sleep", "enqueue_rate")),
+        Metric("(2) sleep 10 ms drain", "jobs/s", "higher", field_of("sleep", "drain_rate")),
+        Metric(f"(3) enqueue->start p50 @{s.rate:g}/s", "ms", "lower", field_of("latency", "start_p50_ms")),
+        Metric(f"(3) enqueue->start p99 @{s.rate:g}/s", "ms", "lower", field_of("latency", "start_p99_ms")),
+        Metric(f"(3) enqueue->result p50 @{s.rate:g}/s", "ms", "lower", field_of("latency", "result_p50_ms")),
+        Metric(f"(3) enqueue->result p99 @{s.rate:g}/s", "ms", "lower", field_of("latency", "result_p99_ms")),
+    ]
+    for k in s.chord_sizes:
+        indep, ch = field_of("chord", f"group_{k}_s"), field_of("chord", f"chord_{k}_s")
+        out += [Metric(f"(4) {k:,} independent jobs (group)", "s", "lower", indep),
+                Metric(f"(4) chord of {k:,}", "s", "lower", ch),
+                Metric(f"(4) chord / independent, {k:,}", "x", "lower", ratio_of(ch, indep))]
+    out += [
+        Metric("(5) jobs between the two readings", "jobs", "-", field_of("rss", "jobs")),
+        Metric("(5) worker RSS before", "MB", "lower", field_of("rss", "rss_before_mb")),
+        Metric("(5) worker RSS after the jobs", "MB", "lower", field_of("rss", "rss_after_mb")),
+        Metric("(5) RSS growth over the jobs", "MB", "lower", field_of("rss", "rss_growth_mb")),
+        Metric("(5) RSS growth per 100,000 jobs", "MB", "lower", field_of("rss", "rss_growth_per_100k_mb")),
+        Metric("(6) no-op drain, 1 worker process", "jobs/s", "higher", one_proc_drain),
+        Metric("(6) no-op drain, 2 worker processes", "jobs/s", "higher", two_proc_drain),
+        Metric("(6) speed-up 2 vs 1 process", "x", "higher", ratio_of(two_proc_drain, one_proc_drain)),
+    ]
+    return out
+
+
+def median_of(metric: Metric, by: dict[tuple[str, str], list[Run]], competitor: str, rounds: int) -> float | None:
+    values = [v for r in range(rounds) if (v := metric.value(by, competitor, r)) is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+Medians = dict[str, dict[str, float | None]]
+
+
+def render_table(runs: list[Run], s: Sizes, rounds: int, columns: list[str]) -> tuple[list[str], Medians]:
+    by: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        by.setdefault((run.workload, run.competitor), []).append(run)
+    header = ["workload (median of rounds)", "unit", "better", *(LABEL[c] for c in columns), "te/arq", "te/celery"]
+    rows: list[list[str]] = []
+    medians: Medians = {}
+    for m in metrics(s):
+        med = {c: median_of(m, by, c, rounds) for c in columns}
+        medians[m.label] = med
+        if all(v is None for v in med.values()):
+            continue  # a workload left out with --workloads
+        te = med.get("tasks_engine")
+        ratios = []
+        for other in ("arq", "celery"):
+            base = med.get(other)  # arq with the same poll_delay; the 0.5 s column is for reference only
+            ratios.append(f"{te / base:.2f}" if te is not None and base and m.better != "-" else "n/a")
+        rows.append([m.label, m.unit, m.better, *(fmt(med[c]) for c in columns), *ratios])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:  # text columns left-aligned, numbers right-aligned
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in pairs)
+
+    return [line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)], medians
+
+
+def goals(medians: Medians, s: Sizes) -> list[str]:
+    def get(label_start: str, competitor: str) -> float | None:
+        for label, med in medians.items():
+            if label.startswith(label_start):
+                return med.get(competitor)
+        return None
+
+    def verdict(ok: bool | None) -> str:
+        return "n/a " if ok is None else ("PASS" if ok else "FAIL")
+
+    te_drain = get("(1) no-op drain", "tasks_engine")
+    arq_drain, celery_drain = get("(1) no-op drain", "arq"), get("(1) no-op drain", "celery")
+    p50, p99 = get("(3) enqueue->start p50", "tasks_engine"), get("(3) enqueue->start p99", "tasks_engine")
+    k = s.chord_sizes[0] if s.chord_sizes else 0
+    chord_ratio = get(f"(4) chord / independent, {k:,}", "tasks_engine")
+    growth = get("(5) RSS growth", "tasks_engine")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    r_arq, r_celery = ratio(te_drain, arq_drain), ratio(te_drain, celery_drain)
+    return [
+        f"{verdict(None if r_arq is None else r_arq >= 0.9)}  no-op drain >= 0.9 x raw arq: {fmt(r_arq)} x",
+        f"{verdict(None if r_celery is None else r_celery >= 3)}  no-op drain >= 3 x Celery: {fmt(r_celery)} x",
+        f"{verdict(None if p50 is None else p50 <= 5)}  enqueue->start p50 <= 5 ms at {s.rate:g}/s: {fmt(p50)} ms",
+        f"{verdict(None if p99 is None else p99 <= 20)}  enqueue->start p99 <= 20 ms at {s.rate:g}/s: {fmt(p99)} ms",
+        f"{verdict(None if chord_ratio is None else chord_ratio <= 1.5)}  chord of {k:,} <= 1.5 x {k:,} independent "
+        f"jobs: {fmt(chord_ratio)} x",
+        f"{verdict(None if growth is None else growth <= 10)}  RSS growth <= 10 MB over {s.rss_jobs:,} jobs: "
+        f"{fmt(growth)} MB",
+    ]
+
+
+def raw_lines(runs: list[Run]) -> list[str]:
+    out = []
+    for run in runs:
+        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in run.result.items() if k != "error"}
+        err = run.result.get("error", "").splitlines()[0] if "error" in run.result else ""
+        out.append(f"round {run.round + 1} {run.workload:<8} {LABEL[run.competitor]:<13} "
+                   f"{json.dumps(shown) if not err else 'ERROR ' + err}  ({run.seconds:.1f}s)")
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=20_000, help="no-op jobs for (1) and (6)")
+    ap.add_argument("--sleep-jobs", type=int, help="jobs for (2); default --jobs")
+    ap.add_argument("--celery-sleep-jobs", type=int, default=2_000,
+                    help="cap for Celery in (2): 2 prefork processes sleeping 10 ms top out at 200 jobs/s")
+    ap.add_argument("--latency-jobs", type=int, default=500, help="jobs in the (3) trickle")
+    ap.add_argument("--rate", type=float, default=50.0, help="trickle rate for (3), jobs/s")
+    ap.add_argument("--chord-sizes", default="1000,10000")
+    ap.add_argument("--rss-jobs", type=int, default=100_000, help="jobs between the two RSS readings (tasks_engine)")
+    ap.add_argument("--rss-jobs-others", type=int, default=20_000,
+                    help="the same for arq and Celery (their growth is also shown per 100,000 jobs)")
+    ap.add_argument("--celery-max-jobs", type=int, default=2_000,
+                    help="cap on Celery's job counts in every bulk workload, chord sizes included: on a shared "
+                         "2-core machine it drains ~50-1,000 jobs/s, and rates do not depend on the count")
+    ap.add_argument("--rss-rounds", type=int, default=1, help="rounds that include (5); it is slow and not noisy")
+    ap.add_argument("--warmup", type=int, default=2_000, help="jobs run before the first RSS reading")
+    ap.add_argument("--max-jobs", type=int, default=100, help="concurrent jobs per asyncio worker (tasks_engine, arq)")
+    ap.add_argument("--poll-delay", type=float, default=0.01, help="arq poll_delay (tasks_engine does not poll)")
+    ap.add_argument("--only", default=",".join(COMPETITORS), help="comma-separated subset of " + ",".join(COMPETITORS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the harness in seconds")
+    ap.add_argument("--db-base", type=int, default=13,
+                    help="Redis dbs used: base (tasks_engine), +1 (arq), +2 (celery)")
+    ap.add_argument("--arq-python", help="use this interpreter for arq instead of .bench-venv/arq")
+    ap.add_argument("--celery-python", help="use this interpreter for Celery instead of .bench-venv/celery")
+    ap.add_argument("--no-install", action="store_true", help="fail instead of creating a missing competitor venv")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds any single wait may take")
+    ap.add_argument("--save", type=Path, help="also write the report (command, machine, table, goals) here")
+    ap.add_argument("--logdir", type=Path, help="worker and client logs (default: a temp dir)")
+    a = ap.parse_args(argv)
+    if a.smoke:
+        a.rounds, a.jobs, a.sleep_jobs, a.celery_sleep_jobs, a.celery_max_jobs = 1, 300, 300, 300, 300
+        a.rss_jobs_others = 1_000
+        a.latency_jobs, a.chord_sizes, a.rss_jobs, a.warmup, a.timeout = 25, "100,300", 1_000, 100, 120.0
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    selected = [c.strip() for c in a.only.split(",") if c.strip()]
+    workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
+    for name in selected:
+        if name not in COMPETITORS:
+            raise SystemExit(f"unknown competitor {name!r}; choose from {COMPETITORS}")
+    for w in workloads:
+        if w not in WORKLOADS:
+            raise SystemExit(f"unknown workload {w!r}; choose from {WORKLOADS}")
+    selected = [c for c in COMPETITORS if c in selected]
+    sizes = Sizes(a.jobs, a.sleep_jobs or a.jobs, a.celery_sleep_jobs, a.latency_jobs, a.rate,
+                  [int(x) for x in a.chord_sizes.split(",") if x], a.rss_jobs, a.rss_jobs_others, a.celery_max_jobs,
+                  a.warmup, a.max_jobs, a.poll_delay,
+                  a.timeout)
+
+    pythons: dict[str, str] = {}
+    for name in selected:
+        if name == "tasks_engine":
+            pythons[name] = sys.executable
+        else:
+            override = getattr(a, f"{name}_python")
+            pythons[name] = override or str(ensure_venv(name, allow_install=not a.no_install))
+
+    lock = common.sync_redis(0)
+    lock_key = f"bench-compare-lock:{a.db_base}"
+    if not lock.set(lock_key, os.getpid(), nx=True, ex=int(a.timeout * 20)):
+        raise SystemExit(f"another compare.py run uses Redis dbs {a.db_base}-{a.db_base + 2} "
+                         f"(key {lock_key} in db 0); pass another --db-base")
+    logdir = a.logdir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
+    logdir.mkdir(parents=True, exist_ok=True)
+    try:
+        machine = describe_machine(pythons)
+        for line in machine:
+            log(line)
+        runs = plan(a.rounds, workloads, selected, a.rss_rounds)
+        started = time.monotonic()
+        for i, run in enumerate(runs, 1):
+            execute(run, sizes, pythons, a.db_base, logdir)
+            log(progress_line(run, len(runs), i))
+        elapsed = time.monotonic() - started
+    finally:
+        if lock.get(lock_key) == str(os.getpid()).encode():
+            lock.delete(lock_key)
+        lock.close()
+
+    columns = [c for c in ("tasks_engine", "arq", "arq-default", "celery")
+               if (c == "arq-default" and "arq" in selected and "latency" in workloads) or c in selected]
+    table, medians = render_table(runs, sizes, a.rounds, columns)
+    command = shlex.join([os.path.relpath(sys.executable, ROOT), os.path.relpath(__file__, ROOT),
+                          *(sys.argv[1:] if argv is None else argv)])
+    report = [
+        f"command: {command}",
+        f"finished {time.strftime('%Y-%m-%d %H:%M:%S')} after {elapsed:.0f} s; load average at end "
+        f"{os.getloadavg()[0]:.2f}; logs in {logdir}",
+        *machine,
+        f"sizes: rounds {a.rounds}; no-op jobs {sizes.jobs:,}; sleep jobs {sizes.sleep_jobs:,} "
+        f"(Celery capped at {sizes.celery_sleep_jobs:,}); trickle {sizes.latency_jobs} jobs at {sizes.rate:g}/s; "
+        f"chords {', '.join(f'{k:,}' for k in sizes.chord_sizes)}; RSS over {sizes.rss_jobs:,} jobs "
+        f"(arq/Celery {min(sizes.rss_jobs_others, sizes.rss_jobs):,}) after a warm-up of up to {sizes.warmup:,} "
+        f"({a.rss_rounds} round); max_jobs {sizes.max_jobs}; arq poll_delay {sizes.poll_delay:g} s (and 0.5 s in "
+        f"the 'arq 0.5s' latency column); Celery prefork -c {os.cpu_count()} ((6): -c 1 vs -c 2), every Celery "
+        f"job count capped at {sizes.celery_max_jobs:,} (chords above it: n/a)",
+        "worker CPU per job = CPU seconds of the worker process(es) from the first claim to the last result, "
+        "/ jobs: it barely depends on what else runs on the machine, unlike the rates",
+        "",
+        *table,
+        "",
+        "goals (tasks_engine, medians of this run):" + (" [smoke sizes: indicative only]" if a.smoke else ""),
+        *("  " + g for g in goals(medians, sizes)),
+        "",
+        "every run:",
+        *("  " + line for line in raw_lines(runs)),
+    ]
+    text = "\n".join(report) + "\n"
+    print(text, end="")
+    if a.save:
+        a.save.write_text(text)
+    errors = [r for r in runs if "error" in r.result]
+    for run in errors:
+        log(f"ERROR in round {run.round + 1} {run.workload} {run.competitor}:\n{run.result['error']}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
