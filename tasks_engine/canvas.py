@@ -688,6 +688,11 @@ class Plan:
         broker = get_broker()
 
         async def write() -> None:
+            if not self.chords and not self.groups:
+                # One script call is atomic by itself: no MULTI, and no SCRIPT EXISTS, which redis-py
+                # sends before every pipeline holding a script (delay() took 2 round trips, now 1).
+                await broker.enqueue(self.enqueues)
+                return
             async with broker.redis.pipeline(transaction=True) as pipe:
                 await self.add_to(pipe)
                 await pipe.execute()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import os
 import resource
 import signal
@@ -49,6 +50,7 @@ from tasks_engine.results import EagerResult, exception_fields, now_iso
 from tasks_engine.task import Request, Task, get_task, registry
 
 log = structlog.get_logger("tasks_engine.worker")
+_COMMIT_BATCH = 500  # completions per MULTI at most
 _EXC_FIELDS = ("exc_type", "exc_module", "exc_message", "exc_args", "traceback")
 
 
@@ -79,7 +81,8 @@ class Worker:
         self._loop_tick = time.monotonic()
         self._thread_stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pending_writes: list[Any] = []
+        self._pending_writes: list[tuple[str, Any, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._signals = 0
         self._spawned: set[asyncio.Task[Any]] = set()
         self.broker: Broker | None = None
@@ -106,6 +109,10 @@ class Worker:
             asyncio.create_task(self._control_listener(), name="control"),
             asyncio.create_task(self._loop_ticker(), name="ticker"),
         ]
+        # What is loaded by now lives as long as the process: move it out of the collector's sight, so
+        # the full collections that per-job garbage triggers scan only young objects (~15% of a
+        # no-op job's CPU went to gc before).
+        gc.freeze()
         if self.beat_enabled:
             from tasks_engine.beat import Beat
 
@@ -426,7 +433,7 @@ class Worker:
             if ignore and done:
                 pipe.delete(key)
             else:
-                if outcome == "success":
+                if outcome == "success" and msg.retries:  # only an earlier attempt can have left them
                     pipe.hdel(key, *_EXC_FIELDS)
                 pipe.hset(key, mapping=record)
                 pipe.expire(key, ttl)
@@ -452,25 +459,81 @@ class Worker:
         await self._write(msg.id, add, [])
 
     async def _write(self, task_id: str, add: Any, _unused: list[Any]) -> None:
-        """Run one completion transaction; while Redis is down keep it buffered and retry (never drop it)."""
+        """Queue one completion for the next group commit and return once Redis has it.
+
+        Completions that finish while a commit is in flight share the next MULTI: one connection
+        checkout, one socket write and one read for the whole batch instead of one each per job.
+        Each job's writes are inside that transaction, so each stays all-or-nothing."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending_writes.append((task_id, add, fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._commit_loop(), name="commit")
+        await asyncio.shield(fut)  # a cancelled job still gets its result written
+
+    async def _commit_loop(self) -> None:
+        """Drain ``_pending_writes``, one MULTI per batch."""
+        while self._pending_writes:
+            batch = self._pending_writes[:_COMMIT_BATCH]
+            del self._pending_writes[:_COMMIT_BATCH]
+            try:
+                errors = await self._commit(batch)
+            except Exception:  # noqa: BLE001 - Redis refused the transaction: redo one by one, only the culprit fails
+                errors = []
+                for entry in batch:
+                    try:
+                        errors.extend(await self._commit([entry]))
+                    except Exception as exc:  # noqa: BLE001 - reported to that job's _process
+                        errors.append(exc)
+            for (_, _, fut), error in zip(batch, errors, strict=True):
+                if fut.done():
+                    continue
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+
+    async def _commit(self, batch: list[tuple[str, Any, asyncio.Future[None]]]) -> list[BaseException | None]:
+        """Write ``batch`` in one MULTI; while Redis is down keep it and retry (never drop it)."""
         assert self.broker is not None
         delay = 0.1
         while True:
+            spans: list[tuple[int, int]] = []
+            failed: dict[int, BaseException] = {}
             try:
                 async with self.broker.redis.pipeline(transaction=True) as pipe:
-                    maybe = add(pipe)
-                    if asyncio.iscoroutine(maybe):
-                        await maybe
-                    await pipe.execute()
-                return
+                    for index, (_, add, _) in enumerate(batch):
+                        first = len(pipe.command_stack)
+                        try:
+                            maybe = add(pipe)
+                            if asyncio.iscoroutine(maybe):
+                                await maybe
+                        except Exception as exc:  # noqa: BLE001 - one job's bug must not sink the batch
+                            del pipe.command_stack[first:]
+                            failed[index] = exc
+                        spans.append((first, len(pipe.command_stack)))
+                    replies = await pipe.execute(raise_on_error=False) if pipe.command_stack else []
             except REDIS_ERRORS as exc:
                 if delay == 0.1:
-                    log.error("redis unreachable: result buffered until it is back", task_id=task_id, error=str(exc))
+                    log.error("redis unreachable: results buffered until it is back", jobs=len(batch),
+                              task_ids=[t for t, _, _ in batch[:10]], error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            return [failed.get(i) or next((r for r in replies[a:b] if isinstance(r, Exception)), None)
+                    for i, (a, b) in enumerate(spans)]
 
     async def _flush_pending(self, final: bool = False) -> None:
-        return None
+        """Wait for buffered completions (at shutdown: up to the grace period, then give up loudly;
+        the leases of those jobs expire and they run again elsewhere)."""
+        writer = self._writer
+        if writer is None or writer.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), self.settings.shutdown_grace_seconds if final else None)
+        except TimeoutError:
+            log.error("results still unwritten at shutdown (redis unreachable); their jobs will run again",
+                      jobs=len(self._pending_writes))
+            writer.cancel()
 
     # ------------------------------------------------------------ background duties
     async def _reaper(self) -> None:
