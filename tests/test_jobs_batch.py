@@ -15,32 +15,19 @@ from sqlalchemy import func, select
 from jobs import batch
 from jobs.batch import TAX_BPS, batch_process_task, fan_out
 from jobs.config import JobsSettings
-from jobs.db import dispose_engines, get_engine, orders
+from jobs.db import get_engine, orders
 from jobs.seed import order_is_valid, seed
 from tasks_engine import AsyncResult, configure, states
-from tasks_engine.broker import get_broker
 from tasks_engine.worker import Worker
+from tests import jobs_support as support
 
 USERS = 20
 
 
 def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettings:
-    values: dict[str, object] = {
-        "key_prefix": prefix, "lease_seconds": 3, "heartbeat_seconds": 0.5, "shutdown_grace_seconds": 5,
-        "beat_enabled": False, "database_url": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
-        "reports_dir": tmp_path / "reports", "batch_concurrency": 4, "batch_item_delay": 0.01,
-    }
-    values.update(overrides)
-    return JobsSettings(**values)  # type: ignore[arg-type]
+    """This module's settings: the shared test settings plus what its jobs need."""
+    return support.app_settings(prefix, tmp_path, **{**{"batch_concurrency": 4, "batch_item_delay": 0.01}, **overrides})
 
-
-async def close_broker() -> None:
-    broker = get_broker()
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-    await broker.close()
 
 
 @pytest.fixture
@@ -48,11 +35,7 @@ async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
     settings = configure(app_settings(prefix, tmp_path))
     assert isinstance(settings, JobsSettings)
     yield settings
-    await dispose_engines()
-    await close_broker()
-    keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        sync_client.delete(*keys)
+    await support.release(prefix, sync_client)
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import pytest
 from pydantic import SecretStr
 
 from jobs.config import JobsSettings
-from jobs.db import dispose_engines
 from jobs.email import (
     EmailRejectedError,
     InvalidEmailAddressError,
@@ -27,51 +26,36 @@ from jobs.email import (
 )
 from jobs.sink import SinkHandler, SmtpSink, free_port
 from tasks_engine import configure, states
-from tasks_engine.broker import get_broker
 from tasks_engine.task import registry
 from tasks_engine.worker import Worker
+from tests import jobs_support as support
+from tests.jobs_support import close_broker
 
 SUBJECT = "测试邮件：你好，世界"
 HTML = "<h1>欢迎</h1><p>你好，世界！这是一封 <b>HTML</b> 邮件。</p>"
 PASSWORD = "s3cr3t-Pa55-word!"
 
 
-def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettings:
-    values: dict[str, object] = {
-        "key_prefix": prefix, "lease_seconds": 3, "heartbeat_seconds": 0.5, "shutdown_grace_seconds": 5,
-        "beat_enabled": False, "task_routes": {"admin.send_*": "email"}, "smtp_port": free_port(),
-        "smtp_timeout": 2, "smtp_local_hostname": "localhost", "smtp_retry_backoff_max": 1, "smtp_max_retries": 20,
-        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", "reports_dir": tmp_path / "reports",
+def email_values() -> dict[str, object]:
+    """What the email jobs need on top of the shared test settings (a fresh SMTP port each time)."""
+    return {
+        "task_routes": {"admin.send_*": "email"}, "smtp_port": free_port(), "smtp_timeout": 2,
+        "smtp_local_hostname": "localhost", "smtp_retry_backoff_max": 1, "smtp_max_retries": 20,
     }
-    values.update(overrides)
-    return JobsSettings(**values)  # type: ignore[arg-type]
 
 
-async def close_broker() -> None:
-    """Close this loop's Redis client, stopping the result listener first (no stray task errors)."""
-    broker = get_broker()
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-    await broker.close()
+def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettings:
+    """This module's settings: the shared test settings plus what its jobs need."""
+    return support.app_settings(prefix, tmp_path, **{**email_values(), **overrides})
+
 
 
 @contextlib.asynccontextmanager
 async def running(prefix: str, tmp_path: Path, sync_client, **overrides: object) -> AsyncIterator[JobsSettings]:
     """Settings with ``overrides`` and an in-process worker on both queues, for tests needing special settings."""
-    settings = configure(app_settings(prefix, tmp_path, **overrides))
-    assert isinstance(settings, JobsSettings)
-    w = Worker(queues=["default", "email"], beat=False)
-    await w.start(handle_signals=False)
-    try:
-        yield settings
-    finally:
-        await w.stop(grace=1)
-        await close_broker()
-        keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            sync_client.delete(*keys)
+    async with support.configured(prefix, tmp_path, sync_client, **{**email_values(), **overrides}) as settings:
+        async with support.worker_on(["default", "email"]):
+            yield settings
 
 
 @pytest.fixture
@@ -79,11 +63,7 @@ async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
     settings = configure(app_settings(prefix, tmp_path))
     assert isinstance(settings, JobsSettings)
     yield settings
-    await dispose_engines()
-    await close_broker()
-    keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        sync_client.delete(*keys)
+    await support.release(prefix, sync_client)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ the beat schedule of settings.py, through real workers, Redis and an SMTP server
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import os
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from jobs.config import JobsSettings
-from jobs.db import dispose_engines
 from jobs.email import send_email_task
 from jobs.maintenance import cleanup_reports, cleanup_results, daily_summary
 from jobs.sink import SmtpSink, free_port
@@ -26,29 +24,20 @@ from tasks_engine import AsyncResult, configure, send_task, states
 from tasks_engine.broker import get_broker
 from tasks_engine.messages import dumps
 from tasks_engine.worker import Worker
+from tests import jobs_support as support
 from tests.conftest import worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettings:
+    """This module's settings: the shared test settings plus what its jobs need."""
     values: dict[str, object] = {
-        "key_prefix": prefix, "lease_seconds": 3, "heartbeat_seconds": 0.5, "shutdown_grace_seconds": 5,
-        "beat_enabled": False, "task_routes": {"admin.send_*": "email"}, "smtp_port": free_port(),
-        "smtp_local_hostname": "localhost", "database_url": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
-        "reports_dir": tmp_path / "reports", "admin_email": "boss@example.com",
+        "task_routes": {"admin.send_*": "email"}, "smtp_port": free_port(), "smtp_local_hostname": "localhost",
+        "admin_email": "boss@example.com",
     }
-    values.update(overrides)
-    return JobsSettings(**values)  # type: ignore[arg-type]
+    return support.app_settings(prefix, tmp_path, **{**values, **overrides})
 
-
-async def close_broker() -> None:
-    broker = get_broker()
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-    await broker.close()
 
 
 @pytest.fixture
@@ -56,11 +45,7 @@ async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
     settings = configure(app_settings(prefix, tmp_path))
     assert isinstance(settings, JobsSettings)
     yield settings
-    await dispose_engines()
-    await close_broker()
-    keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
-    if keys:
-        sync_client.delete(*keys)
+    await support.release(prefix, sync_client)
 
 
 @pytest.fixture

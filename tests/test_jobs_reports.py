@@ -26,8 +26,9 @@ from jobs.db import dispose_engines, get_engine, orders, users
 from jobs.reports import ReportParamsError, generate_report_task
 from jobs.seed import seed
 from tasks_engine import SoftTimeLimitExceeded, configure, states
-from tasks_engine.broker import get_broker
 from tasks_engine.worker import Worker
+from tests import jobs_support as support
+from tests.jobs_support import close_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -35,22 +36,9 @@ BIG = 100_000
 
 
 def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettings:
-    values: dict[str, object] = {
-        "key_prefix": prefix, "lease_seconds": 3, "heartbeat_seconds": 0.5, "shutdown_grace_seconds": 5,
-        "beat_enabled": False, "database_url": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
-        "reports_dir": tmp_path / "reports", "timezone": "Asia/Shanghai",
-    }
-    values.update(overrides)
-    return JobsSettings(**values)  # type: ignore[arg-type]
+    """This module's settings: the shared test settings plus what its jobs need."""
+    return support.app_settings(prefix, tmp_path, **{**{"timezone": "Asia/Shanghai"}, **overrides})
 
-
-async def close_broker() -> None:
-    broker = get_broker()
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
-    await broker.close()
 
 
 @pytest.fixture
