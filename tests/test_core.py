@@ -247,3 +247,44 @@ async def test_structlog_lines_in_task_carry_task_context(worker, capsys):
     line = next(line for line in err.splitlines() if "inside task" in line)
     assert f"task_id={r.id}" in line and "task_name=demo.echo_request" in line and "retries=0" in line
     logging.getLogger().handlers.clear()
+
+
+async def test_json_log_format_by_setting(worker, capsys):
+    import json
+    import logging
+
+    from tasks_engine import get_settings
+    from tasks_engine.logs import configure_logging
+
+    configure_logging(get_settings().model_copy(update={"log_format": "json"}))
+    try:
+        r = await t.echo_request.delay()
+        await r.get(timeout=5)
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        inside = next(line for line in lines if line.get("event") == "inside task")
+        assert inside["task_id"] == r.id and inside["task_name"] == "demo.echo_request" and inside["retries"] == 0
+    finally:
+        logging.getLogger().handlers.clear()
+
+
+async def test_two_apps_share_one_redis_by_key_prefix(engine, spawn_worker, sync_client):
+    """A worker of app A never takes app B's jobs: every key lives under the app's prefix."""
+    from tasks_engine import configure
+    from tasks_engine.broker import get_broker as broker_of
+
+    spawn_worker()  # app A's worker (this test's prefix)
+    other = f"{engine.key_prefix}-b"
+    r_a = await t.add.delay(1, 1)
+    assert await r_a.get(timeout=10) == 2
+    await broker_of().close()
+    configure(engine, key_prefix=other)
+    try:
+        r_b = await t.add.delay(2, 2)
+        await asyncio.sleep(1.0)
+        assert await r_b.state() == states.PENDING  # nobody consumes app B's queue
+        assert sync_client.zscore(f"{other}:q:default", r_b.id) is not None
+    finally:
+        await broker_of().close()
+        for key in sync_client.scan_iter(f"{other}:*"):
+            sync_client.delete(key)
+        configure(engine)
