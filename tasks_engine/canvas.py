@@ -777,15 +777,23 @@ def _fresh(value: Any) -> Signature:
     return out
 
 
+def _parts(sig: Signature) -> list[Signature]:
+    """The signatures a workflow is made of (a chain's or group's tasks, a chord's header and body)."""
+    if isinstance(sig, _chain | group):
+        return list(sig.tasks)
+    if isinstance(sig, _chord):
+        return [sig.header, *([sig.body] if sig.body is not None else [])]
+    return []
+
+
+def _is_workflow(sig: Signature) -> bool:
+    return isinstance(sig, _chain | group | _chord)
+
+
 def _strip_ids(sig: Signature) -> None:
     sig.options.pop("task_id", None)
-    if isinstance(sig, _chain | group):
-        for t in sig.tasks:
-            _strip_ids(t)
-    elif isinstance(sig, _chord):
-        _strip_ids(sig.header)
-        if sig.body is not None:
-            _strip_ids(sig.body)
+    for part in _parts(sig):
+        _strip_ids(part)
 
 
 def _assign_id(sig: Signature, task_id: str) -> None:
@@ -848,13 +856,9 @@ def _check_after_results(
 def _check_waiting(sig: Signature) -> None:
     """Check calls that are enqueued only later, by a worker, with one value prepended (chain steps,
     callbacks): a wrong signature then fails at apply time, not in the middle of a workflow."""
-    if isinstance(sig, _chain | group):
-        for t in sig.tasks:
-            _check_waiting(t)
-    elif isinstance(sig, _chord):
-        _check_waiting(sig.header)
-        if sig.body is not None:
-            _check_waiting(sig.body)
+    if _is_workflow(sig):
+        for part in _parts(sig):
+            _check_waiting(part)
     else:
         task = registry.get(sig.task)
         if task is not None and sig.immutable:
@@ -866,10 +870,8 @@ def _check_waiting(sig: Signature) -> None:
 
 
 def _leaf_ids(sig: Signature) -> list[str]:
-    if isinstance(sig, _chain | group):
-        return [i for t in sig.tasks for i in _leaf_ids(t)]
-    if isinstance(sig, _chord):
-        return [*_leaf_ids(sig.header), *(_leaf_ids(sig.body) if sig.body else [])]
+    if _is_workflow(sig):
+        return [i for part in _parts(sig) for i in _leaf_ids(part)]
     return [sig.options["task_id"]] if "task_id" in sig.options else []
 
 

@@ -41,19 +41,6 @@ from tests.conftest import ROOT, worker_env
 # ---------------------------------------------------------------- helpers and tasks
 
 
-@pytest.fixture(autouse=True)
-async def stop_result_listener(engine: Any) -> AsyncIterator[None]:
-    """Stop this test's ``get()`` pub/sub listener before the engine fixture closes its broker.
-
-    Otherwise the listener dies with "connection closed" after the test and its unretrieved
-    exception is logged during a later garbage collection, which on CPython 3.11.7 can surface as
-    a spurious ``SystemError: AST constructor recursion depth mismatch`` in pytest itself.
-    """
-    yield
-    listener = getattr(getattr(get_broker(), "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
 
 
 

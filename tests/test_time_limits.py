@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -30,14 +29,6 @@ from tests.conftest import ROOT
 SYNC_LOG: dict[str, Any] = {}  # what sync tasks saw, in this process (in-process worker only)
 
 
-@pytest.fixture(autouse=True)
-async def stop_result_listener(engine: Any) -> AsyncIterator[None]:
-    """Stop this test's ``get()`` listener before the engine closes its broker (see test_retries)."""
-    yield
-    listener = getattr(getattr(get_broker(), "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
 
 
 async def note(key: str, *fields: Any) -> None:
