@@ -40,10 +40,8 @@ async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
 
 @pytest.fixture
 async def app_worker(app) -> AsyncIterator[Worker]:
-    w = Worker(queues=["default"], beat=False)
-    await w.start(handle_signals=False)
-    yield w
-    await w.stop(grace=1)
+    async with support.worker_on(["default"]) as worker:
+        yield worker
 
 
 def invalid_ids(count: int) -> list[int]:

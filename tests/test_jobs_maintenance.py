@@ -50,10 +50,8 @@ async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
 
 @pytest.fixture
 async def app_worker(app) -> AsyncIterator[Worker]:
-    w = Worker(queues=["default", "email"], beat=False)
-    await w.start(handle_signals=False)
-    yield w
-    await w.stop(grace=1)
+    async with support.worker_on(["default", "email"]) as worker:
+        yield worker
 
 
 @pytest.fixture
