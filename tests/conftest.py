@@ -3,6 +3,7 @@ workers in the test process or as real subprocesses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,13 +59,22 @@ async def engine(prefix: str, sync_client: sync_redis.Redis) -> AsyncIterator[En
         sync_client.delete(*keys)
 
 
+@contextlib.asynccontextmanager
+async def running_worker(**options: Any) -> AsyncIterator[Worker]:
+    """A worker in this event loop for the duration of the block (options go to ``Worker``)."""
+    w = Worker(beat=False, **options)
+    await w.start(handle_signals=False)
+    try:
+        yield w
+    finally:
+        await w.stop(grace=1)
+
+
 @pytest.fixture
 async def worker(engine: EngineSettings) -> AsyncIterator[Worker]:
     """A worker in this test's event loop."""
-    w = Worker(beat=False)
-    await w.start(handle_signals=False)
-    yield w
-    await w.stop(grace=1)
+    async with running_worker() as w:
+        yield w
 
 
 def worker_env(prefix: str, **extra: Any) -> dict[str, str]:

@@ -12,7 +12,6 @@ from jobs.config import JobsSettings
 from jobs.db import dispose_engines
 from tasks_engine import configure
 from tasks_engine.broker import get_broker
-from tasks_engine.worker import Worker
 
 # Short leases and no beat: tests see crashes recovered quickly and nothing scheduled behind their back.
 BASE: dict[str, object] = {"lease_seconds": 3, "heartbeat_seconds": 0.5, "shutdown_grace_seconds": 5,
@@ -41,22 +40,11 @@ async def release(prefix: str, sync_client: sync_redis.Redis) -> None:
 
 
 @contextlib.asynccontextmanager
-async def configured(prefix: str, tmp_path: Path, sync_client: sync_redis.Redis,
-                     **values: object) -> AsyncIterator[JobsSettings]:
-    settings = configure(app_settings(prefix, tmp_path, **values))
-    assert isinstance(settings, JobsSettings)
+async def configured(settings: JobsSettings, sync_client: sync_redis.Redis) -> AsyncIterator[JobsSettings]:
+    """``settings`` installed for the block; afterwards everything of the test is released."""
+    installed = configure(settings)
+    assert isinstance(installed, JobsSettings)
     try:
-        yield settings
+        yield installed
     finally:
-        await release(prefix, sync_client)
-
-
-@contextlib.asynccontextmanager
-async def worker_on(queues: list[str]) -> AsyncIterator[Worker]:
-    """An in-process worker on ``queues`` for the duration of the block."""
-    worker = Worker(queues=queues, beat=False)
-    await worker.start(handle_signals=False)
-    try:
-        yield worker
-    finally:
-        await worker.stop(grace=1)
+        await release(settings.key_prefix, sync_client)

@@ -8,7 +8,6 @@ Cluster-wide rate limits (GCRA in the claim script), priority 0-9, countdown/eta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import signal
@@ -46,9 +45,8 @@ from tasks_engine.broker import Enqueue, get_broker
 from tasks_engine.canvas import Context, Plan, Signature
 from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.limits import parse_rate_limit
-from tasks_engine.worker import Worker
 from tests import sample_tasks as t
-from tests.conftest import REDIS_URL, ROOT, worker_env
+from tests.conftest import REDIS_URL, ROOT, running_worker, worker_env
 
 BIN = Path(sys.executable).parent
 
@@ -183,16 +181,6 @@ async def enqueue_all(sigs: list[Signature]) -> list[AsyncResult]:
         sig._plan([], Context(), plan)
     await plan.execute()
     return results
-
-
-@contextlib.asynccontextmanager
-async def running_worker(**kwargs: Any) -> AsyncIterator[Worker]:
-    w = Worker(beat=False, **kwargs)
-    await w.start(handle_signals=False)
-    try:
-        yield w
-    finally:
-        await w.stop(grace=1)
 
 
 async def occupy(slots: int = 1) -> list[AsyncResult]:

@@ -17,9 +17,10 @@ from jobs.batch import TAX_BPS, batch_process_task, fan_out
 from jobs.config import JobsSettings
 from jobs.db import get_engine, orders
 from jobs.seed import order_is_valid, seed
-from tasks_engine import AsyncResult, configure, states
+from tasks_engine import AsyncResult, states
 from tasks_engine.worker import Worker
 from tests import jobs_support as support
+from tests.conftest import running_worker
 
 USERS = 20
 
@@ -32,15 +33,13 @@ def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettin
 
 @pytest.fixture
 async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
-    settings = configure(app_settings(prefix, tmp_path))
-    assert isinstance(settings, JobsSettings)
-    yield settings
-    await support.release(prefix, sync_client)
+    async with support.configured(app_settings(prefix, tmp_path), sync_client) as settings:
+        yield settings
 
 
 @pytest.fixture
 async def app_worker(app) -> AsyncIterator[Worker]:
-    async with support.worker_on(["default"]) as worker:
+    async with running_worker(queues=["default"]) as worker:
         yield worker
 
 

@@ -29,6 +29,7 @@ from tasks_engine import configure, states
 from tasks_engine.task import registry
 from tasks_engine.worker import Worker
 from tests import jobs_support as support
+from tests.conftest import running_worker
 from tests.jobs_support import close_broker
 
 SUBJECT = "测试邮件：你好，世界"
@@ -53,22 +54,20 @@ def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettin
 @contextlib.asynccontextmanager
 async def running(prefix: str, tmp_path: Path, sync_client, **overrides: object) -> AsyncIterator[JobsSettings]:
     """Settings with ``overrides`` and an in-process worker on both queues, for tests needing special settings."""
-    async with support.configured(prefix, tmp_path, sync_client, **{**email_values(), **overrides}) as settings:
-        async with support.worker_on(["default", "email"]):
+    async with support.configured(app_settings(prefix, tmp_path, **overrides), sync_client) as settings:
+        async with running_worker(queues=["default", "email"]):
             yield settings
 
 
 @pytest.fixture
 async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
-    settings = configure(app_settings(prefix, tmp_path))
-    assert isinstance(settings, JobsSettings)
-    yield settings
-    await support.release(prefix, sync_client)
+    async with support.configured(app_settings(prefix, tmp_path), sync_client) as settings:
+        yield settings
 
 
 @pytest.fixture
 async def app_worker(app) -> AsyncIterator[Worker]:
-    async with support.worker_on(["default", "email"]) as worker:
+    async with running_worker(queues=["default", "email"]) as worker:
         yield worker
 
 

@@ -20,12 +20,12 @@ from jobs.config import JobsSettings
 from jobs.email import send_email_task
 from jobs.maintenance import cleanup_reports, cleanup_results, daily_summary
 from jobs.sink import SmtpSink, free_port
-from tasks_engine import AsyncResult, configure, send_task, states
+from tasks_engine import AsyncResult, send_task, states
 from tasks_engine.broker import get_broker
 from tasks_engine.messages import dumps
 from tasks_engine.worker import Worker
 from tests import jobs_support as support
-from tests.conftest import worker_env
+from tests.conftest import running_worker, worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,15 +42,13 @@ def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettin
 
 @pytest.fixture
 async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
-    settings = configure(app_settings(prefix, tmp_path))
-    assert isinstance(settings, JobsSettings)
-    yield settings
-    await support.release(prefix, sync_client)
+    async with support.configured(app_settings(prefix, tmp_path), sync_client) as settings:
+        yield settings
 
 
 @pytest.fixture
 async def app_worker(app) -> AsyncIterator[Worker]:
-    async with support.worker_on(["default", "email"]) as worker:
+    async with running_worker(queues=["default", "email"]) as worker:
         yield worker
 
 

@@ -14,8 +14,6 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,9 +32,8 @@ from tasks_engine import (
 )
 from tasks_engine.broker import get_broker, now_ms
 from tasks_engine.retries import backoff_countdown, backoff_factor
-from tasks_engine.worker import Worker
 from tests import sample_tasks as t
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, running_worker, worker_env
 
 # ---------------------------------------------------------------- helpers and tasks
 
@@ -89,16 +86,6 @@ async def scheduled_countdowns(r: AsyncResult, key: str, retries: int) -> list[f
         seen.append(round(score / 1000 - failed_at, 1))
         await fast_forward(r.id)
     return seen
-
-
-@asynccontextmanager
-async def running_worker(queues: list[str]) -> AsyncIterator[Worker]:
-    w = Worker(queues=queues, beat=False)
-    await w.start(handle_signals=False)
-    try:
-        yield w
-    finally:
-        await w.stop(grace=1)
 
 
 @shared_task(name="rt.backoff1", bind=True, autoretry_for=(ConnectionError,), retry_backoff=True,
@@ -437,7 +424,7 @@ async def test_apply_runs_retries_eagerly_without_sleeping(engine):
 
 async def test_retry_keeps_queue_priority_expires_and_links(engine):
     broker = get_broker()
-    async with running_worker(["rq"]):
+    async with running_worker(queues=["rq"]):
         r = await flaky.apply_async(("q", 0.5), queue="rq", priority=2, expires=60,
                                     link=collect.s("linked").set(queue="rq"),
                                     link_error=collect.si("err", "errback").set(queue="rq"))
