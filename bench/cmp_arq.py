@@ -56,8 +56,15 @@ def run_worker(argv: list[str]) -> None:
     except ImportError:
         pass
     asyncio.set_event_loop(asyncio.new_event_loop())
-    Worker(functions=[noop, sleep, stamp], redis_settings=settings_for(a.db), poll_delay=a.poll_delay,
-           max_jobs=a.max_jobs, job_serializer=dumps, job_deserializer=orjson.loads, handle_signals=True).run()
+    Worker(
+        functions=[noop, sleep, stamp],
+        redis_settings=settings_for(a.db),
+        poll_delay=a.poll_delay,
+        max_jobs=a.max_jobs,
+        job_serializer=dumps,
+        job_deserializer=orjson.loads,
+        handle_signals=True,
+    ).run()
 
 
 class Client:
@@ -67,8 +74,17 @@ class Client:
         self.workers = common.Workers(p.logdir, "arq")
 
     def start_workers(self, count: int) -> None:
-        argv = [sys.executable, str(common.BENCH_DIR / "cmp_arq.py"), "--worker", "--db", str(self.p.db),
-                "--poll-delay", str(self.p.poll_delay), "--max-jobs", str(self.p.max_jobs)]
+        argv = [
+            sys.executable,
+            str(common.BENCH_DIR / "cmp_arq.py"),
+            "--worker",
+            "--db",
+            str(self.p.db),
+            "--poll-delay",
+            str(self.p.poll_delay),
+            "--max-jobs",
+            str(self.p.max_jobs),
+        ]
         self.workers.start(argv, count=count)
 
     async def drained(self) -> bool:
@@ -120,9 +136,14 @@ class Client:
         cpu = self.workers.cpu_seconds() - cpu0
         started_at = float(await self.result(first))
         stored = await self.count_results([j.job_id for j in jobs])
-        return {"enqueue_rate": p.jobs / enqueue_s, "drain_rate": (p.jobs + 1) / (done_at - started_at),
-                "drain_s": done_at - started_at, "cpu_us_per_job": cpu / p.jobs * 1e6, "ok": stored == p.jobs,
-                "stored": stored}
+        return {
+            "enqueue_rate": p.jobs / enqueue_s,
+            "drain_rate": (p.jobs + 1) / (done_at - started_at),
+            "drain_s": done_at - started_at,
+            "cpu_us_per_job": cpu / p.jobs * 1e6,
+            "ok": stored == p.jobs,
+            "stored": stored,
+        }
 
     async def latency(self) -> dict[str, Any]:
         """arq publishes nothing when a job ends, so results are noticed by one poller checking every

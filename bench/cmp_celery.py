@@ -28,8 +28,13 @@ META = "celery-task-meta-"
 
 app = Celery("bench", broker=URL, backend=URL)
 app.conf.update(
-    task_serializer="json", result_serializer="json", accept_content=["json"], result_accept_content=["json"],
-    broker_connection_retry_on_startup=True, worker_hijack_root_logger=False, task_default_queue=QUEUE,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    task_default_queue=QUEUE,
 )
 
 
@@ -63,9 +68,25 @@ class Client:
         self.workers = common.Workers(p.logdir, "celery")
 
     def start_workers(self, concurrency: int) -> None:
-        argv = [sys.executable, "-m", "celery", "-A", "cmp_celery", "worker", "-P", "prefork", "-c", str(concurrency),
-                "--loglevel", "WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "-n", f"bench-{os.getpid()}@%h"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "cmp_celery",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"bench-{os.getpid()}@%h",
+        ]
         self.workers.start(argv, {"BENCH_DB": str(self.p.db)})
 
     def wait_results(self, ids: list[str]) -> float:
@@ -91,15 +112,21 @@ class Client:
         ids = self.enqueue(TASKS[p.task], p.jobs)
         enqueue_s = time.perf_counter() - t0
         self.start_workers(p.procs)
-        common.wait_until(lambda: self.redis.llen(QUEUE) < p.jobs + 1, p.timeout, interval=0.002,
-                          alive=self.workers.check_alive)
+        common.wait_until(
+            lambda: self.redis.llen(QUEUE) < p.jobs + 1, p.timeout, interval=0.002, alive=self.workers.check_alive
+        )
         cpu0 = self.workers.cpu_seconds()  # start-up (imports) excluded: the first messages are taken
         done_at = self.wait_results(ids)
         cpu = self.workers.cpu_seconds() - cpu0
         started_at = float(first.get(timeout=30))
-        return {"enqueue_rate": p.jobs / enqueue_s, "drain_rate": (p.jobs + 1) / (done_at - started_at),
-                "drain_s": done_at - started_at, "cpu_us_per_job": cpu / p.jobs * 1e6, "ok": True,
-                "stored": len(ids)}
+        return {
+            "enqueue_rate": p.jobs / enqueue_s,
+            "drain_rate": (p.jobs + 1) / (done_at - started_at),
+            "drain_s": done_at - started_at,
+            "cpu_us_per_job": cpu / p.jobs * 1e6,
+            "ok": True,
+            "stored": len(ids),
+        }
 
     def latency(self) -> dict[str, Any]:
         """Sends open-loop from this thread; a second thread listens on the result channels the Redis
@@ -119,7 +146,7 @@ class Client:
             while not stop.is_set():
                 message = pubsub.get_message(timeout=0.05)
                 if message and message["type"] == "pmessage":
-                    done[message["channel"].decode()[len(META):]] = time.time()
+                    done[message["channel"].decode()[len(META) :]] = time.time()
             pubsub.close()
             client.close()
 
@@ -170,8 +197,9 @@ class Client:
         before = self.workers.rss_bytes()
         sent: list[str] = []
         while len(sent) < p.jobs:
-            common.wait_until(lambda: self.redis.llen(QUEUE) < 5000, p.timeout, interval=0.05,
-                              alive=self.workers.check_alive)
+            common.wait_until(
+                lambda: self.redis.llen(QUEUE) < 5000, p.timeout, interval=0.05, alive=self.workers.check_alive
+            )
             sent.extend(self.enqueue(TASKS[p.task], min(5000, p.jobs - len(sent))))
         self.wait_results(sent)
         time.sleep(settle)

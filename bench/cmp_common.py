@@ -69,8 +69,20 @@ def parse_args(argv: Sequence[str] | None = None) -> Params:
     ap.add_argument("--timeout", type=float, default=300.0)
     a = ap.parse_args(argv)
     a.logdir.mkdir(parents=True, exist_ok=True)
-    return Params(a.workload, a.task, a.jobs, a.procs, a.max_jobs, a.poll_delay, a.rate, a.warmup,
-                  [int(x) for x in a.chord_sizes.split(",") if x], a.db, a.logdir, a.timeout)
+    return Params(
+        a.workload,
+        a.task,
+        a.jobs,
+        a.procs,
+        a.max_jobs,
+        a.poll_delay,
+        a.rate,
+        a.warmup,
+        [int(x) for x in a.chord_sizes.split(",") if x],
+        a.db,
+        a.logdir,
+        a.timeout,
+    )
 
 
 def emit(result: dict[str, Any]) -> None:
@@ -113,16 +125,23 @@ def percentile(values: Sequence[float], q: float) -> float:
 def latency_summary(starts: Sequence[float], results: Sequence[float]) -> dict[str, Any]:
     """Seconds in, milliseconds out."""
     return {
-        "start_p50_ms": percentile(starts, 50) * 1000, "start_p99_ms": percentile(starts, 99) * 1000,
-        "result_p50_ms": percentile(results, 50) * 1000, "result_p99_ms": percentile(results, 99) * 1000,
+        "start_p50_ms": percentile(starts, 50) * 1000,
+        "start_p99_ms": percentile(starts, 99) * 1000,
+        "result_p50_ms": percentile(results, 50) * 1000,
+        "result_p99_ms": percentile(results, 99) * 1000,
         "samples": len(starts),
     }
 
 
 def rss_summary(before: int, after: int, jobs: int) -> dict[str, Any]:
     growth = (after - before) / 2**20
-    return {"rss_before_mb": before / 2**20, "rss_after_mb": after / 2**20, "rss_growth_mb": growth,
-            "rss_growth_per_100k_mb": growth * 100_000 / jobs, "jobs": jobs}
+    return {
+        "rss_before_mb": before / 2**20,
+        "rss_after_mb": after / 2**20,
+        "rss_growth_mb": growth,
+        "rss_growth_per_100k_mb": growth * 100_000 / jobs,
+        "jobs": jobs,
+    }
 
 
 class Workers:
@@ -135,15 +154,22 @@ class Workers:
         self.logs: list[Path] = []
 
     def start(self, argv: list[str], env: dict[str, str] | None = None, count: int = 1) -> None:
-        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]),
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         for _ in range(count):
             path = self.logdir / f"{self.name}-worker-{os.getpid()}-{len(self.procs)}.log"
             log = path.open("wb")
             # cwd is the log dir, not the repo: `python -m` puts the cwd first on sys.path, and a
             # PYTHONPATH pointing at a patched engine copy must win over the repo's checkout.
-            self.procs.append(subprocess.Popen(argv, cwd=self.logdir, env=full_env, stdout=log,
-                                               stderr=subprocess.STDOUT, start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    argv, cwd=self.logdir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
             log.close()
             self.logs.append(path)
 
@@ -221,8 +247,9 @@ class ResultTracker:
         return len(still)
 
 
-def wait_until(done: Callable[[], bool], timeout: float, interval: float = 0.005,
-               alive: Callable[[], None] | None = None) -> float:
+def wait_until(
+    done: Callable[[], bool], timeout: float, interval: float = 0.005, alive: Callable[[], None] | None = None
+) -> float:
     """Poll ``done`` until true; returns ``time.time()`` at that moment."""
     deadline = time.monotonic() + timeout
     checks = 0
@@ -236,8 +263,9 @@ def wait_until(done: Callable[[], bool], timeout: float, interval: float = 0.005
     return time.time()
 
 
-async def async_wait_until(done: Callable[[], Any], timeout: float, interval: float = 0.005,
-                           alive: Callable[[], None] | None = None) -> float:
+async def async_wait_until(
+    done: Callable[[], Any], timeout: float, interval: float = 0.005, alive: Callable[[], None] | None = None
+) -> float:
     """``wait_until`` for asyncio clients: ``done`` is a coroutine function."""
     deadline = time.monotonic() + timeout
     checks = 0

@@ -17,7 +17,7 @@ from typing import Any
 import cmp_common as common
 
 from tasks_engine import AsyncResult, chord, group, shared_task
-from tasks_engine.broker import get_broker
+from tasks_engine.store import get_broker
 from tasks_engine.task import Task
 
 PREFIX = os.environ.get("TE_KEY_PREFIX", "bench")
@@ -54,8 +54,19 @@ class Client:
         self.redis = get_broker().redis
 
     def start_workers(self, count: int) -> None:
-        argv = [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "cmp_te",
-                "-j", str(self.p.max_jobs), "--no-beat"]
+        argv = [
+            sys.executable,
+            "-m",
+            "tasks_engine.cli",
+            "worker",
+            "--app",
+            "none",
+            "-I",
+            "cmp_te",
+            "-j",
+            str(self.p.max_jobs),
+            "--no-beat",
+        ]
         self.workers.start(argv, {"TE_LOG_LEVEL": "WARNING", "TE_BEAT_ENABLED": "false"}, count=count)
 
     async def remaining(self) -> int:
@@ -102,16 +113,22 @@ class Client:
         handles = await self.enqueue(TASKS[p.task], p.jobs)
         enqueue_s = time.perf_counter() - t0
         self.start_workers(p.procs)
-        await common.async_wait_until(lambda: self._queued_below(p.jobs + 1), p.timeout, interval=0.002,
-                                      alive=self.workers.check_alive)
+        await common.async_wait_until(
+            lambda: self._queued_below(p.jobs + 1), p.timeout, interval=0.002, alive=self.workers.check_alive
+        )
         cpu0 = self.workers.cpu_seconds()  # start-up (imports) excluded: a first job is claimed
         done_at = await self.wait_drained()
         cpu = self.workers.cpu_seconds() - cpu0
         started_at = float(await first.get(timeout=30))
         ok = await self.count_success([h.id for h in handles])
-        return {"enqueue_rate": p.jobs / enqueue_s, "drain_rate": (p.jobs + 1) / (done_at - started_at),
-                "drain_s": done_at - started_at, "cpu_us_per_job": cpu / p.jobs * 1e6, "ok": ok == p.jobs,
-                "stored": ok}
+        return {
+            "enqueue_rate": p.jobs / enqueue_s,
+            "drain_rate": (p.jobs + 1) / (done_at - started_at),
+            "drain_s": done_at - started_at,
+            "cpu_us_per_job": cpu / p.jobs * 1e6,
+            "ok": ok == p.jobs,
+            "stored": ok,
+        }
 
     async def _queued_below(self, limit: int) -> bool:
         return int(await self.redis.zcard(f"{PREFIX}:q:default")) < limit
@@ -174,8 +191,9 @@ class Client:
         before = self.workers.rss_bytes()
         sent = 0
         while sent < p.jobs:
-            await common.async_wait_until(lambda: self._below(5000), p.timeout, interval=0.05,
-                                          alive=self.workers.check_alive)
+            await common.async_wait_until(
+                lambda: self._below(5000), p.timeout, interval=0.05, alive=self.workers.check_alive
+            )
             n = min(5000, p.jobs - sent)
             await self.enqueue(TASKS[p.task], n)
             sent += n
@@ -202,10 +220,6 @@ async def run(p: common.Params) -> dict[str, Any]:
     finally:
         client.workers.stop()
         broker = get_broker()
-        listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-        if listener is not None:  # the get() pub/sub listener; closing under it logs a spurious error
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
         await broker.close()
         common.flush(p.db)  # leave nothing behind in the shared Redis
 

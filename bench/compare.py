@@ -118,16 +118,23 @@ def describe_machine(pythons: dict[str, str]) -> list[str]:
         f"{platform.system()} {platform.release()}; load average at start {os.getloadavg()[0]:.2f}",
         f"Redis {info.get('redis_version')} at {common.REDIS_HOST}:{common.REDIS_PORT} (one server for all)",
     ]
-    wanted = {"tasks_engine": ["tasks-engine", "redis", "hiredis", "uvloop", "pydantic", "orjson"],
-              "arq": ["arq", "redis", "hiredis", "uvloop", "orjson"],
-              "celery": ["celery", "kombu", "billiard", "redis", "hiredis"]}
+    wanted = {
+        "tasks_engine": ["tasks-engine", "redis", "hiredis", "uvloop", "pydantic", "orjson"],
+        "arq": ["arq", "redis", "hiredis", "uvloop", "orjson"],
+        "celery": ["celery", "kombu", "billiard", "redis", "hiredis"],
+    }
     for name, python in pythons.items():
         v = venv_versions(python, wanted[name])
         libs = ", ".join(f"{k} {val}" for k, val in v.items() if k != "python")
         lines.append(f"{name}: Python {v.get('python')} ({python}); {libs}")
     if "tasks_engine" in pythons:  # which engine code ran (PYTHONPATH can point at a patched copy)
-        where = subprocess.run([pythons["tasks_engine"], "-c", "import tasks_engine; print(tasks_engine.__file__)"],
-                               cwd=BENCH_DIR, capture_output=True, text=True, check=False).stdout.strip()
+        where = subprocess.run(
+            [pythons["tasks_engine"], "-c", "import tasks_engine; print(tasks_engine.__file__)"],
+            cwd=BENCH_DIR,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
         lines.append(f"tasks_engine code: {Path(where).parent if where else '?'}")
     return lines
 
@@ -162,8 +169,12 @@ class Run:
 def client_args(workload: str, competitor: str, s: Sizes) -> list[str]:
     celery = competitor == "celery"
     cores = os.cpu_count() or 2
-    args: dict[str, Any] = {"max-jobs": s.max_jobs, "poll-delay": s.poll_delay, "timeout": s.timeout,
-                            "procs": cores if celery else 1}
+    args: dict[str, Any] = {
+        "max-jobs": s.max_jobs,
+        "poll-delay": s.poll_delay,
+        "timeout": s.timeout,
+        "procs": cores if celery else 1,
+    }
     cap = s.celery_max_jobs if celery else 10**12
     if workload == "noop":
         args.update(workload="drain", task="noop", jobs=min(s.jobs, cap))
@@ -211,19 +222,43 @@ def execute(run: Run, s: Sizes, pythons: dict[str, str], db_base: int, logdir: P
     db = db_base + COMPETITORS.index(family)
     env = {**os.environ, "BENCH_DB": str(db), "PYTHONUNBUFFERED": "1"}
     if family == "tasks_engine":
-        env.update({"REDIS_URL": f"redis://{common.REDIS_HOST}:{common.REDIS_PORT}/{db}", "TE_KEY_PREFIX": "bench",
-                    "TE_LOG_LEVEL": "WARNING", "TE_BEAT_ENABLED": "false"})
-    argv = [pythons[family], str(BENCH_DIR / CLIENT[run.competitor]), *client_args(run.workload, run.competitor, s),
-            "--db", str(db), "--logdir", str(logdir)]
+        env.update(
+            {
+                "REDIS_URL": f"redis://{common.REDIS_HOST}:{common.REDIS_PORT}/{db}",
+                "TE_KEY_PREFIX": "bench",
+                "TE_LOG_LEVEL": "WARNING",
+                "TE_BEAT_ENABLED": "false",
+            }
+        )
+    argv = [
+        pythons[family],
+        str(BENCH_DIR / CLIENT[run.competitor]),
+        *client_args(run.workload, run.competitor, s),
+        "--db",
+        str(db),
+        "--logdir",
+        str(logdir),
+    ]
     started = time.monotonic()
     stderr_path = logdir / f"client-r{run.round}-{run.workload}-{run.competitor}.log"
     with stderr_path.open("w") as err:
         try:
-            proc = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
-                                  timeout=s.timeout * 4 + 120, check=False)
+            proc = subprocess.run(
+                argv,
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                timeout=s.timeout * 4 + 120,
+                check=False,
+            )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(common.RESULT_MARK)]
-            run.result = json.loads(lines[-1][len(common.RESULT_MARK):]) if lines else {
-                "error": f"no result (exit {proc.returncode}); see {stderr_path}"}
+            run.result = (
+                json.loads(lines[-1][len(common.RESULT_MARK) :])
+                if lines
+                else {"error": f"no result (exit {proc.returncode}); see {stderr_path}"}
+            )
         except subprocess.TimeoutExpired:
             run.result = {"error": f"client timed out; see {stderr_path}"}
     run.seconds = time.monotonic() - started
@@ -237,11 +272,15 @@ def progress_line(run: Run, total: int, index: int) -> str:
     if "error" in r:
         detail = "ERROR " + r["error"].splitlines()[0]
     elif run.workload in ("noop", "sleep", "scale"):
-        detail = (f"enqueue {r['enqueue_rate']:,.0f}/s  drain {r['drain_rate']:,.0f}/s  "
-                  f"worker CPU {r['cpu_us_per_job']:,.0f} us/job  stored={r['stored']}")
+        detail = (
+            f"enqueue {r['enqueue_rate']:,.0f}/s  drain {r['drain_rate']:,.0f}/s  "
+            f"worker CPU {r['cpu_us_per_job']:,.0f} us/job  stored={r['stored']}"
+        )
     elif run.workload == "latency":
-        detail = (f"start p50 {r['start_p50_ms']:.1f} p99 {r['start_p99_ms']:.1f} ms; "
-                  f"result p50 {r['result_p50_ms']:.1f} p99 {r['result_p99_ms']:.1f} ms")
+        detail = (
+            f"start p50 {r['start_p50_ms']:.1f} p99 {r['start_p99_ms']:.1f} ms; "
+            f"result p50 {r['result_p50_ms']:.1f} p99 {r['result_p99_ms']:.1f} ms"
+        )
     elif run.workload == "chord":
         detail = "  ".join(f"{k} {v:.2f}" for k, v in r.items())
     else:
@@ -300,9 +339,11 @@ def metrics(s: Sizes) -> list[Metric]:
     ]
     for k in s.chord_sizes:
         indep, ch = field_of("chord", f"group_{k}_s"), field_of("chord", f"chord_{k}_s")
-        out += [Metric(f"(4) {k:,} independent jobs (group)", "s", "lower", indep),
-                Metric(f"(4) chord of {k:,}", "s", "lower", ch),
-                Metric(f"(4) chord / independent, {k:,}", "x", "lower", ratio_of(ch, indep))]
+        out += [
+            Metric(f"(4) {k:,} independent jobs (group)", "s", "lower", indep),
+            Metric(f"(4) chord of {k:,}", "s", "lower", ch),
+            Metric(f"(4) chord / independent, {k:,}", "x", "lower", ratio_of(ch, indep)),
+        ]
     out += [
         Metric("(5) jobs between the two readings", "jobs", "-", field_of("rss", "jobs")),
         Metric("(5) worker RSS before", "MB", "lower", field_of("rss", "rss_before_mb")),
@@ -401,8 +442,10 @@ def raw_lines(runs: list[Run]) -> list[str]:
     for run in runs:
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in run.result.items() if k != "error"}
         err = run.result.get("error", "").splitlines()[0] if "error" in run.result else ""
-        out.append(f"round {run.round + 1} {run.workload:<8} {LABEL[run.competitor]:<13} "
-                   f"{json.dumps(shown) if not err else 'ERROR ' + err}  ({run.seconds:.1f}s)")
+        out.append(
+            f"round {run.round + 1} {run.workload:<8} {LABEL[run.competitor]:<13} "
+            f"{json.dumps(shown) if not err else 'ERROR ' + err}  ({run.seconds:.1f}s)"
+        )
     return out
 
 
@@ -412,17 +455,29 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=20_000, help="no-op jobs for (1) and (6)")
     ap.add_argument("--sleep-jobs", type=int, help="jobs for (2); default --jobs")
-    ap.add_argument("--celery-sleep-jobs", type=int, default=2_000,
-                    help="cap for Celery in (2): 2 prefork processes sleeping 10 ms top out at 200 jobs/s")
+    ap.add_argument(
+        "--celery-sleep-jobs",
+        type=int,
+        default=2_000,
+        help="cap for Celery in (2): 2 prefork processes sleeping 10 ms top out at 200 jobs/s",
+    )
     ap.add_argument("--latency-jobs", type=int, default=500, help="jobs in the (3) trickle")
     ap.add_argument("--rate", type=float, default=50.0, help="trickle rate for (3), jobs/s")
     ap.add_argument("--chord-sizes", default="1000,10000")
     ap.add_argument("--rss-jobs", type=int, default=100_000, help="jobs between the two RSS readings (tasks_engine)")
-    ap.add_argument("--rss-jobs-others", type=int, default=20_000,
-                    help="the same for arq and Celery (their growth is also shown per 100,000 jobs)")
-    ap.add_argument("--celery-max-jobs", type=int, default=2_000,
-                    help="cap on Celery's job counts in every bulk workload, chord sizes included: on a shared "
-                         "2-core machine it drains ~50-1,000 jobs/s, and rates do not depend on the count")
+    ap.add_argument(
+        "--rss-jobs-others",
+        type=int,
+        default=20_000,
+        help="the same for arq and Celery (their growth is also shown per 100,000 jobs)",
+    )
+    ap.add_argument(
+        "--celery-max-jobs",
+        type=int,
+        default=2_000,
+        help="cap on Celery's job counts in every bulk workload, chord sizes included: on a shared "
+        "2-core machine it drains ~50-1,000 jobs/s, and rates do not depend on the count",
+    )
     ap.add_argument("--rss-rounds", type=int, default=1, help="rounds that include (5); it is slow and not noisy")
     ap.add_argument("--warmup", type=int, default=2_000, help="jobs run before the first RSS reading")
     ap.add_argument("--max-jobs", type=int, default=100, help="concurrent jobs per asyncio worker (tasks_engine, arq)")
@@ -430,8 +485,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default=",".join(COMPETITORS), help="comma-separated subset of " + ",".join(COMPETITORS))
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the harness in seconds")
-    ap.add_argument("--db-base", type=int, default=13,
-                    help="Redis dbs used: base (tasks_engine), +1 (arq), +2 (celery)")
+    ap.add_argument(
+        "--db-base", type=int, default=13, help="Redis dbs used: base (tasks_engine), +1 (arq), +2 (celery)"
+    )
     ap.add_argument("--arq-python", help="use this interpreter for arq instead of .bench-venv/arq")
     ap.add_argument("--celery-python", help="use this interpreter for Celery instead of .bench-venv/celery")
     ap.add_argument("--no-install", action="store_true", help="fail instead of creating a missing competitor venv")
@@ -457,10 +513,21 @@ def main(argv: list[str] | None = None) -> int:
         if w not in WORKLOADS:
             raise SystemExit(f"unknown workload {w!r}; choose from {WORKLOADS}")
     selected = [c for c in COMPETITORS if c in selected]
-    sizes = Sizes(a.jobs, a.sleep_jobs or a.jobs, a.celery_sleep_jobs, a.latency_jobs, a.rate,
-                  [int(x) for x in a.chord_sizes.split(",") if x], a.rss_jobs, a.rss_jobs_others, a.celery_max_jobs,
-                  a.warmup, a.max_jobs, a.poll_delay,
-                  a.timeout)
+    sizes = Sizes(
+        a.jobs,
+        a.sleep_jobs or a.jobs,
+        a.celery_sleep_jobs,
+        a.latency_jobs,
+        a.rate,
+        [int(x) for x in a.chord_sizes.split(",") if x],
+        a.rss_jobs,
+        a.rss_jobs_others,
+        a.celery_max_jobs,
+        a.warmup,
+        a.max_jobs,
+        a.poll_delay,
+        a.timeout,
+    )
 
     pythons: dict[str, str] = {}
     for name in selected:
@@ -473,8 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     lock = common.sync_redis(0)
     lock_key = f"bench-compare-lock:{a.db_base}"
     if not lock.set(lock_key, os.getpid(), nx=True, ex=int(a.timeout * 20)):
-        raise SystemExit(f"another compare.py run uses Redis dbs {a.db_base}-{a.db_base + 2} "
-                         f"(key {lock_key} in db 0); pass another --db-base")
+        raise SystemExit(
+            f"another compare.py run uses Redis dbs {a.db_base}-{a.db_base + 2} "
+            f"(key {lock_key} in db 0); pass another --db-base"
+        )
     logdir = a.logdir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
     logdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -492,11 +561,19 @@ def main(argv: list[str] | None = None) -> int:
             lock.delete(lock_key)
         lock.close()
 
-    columns = [c for c in ("tasks_engine", "arq", "arq-default", "celery")
-               if (c == "arq-default" and "arq" in selected and "latency" in workloads) or c in selected]
+    columns = [
+        c
+        for c in ("tasks_engine", "arq", "arq-default", "celery")
+        if (c == "arq-default" and "arq" in selected and "latency" in workloads) or c in selected
+    ]
     table, medians = render_table(runs, sizes, a.rounds, columns)
-    command = shlex.join([os.path.relpath(sys.executable, ROOT), os.path.relpath(__file__, ROOT),
-                          *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(
+        [
+            os.path.relpath(sys.executable, ROOT),
+            os.path.relpath(__file__, ROOT),
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+    )
     report = [
         f"command: {command}",
         f"finished {time.strftime('%Y-%m-%d %H:%M:%S')} after {elapsed:.0f} s; load average at end "

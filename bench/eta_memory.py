@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 import psutil  # noqa: E402
 
 from tasks_engine import shared_task  # noqa: E402
-from tasks_engine.broker import Enqueue, get_broker  # noqa: E402
+from tasks_engine.store import Enqueue, get_broker  # noqa: E402
 
 
 @shared_task(name="bench.deferred_noop")
@@ -76,9 +76,10 @@ async def keys_memory(prefix: str) -> tuple[int, int]:
 
 
 async def main(jobs: int) -> dict[str, Any]:
-    from tasks_engine.canvas import Context, Signature
     from tasks_engine.config import EngineSettings, configure
     from tasks_engine.control import workers as live_workers
+    from tasks_engine.plan import Context
+    from tasks_engine.signature import Signature
 
     prefix = f"bench-eta-{uuid.uuid4().hex[:8]}"
     configure(EngineSettings(key_prefix=prefix, beat_enabled=False))
@@ -86,7 +87,10 @@ async def main(jobs: int) -> dict[str, Any]:
     env = dict(os.environ, TE_KEY_PREFIX=prefix, TE_BEAT_ENABLED="false")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "bench.eta_memory", "--no-beat"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 30
@@ -105,8 +109,15 @@ async def main(jobs: int) -> dict[str, Any]:
             items = []
             for _ in range(start, min(start + 5_000, jobs)):
                 new_id = str(uuid.uuid4())
-                items.append(Enqueue(new_id, template.raw.replace(template.id.encode(), new_id.encode()),
-                                     template.queue, template.priority, template.eta_ms))
+                items.append(
+                    Enqueue(
+                        new_id,
+                        template.raw.replace(template.id.encode(), new_id.encode()),
+                        template.queue,
+                        template.priority,
+                        template.eta_ms,
+                    )
+                )
             await broker.enqueue(items)
         enqueue_s = time.perf_counter() - started
         deferred = await broker.redis.zcard(broker.key("delayed"))
@@ -149,10 +160,6 @@ async def main(jobs: int) -> dict[str, Any]:
 
 async def close_quietly(broker: Any) -> None:
     """Stop the result listener ``get()`` started before closing the client (else it logs a closed connection)."""
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
     await broker.close()
 
 

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tasks_engine import shared_task  # noqa: E402
-from tasks_engine.broker import get_broker  # noqa: E402
+from tasks_engine.store import get_broker  # noqa: E402
 
 RATE = os.environ.get("BENCH_RATE", "20/s")
 BURST = int(os.environ.get("BENCH_BURST", "1"))
@@ -53,18 +53,31 @@ def spawn_workers(prefix: str, count: int) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ, TE_KEY_PREFIX=prefix, TE_BEAT_ENABLED="false", BENCH_RATE=RATE, BENCH_BURST=str(BURST))
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "bench.rate_limit_accuracy",
-             "--no-beat"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "tasks_engine.cli",
+                "worker",
+                "--app",
+                "none",
+                "-I",
+                "bench.rate_limit_accuracy",
+                "--no-beat",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         for _ in range(count)
     ]
 
 
 async def main(jobs: int, workers: int) -> dict[str, Any]:
-    from tasks_engine.canvas import Context, Plan, Signature
     from tasks_engine.config import EngineSettings, configure
     from tasks_engine.control import workers as live_workers
+    from tasks_engine.plan import Context, Plan
+    from tasks_engine.signature import Signature
 
     prefix = f"bench-rl-{uuid.uuid4().hex[:8]}"
     configure(EngineSettings(key_prefix=prefix, beat_enabled=False))
@@ -78,7 +91,7 @@ async def main(jobs: int, workers: int) -> dict[str, Any]:
             await asyncio.sleep(0.05)
         plan = Plan()
         for i in range(jobs):
-            Signature("bench.rate_limited", (i,))._plan([], Context(), plan)
+            Signature("bench.rate_limited", (i,)).plan_into([], Context(), plan)
         queued_at = time.time()
         await plan.execute()  # one transaction: every job is ready at the same moment
         log_key = broker.key("bench-starts")
@@ -88,8 +101,10 @@ async def main(jobs: int, workers: int) -> dict[str, Any]:
                 raise RuntimeError("jobs did not all start in time")
             await asyncio.sleep(0.2)
         rows = [r.decode().split("|") for r in await broker.redis.lrange(log_key, 0, -1)]
-        retries = [int(v or 0) for v in await asyncio.gather(
-            *(broker.redis.hget(broker.result_key(i), "retries") for i in plan.ids))]
+        retries = [
+            int(v or 0)
+            for v in await asyncio.gather(*(broker.redis.hget(broker.result_key(i), "retries") for i in plan.ids))
+        ]
     finally:
         for p in procs:
             p.terminate()
@@ -111,10 +126,16 @@ async def main(jobs: int, workers: int) -> dict[str, Any]:
     span = starts[-1] - starts[0]
     achieved = (len(starts) - 1) / span if span > 0 else float("inf")
     return {
-        "jobs": len(starts), "worker_processes": len(pids), "rate_limit": RATE, "burst": BURST,
-        "first_start_after_enqueue_s": round(starts[0] - queued_at, 3), "span_s": round(span, 3),
-        "achieved_rate_per_s": round(achieved, 3), "deviation_pct": round((achieved - target) / target * 100, 2),
-        "max_starts_in_any_1s_window": max_in_window(starts), "allowed_per_window": int(target) + BURST,
+        "jobs": len(starts),
+        "worker_processes": len(pids),
+        "rate_limit": RATE,
+        "burst": BURST,
+        "first_start_after_enqueue_s": round(starts[0] - queued_at, 3),
+        "span_s": round(span, 3),
+        "achieved_rate_per_s": round(achieved, 3),
+        "deviation_pct": round((achieved - target) / target * 100, 2),
+        "max_starts_in_any_1s_window": max_in_window(starts),
+        "allowed_per_window": int(target) + BURST,
         "max_retries_seen": max(retries),
         "min_gap_ms": round(min(b - a for a, b in itertools.pairwise(starts)) * 1000, 1),
     }
@@ -122,10 +143,6 @@ async def main(jobs: int, workers: int) -> dict[str, Any]:
 
 async def close_quietly(broker: Any) -> None:
     """Stop the result listener ``get()`` started before closing the client (else it logs a closed connection)."""
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
     await broker.close()
 
 

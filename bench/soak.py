@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks_engine import configure, states  # noqa: E402
-from tasks_engine.broker import get_broker  # noqa: E402
 from tasks_engine.config import EngineSettings  # noqa: E402
 from tasks_engine.embedded import server_binary  # noqa: E402
+from tasks_engine.store import get_broker  # noqa: E402
 
 
 def free_port() -> int:
@@ -45,9 +45,24 @@ class Server:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
-             "--appendfsync", "always", "--save", "", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = sync_redis.Redis(port=self.port)
         for _ in range(200):
             try:
@@ -72,9 +87,23 @@ class Server:
 def spawn(url: str, prefix: str, max_jobs: int, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "REDIS_URL": url, "TE_KEY_PREFIX": prefix, "TE_BEAT_ENABLED": "false"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "bench.soak_tasks",
-         "--max-jobs", str(max_jobs)],
-        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "tasks_engine.cli",
+            "worker",
+            "--app",
+            "none",
+            "-I",
+            "bench.soak_tasks",
+            "--max-jobs",
+            str(max_jobs),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def soak(args: argparse.Namespace) -> int:
@@ -154,12 +183,15 @@ async def soak(args: argparse.Namespace) -> int:
         starts.setdefault(int(index), []).append(float(at))
     twice = sum(1 for s in starts.values() if len(s) > 1)
     # A redelivery's wait: from one start of a job to its next start (its worker died in between).
-    recovery = max((b - a for s in starts.values() for a, b in zip(sorted(s), sorted(s)[1:], strict=False)),
-                   default=0.0)
+    recovery = max(
+        (b - a for s in starts.values() for a, b in zip(sorted(s), sorted(s)[1:], strict=False)), default=0.0
+    )
     lost = len(results) - done
-    print(f"\njobs enqueued {len(results)}, completed {done}, lost {lost}, delivered more than once {twice}, "
-          f"longest recovery {recovery:.1f}s, workers killed {kills}, Redis restarted {int(redis_restarted)}, "
-          f"elapsed {elapsed:.1f}s (chaos {chaos_elapsed:.1f}s)")
+    print(
+        f"\njobs enqueued {len(results)}, completed {done}, lost {lost}, delivered more than once {twice}, "
+        f"longest recovery {recovery:.1f}s, workers killed {kills}, Redis restarted {int(redis_restarted)}, "
+        f"elapsed {elapsed:.1f}s (chaos {chaos_elapsed:.1f}s)"
+    )
     for w in workers:
         w.send_signal(signal.SIGTERM)
     for w in workers:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from tasks_engine import shared_task
-from tasks_engine.broker import get_broker
+from tasks_engine.store import get_broker
 
 
 @shared_task(name="soak.work", bind=True)

@@ -59,10 +59,13 @@ async def process_order(order_id: int, task_id: str, settings: JobsSettings) -> 
     """Process one order; returns "processed" or "skipped" (already done), raises :class:`ItemError`."""
     engine = get_engine(settings)
     async with engine.connect() as conn:
-        row = (await conn.execute(
-            select(orders.c.status, orders.c.amount_cents, orders.c.currency, users.c.active)
-            .join(users, users.c.id == orders.c.user_id).where(orders.c.id == order_id)
-        )).first()
+        row = (
+            await conn.execute(
+                select(orders.c.status, orders.c.amount_cents, orders.c.currency, users.c.active)
+                .join(users, users.c.id == orders.c.user_id)
+                .where(orders.c.id == order_id)
+            )
+        ).first()
     if row is None:
         raise ItemError("order not found")
     status, amount, currency, active = row
@@ -79,15 +82,26 @@ async def process_order(order_id: int, task_id: str, settings: JobsSettings) -> 
     now = datetime.now(UTC)
     if reason is not None:
         async with engine.begin() as conn:
-            await conn.execute(update(orders).where(orders.c.id == order_id, open_states)
-                               .values(status="failed", error=reason, processed_by=task_id, processed_at=now))
+            await conn.execute(
+                update(orders)
+                .where(orders.c.id == order_id, open_states)
+                .values(status="failed", error=reason, processed_by=task_id, processed_at=now)
+            )
         raise ItemError(reason)
     async with engine.begin() as conn:
         tax = amount * TAX_BPS[currency] // 10_000
         changed = await conn.execute(
-            update(orders).where(orders.c.id == order_id, open_states, orders.c.amount_cents == amount)
-            .values(status="processed", tax_cents=tax, total_cents=amount + tax, error=None,
-                    process_count=orders.c.process_count + 1, processed_by=task_id, processed_at=now)
+            update(orders)
+            .where(orders.c.id == order_id, open_states, orders.c.amount_cents == amount)
+            .values(
+                status="processed",
+                tax_cents=tax,
+                total_cents=amount + tax,
+                error=None,
+                process_count=orders.c.process_count + 1,
+                processed_by=task_id,
+                processed_at=now,
+            )
         )
     # rowcount 0: another run finished it between our read and our write — done either way.
     return "processed" if changed.rowcount == 1 else "skipped"
@@ -123,8 +137,13 @@ async def batch_process_task(self: Task, item_ids: list[int]) -> dict[str, Any]:
     ids = list(dict.fromkeys(item_ids))
     await asyncio.gather(*(one(i) for i in ids))
     failed.sort()
-    result = {"total": len(ids), "success": len(ids) - len(failed), "failed": len(failed), "failed_ids": failed,
-              "skipped": skipped}
+    result = {
+        "total": len(ids),
+        "success": len(ids) - len(failed),
+        "failed": len(failed),
+        "failed_ids": failed,
+        "skipped": skipped,
+    }
     log.info("batch finished", **{k: v for k, v in result.items() if k != "failed_ids"})
     return result
 
@@ -133,9 +152,14 @@ async def batch_process_task(self: Task, item_ids: list[int]) -> dict[str, Any]:
 async def batch_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Chord body: add up the chunk results into one summary."""
     failed_ids = sorted(i for r in results for i in r["failed_ids"])
-    return {"total": sum(r["total"] for r in results), "success": sum(r["success"] for r in results),
-            "failed": len(failed_ids), "failed_ids": failed_ids, "skipped": sum(r.get("skipped", 0) for r in results),
-            "chunks": len(results)}
+    return {
+        "total": sum(r["total"] for r in results),
+        "success": sum(r["success"] for r in results),
+        "failed": len(failed_ids),
+        "failed_ids": failed_ids,
+        "skipped": sum(r.get("skipped", 0) for r in results),
+        "chunks": len(results),
+    }
 
 
 async def fan_out(item_ids: list[int], chunk_size: int | None = None) -> AsyncResult:

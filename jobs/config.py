@@ -42,7 +42,8 @@ class JobsSettings(EngineSettings):
 
     # Database (SQLAlchemy async URL) and reports.
     database_url: str = Field(  # repr=False: the URL may carry the database password
-        default="sqlite+aiosqlite:///var/app.db", validation_alias=AliasChoices("DATABASE_URL", "TE_DATABASE_URL"),
+        default="sqlite+aiosqlite:///var/app.db",
+        validation_alias=AliasChoices("DATABASE_URL", "TE_DATABASE_URL"),
         repr=False,
     )
     database_schema: str | None = Field(

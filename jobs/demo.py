@@ -30,16 +30,18 @@ from jobs.maintenance import cleanup_reports, cleanup_results, daily_summary
 from jobs.reports import generate_report_task
 from jobs.seed import seed
 from tasks_engine import AsyncResult, states
-from tasks_engine.broker import get_broker
-from tasks_engine.control import redacted_url
+from tasks_engine.config import redacted_url
 from tasks_engine.logs import configure_logging
+from tasks_engine.store import get_broker
 from tasks_engine.worker import Worker
 
 if TYPE_CHECKING:
     from jobs.sink import SmtpSink
 
-WELCOME = ("<h2>欢迎使用 Py Small Admin</h2><p>您好！这是一封来自任务引擎演示的 <b>HTML</b> 邮件。</p>"
-           "<p>Hello! This message was sent by the <code>admin.send_email</code> job.</p>")
+WELCOME = (
+    "<h2>欢迎使用 Py Small Admin</h2><p>您好！这是一封来自任务引擎演示的 <b>HTML</b> 邮件。</p>"
+    "<p>Hello! This message was sent by the <code>admin.send_email</code> job.</p>"
+)
 
 
 @dataclass
@@ -75,8 +77,10 @@ async def main() -> None:
         try:
             from jobs.sink import SinkHandler, SmtpSink
         except ImportError as exc:  # aiosmtpd is installed with the test extras
-            raise SystemExit(f"no SMTP server at {settings.smtp_host}:{settings.smtp_port} and the local sink needs "
-                             f"aiosmtpd ({exc}); pip install -e '.[test]' or set TE_SMTP_HOST/TE_SMTP_PORT") from None
+            raise SystemExit(
+                f"no SMTP server at {settings.smtp_host}:{settings.smtp_port} and the local sink needs "
+                f"aiosmtpd ({exc}); pip install -e '.[test]' or set TE_SMTP_HOST/TE_SMTP_PORT"
+            ) from None
         handler = SinkHandler(reject={"bounce@example.com": "550 5.1.1 <bounce@example.com>: mailbox unavailable"})
         sink = SmtpSink(settings.smtp_host, settings.smtp_port, handler=handler).start()
         where = f"{settings.smtp_host}:{settings.smtp_port}"
@@ -85,11 +89,15 @@ async def main() -> None:
     worker: Worker | None = None
     try:
         if not is_sqlite(settings) and await _has_orders(settings):
-            raise SystemExit("the demo resets and processes the users/orders tables; it only does that to a SQLite "
-                             "database or an empty one: point DATABASE_URL elsewhere")
+            raise SystemExit(
+                "the demo resets and processes the users/orders tables; it only does that to a SQLite "
+                "database or an empty one: point DATABASE_URL elsewhere"
+            )
         seeded = await seed(users_count=20, orders_count=200, settings=settings)
-        console.print(f"Database {seeded['database']}: {seeded['users']} users, {seeded['orders']} orders "
-                      f"({seeded['invalid_orders']} invalid on purpose)")
+        console.print(
+            f"Database {seeded['database']}: {seeded['users']} users, {seeded['orders']} orders "
+            f"({seeded['invalid_orders']} invalid on purpose)"
+        )
         worker = Worker(queues=[settings.default_queue, "email"], beat=False, max_jobs=20)
         await worker.start(handle_signals=False)
         await run_jobs(console, settings.admin_email, sink)
@@ -105,10 +113,17 @@ async def main() -> None:
 async def run_jobs(console: Console, admin: str, sink: SmtpSink | None) -> None:
     jobs = [
         Job("send_email", lambda: send_email_task.delay("user1@example.com", "欢迎使用 Py Small Admin", WELCOME)),
-        Job("send_email (invalid address)", lambda: send_email_task.delay("not-an-email", "测试", WELCOME),
-            states.FAILURE),
-        Job("send_batch_email", lambda: send_batch_email.delay(
-            ["user2@example.com", "user3@example.com", "bounce@example.com", "oops"], "批量通知", WELCOME)),
+        Job(
+            "send_email (invalid address)",
+            lambda: send_email_task.delay("not-an-email", "测试", WELCOME),
+            states.FAILURE,
+        ),
+        Job(
+            "send_batch_email",
+            lambda: send_batch_email.delay(
+                ["user2@example.com", "user3@example.com", "bounce@example.com", "oops"], "批量通知", WELCOME
+            ),
+        ),
         Job("report orders (csv)", lambda: generate_report_task.delay("orders", {"format": "csv"})),
         Job("report users (xlsx)", lambda: generate_report_task.delay("users", {"format": "xlsx"})),
         Job("batch_process", lambda: batch_process_task.delay([*range(1, 51), 9999])),
@@ -175,10 +190,6 @@ def _listening(host: str, port: int) -> bool:
 
 async def _close_broker() -> None:
     broker = get_broker()
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
     await broker.close()
 
 

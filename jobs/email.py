@@ -32,8 +32,8 @@ import structlog
 
 from jobs.config import JobsSettings, job_settings
 from tasks_engine import Task, shared_task
-from tasks_engine.broker import get_broker
 from tasks_engine.retries import backoff_countdown
+from tasks_engine.store import get_broker
 
 log = structlog.get_logger("jobs.email")
 
@@ -63,7 +63,7 @@ class TransientEmailError(Exception):
 def validate_address(value: str) -> str:
     """The address stripped, or :class:`InvalidEmailAddressError` (no display names, no header injection)."""
     address = value.strip()
-    if not address or len(address) > 254 or any(c in address for c in "\r\n<>,;\"") or not _ADDRESS.match(address):
+    if not address or len(address) > 254 or any(c in address for c in '\r\n<>,;"') or not _ADDRESS.match(address):
         raise InvalidEmailAddressError(f"invalid email address: {value!r}")
     local, domain = address.rsplit("@", 1)
     try:
@@ -215,16 +215,27 @@ def _retry(task: Task, exc: TransientEmailError, settings: JobsSettings) -> Exce
         log.error("email delivery failed; no retries left", error=str(exc), retries=retries)
         return exc
     countdown = retry_countdown(retries, settings)
-    log.warning("email delivery deferred; will retry", error=str(exc), countdown=countdown, retries=retries,
-                max_retries=settings.smtp_max_retries)
+    log.warning(
+        "email delivery deferred; will retry",
+        error=str(exc),
+        countdown=countdown,
+        retries=retries,
+        max_retries=settings.smtp_max_retries,
+    )
     return task.retry(exc=exc, countdown=countdown, max_retries=settings.smtp_max_retries, throw=False)
 
 
 async def deliver(message: EmailMessage, settings: JobsSettings | None = None) -> str:
     """Send one message on a fresh connection; returns the server's answer to DATA."""
     settings = settings or job_settings()
-    log.debug("smtp connect", host=settings.smtp_host, port=settings.smtp_port, security=security_mode(settings),
-              username=settings.smtp_username, password=settings.smtp_password)  # SecretStr prints as '**********'
+    log.debug(
+        "smtp connect",
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        security=security_mode(settings),
+        username=settings.smtp_username,
+        password=settings.smtp_password,
+    )  # SecretStr prints as '**********'
     try:
         async with smtp_client(settings) as smtp:
             _, answer = await smtp.send_message(message)
@@ -235,8 +246,9 @@ async def deliver(message: EmailMessage, settings: JobsSettings | None = None) -
 
 # --------------------------------------------------------------------- tasks
 @shared_task(name="admin.send_email", bind=True, rate_limit="10/s", rate_limit_burst=10)
-async def send_email_task(self: Task, to_email: str, subject: str, content: str,
-                          content_type: ContentType = "html") -> dict[str, Any]:
+async def send_email_task(
+    self: Task, to_email: str, subject: str, content: str, content_type: ContentType = "html"
+) -> dict[str, Any]:
     """发送邮件任务: one message to ``to_email``; ``content`` is HTML unless ``content_type="plain"``."""
     settings = job_settings()
     log.info("sending email", to=to_email, attempt=self.request.retries + 1)
@@ -246,13 +258,19 @@ async def send_email_task(self: Task, to_email: str, subject: str, content: str,
     except TransientEmailError as exc:
         raise _retry(self, exc, settings) from None
     log.info("email sent", to=to_email, message_id=message["Message-ID"])
-    return {"status": "success", "email": to_email, "message": "邮件发送成功",
-            "message_id": message["Message-ID"], "server": answer}
+    return {
+        "status": "success",
+        "email": to_email,
+        "message": "邮件发送成功",
+        "message_id": message["Message-ID"],
+        "server": answer,
+    }
 
 
 @shared_task(name="admin.send_batch_email", bind=True, rate_limit="30/m", rate_limit_burst=5)
-async def send_batch_email(self: Task, to_emails: list[str], subject: str, content: str,
-                           content_type: ContentType = "html") -> dict[str, Any]:
+async def send_batch_email(
+    self: Task, to_emails: list[str], subject: str, content: str, content_type: ContentType = "html"
+) -> dict[str, Any]:
     """One message per recipient over one connection; per-recipient failures are reported, not fatal.
 
     Each recipient's outcome is recorded in Redis under the job's id as soon as it is known, so a
@@ -308,8 +326,11 @@ async def send_batch_email(self: Task, to_emails: list[str], subject: str, conte
             raise retry
         for email, reason in pending.items():  # out of retries: these failed; the others keep their outcome
             await outcomes.record(email, f"failed:{reason}")
-    errors = [{"email": e, "error": outcomes.done[e].removeprefix("failed:")}
-              for e in recipients if outcomes.done.get(e, "").startswith("failed:")]
+    errors = [
+        {"email": e, "error": outcomes.done[e].removeprefix("failed:")}
+        for e in recipients
+        if outcomes.done.get(e, "").startswith("failed:")
+    ]
     sent = sum(1 for e in recipients if outcomes.done.get(e) == "sent")
     log.info("batch email finished", total=len(recipients), sent=sent, failed=len(errors))
     return {"success": sent, "failed": len(errors), "total": len(recipients), "errors": errors}
@@ -324,7 +345,7 @@ class _Outcomes:
         self.done: dict[str, str] = {}
 
     def _key(self) -> str:
-        return get_broker().key("jobs", "batch-email", self.task_id or "")
+        return get_broker().keys.app("batch-email", self.task_id or "")
 
     async def load(self) -> None:
         if self.task_id is not None:
@@ -341,8 +362,9 @@ class _Outcomes:
 
 
 @shared_task(name="admin.send_report_email", bind=True, rate_limit="10/s", rate_limit_burst=10)
-async def send_report_email(self: Task, report: dict[str, Any], to_email: str | None = None,
-                            subject: str | None = None) -> dict[str, Any]:
+async def send_report_email(
+    self: Task, report: dict[str, Any], to_email: str | None = None, subject: str | None = None
+) -> dict[str, Any]:
     """Mail a finished report (the result of ``admin.generate_report``) with its file attached.
 
     The last step of ``report | email`` chains, e.g. the daily task summary.
@@ -356,14 +378,21 @@ async def send_report_email(self: Task, report: dict[str, Any], to_email: str | 
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in summary[:50]
     )
     header_html = "".join(f"<th>{html.escape(str(h))}</th>" for h in report.get("columns", []))
-    body = (f"<h2>{html.escape(subject)}</h2><p>文件: {html.escape(path.name)} — {report['rows']} 行, "
-            f"{report['bytes']} 字节, {report['seconds']} 秒</p>"
-            + (f"<table border='1'><tr>{header_html}</tr>{rows_html}</table>" if summary else ""))
+    body = (
+        f"<h2>{html.escape(subject)}</h2><p>文件: {html.escape(path.name)} — {report['rows']} 行, "
+        f"{report['bytes']} 字节, {report['seconds']} 秒</p>"
+        + (f"<table border='1'><tr>{header_html}</tr>{rows_html}</table>" if summary else "")
+    )
     attachments = [path] if path.exists() and path.stat().st_size <= MAX_ATTACHMENT_BYTES else []
     message = build_message(to_email, subject, body, "html", settings, attachments)
     try:
         await deliver(message, settings)
     except TransientEmailError as exc:
         raise _retry(self, exc, settings) from None
-    return {"status": "success", "email": to_email, "message": "报表邮件发送成功", "attached": bool(attachments),
-            "report": str(path)}
+    return {
+        "status": "success",
+        "email": to_email,
+        "message": "报表邮件发送成功",
+        "attached": bool(attachments),
+        "report": str(path),
+    }

@@ -35,7 +35,7 @@ from sqlalchemy import Select, and_, func, select
 from jobs.config import JobsSettings, job_settings
 from jobs.db import get_engine, orders, users
 from tasks_engine import SoftTimeLimitExceeded, Task, shared_task, states
-from tasks_engine.broker import get_broker
+from tasks_engine.store import get_broker
 
 log = structlog.get_logger("jobs.reports")
 T = TypeVar("T")
@@ -95,8 +95,14 @@ def _yuan(cents: int | None) -> Decimal | None:
 class SqlSource:
     """Rows of one SELECT, streamed from the database in ``fetch`` sized partitions."""
 
-    def __init__(self, settings: JobsSettings, query: Select[Any], columns: list[str],
-                 convert: Callable[[Row], Row], limit: int | None) -> None:
+    def __init__(
+        self,
+        settings: JobsSettings,
+        query: Select[Any],
+        columns: list[str],
+        convert: Callable[[Row], Row],
+        limit: int | None,
+    ) -> None:
         self.settings = settings
         self.query = query
         self.columns = columns
@@ -122,9 +128,21 @@ class SqlSource:
 
 def orders_source(settings: JobsSettings, params: OrdersParams) -> SqlSource:
     zone = ZoneInfo(settings.timezone)
-    query = (select(orders.c.id, orders.c.user_id, users.c.name, orders.c.amount_cents, orders.c.currency,
-                    orders.c.status, orders.c.total_cents, orders.c.created_at, orders.c.processed_at)
-             .join(users, users.c.id == orders.c.user_id).order_by(orders.c.id))
+    query = (
+        select(
+            orders.c.id,
+            orders.c.user_id,
+            users.c.name,
+            orders.c.amount_cents,
+            orders.c.currency,
+            orders.c.status,
+            orders.c.total_cents,
+            orders.c.created_at,
+            orders.c.processed_at,
+        )
+        .join(users, users.c.id == orders.c.user_id)
+        .order_by(orders.c.id)
+    )
     conditions = []
     if params.status:
         conditions.append(orders.c.status == params.status)
@@ -175,29 +193,17 @@ class TaskSummarySource:
         broker = get_broker()
         since = datetime.now(UTC) - timedelta(hours=self.hours)
         counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
-        batch: list[bytes] = []
-
-        async def flush() -> None:
-            async with broker.redis.pipeline(transaction=False) as pipe:
-                for key in batch:
-                    pipe.hmget(key.decode(), ["task", "state", "date_done"])
-                for task, state, done in await pipe.execute():
-                    if not task:
+        async for rows in broker.iter_records(["task", "state", "date_done"]):
+            for task, state, done in rows:
+                if not task:
+                    continue
+                name, st = task.decode(), (state or b"PENDING").decode()
+                if st in states.READY_STATES:
+                    if done is None or datetime.fromisoformat(done.decode()) < since:
                         continue
-                    name, st = task.decode(), (state or b"PENDING").decode()
-                    if st in states.READY_STATES:
-                        if done is None or datetime.fromisoformat(done.decode()) < since:
-                            continue
-                        counts[name][st] += 1
-                    else:
-                        counts[name][states.RETRY if st == states.RETRY else "active"] += 1
-            batch.clear()
-
-        async for key in broker.redis.scan_iter(match=broker.key("res", "*"), count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                await flush()
-        await flush()
+                    counts[name][st] += 1
+                else:
+                    counts[name][states.RETRY if st == states.RETRY else "active"] += 1
         rows: list[Row] = []
         for name, c in sorted(counts.items(), key=lambda item: (-sum(item[1].values()), item[0])):
             rows.append((name, sum(c.values()), *(c[s] for s in SUMMARY_STATES), c["active"]))
@@ -309,8 +315,9 @@ async def generate_report_task(self: Task, report_type: str, params: dict[str, A
 
     summary: list[Row] = []
     try:
-        opened: CsvWriter | XlsxWriter = await _in_thread(CsvWriter if fmt == "csv" else XlsxWriter, part,
-                                                          source.columns)
+        opened: CsvWriter | XlsxWriter = await _in_thread(
+            CsvWriter if fmt == "csv" else XlsxWriter, part, source.columns
+        )
         writer = opened
         await progress(0)
         async for rows in source.chunks():
@@ -335,8 +342,15 @@ async def generate_report_task(self: Task, report_type: str, params: dict[str, A
     seconds = round(time.monotonic() - started, 3)
     size = final.stat().st_size
     log.info("report finished", report_type=report_type, rows=done, bytes=size, seconds=seconds)
-    result: dict[str, Any] = {"path": str(final), "rows": done, "bytes": size, "seconds": seconds,
-                              "report_type": report_type, "format": fmt, "columns": source.columns}
+    result: dict[str, Any] = {
+        "path": str(final),
+        "rows": done,
+        "bytes": size,
+        "seconds": seconds,
+        "report_type": report_type,
+        "format": fmt,
+        "columns": source.columns,
+    }
     if summary:
         result["summary"] = [list(r) for r in summary]
     return result

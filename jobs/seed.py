@@ -55,12 +55,19 @@ async def seed(
     async with engine.begin() as conn:
         await conn.execute(delete(orders))
         await conn.execute(delete(users))
-        await conn.execute(users.insert(), [
-            {"id": i, "name": f"{SURNAMES[i % len(SURNAMES)]}{GIVEN[i % len(GIVEN)]}{i}",
-             "email": f"user{i}@example.com", "active": user_is_active(i),
-             "created_at": now - timedelta(days=60, minutes=i)}
-            for i in range(1, users_count + 1)
-        ])
+        await conn.execute(
+            users.insert(),
+            [
+                {
+                    "id": i,
+                    "name": f"{SURNAMES[i % len(SURNAMES)]}{GIVEN[i % len(GIVEN)]}{i}",
+                    "email": f"user{i}@example.com",
+                    "active": user_is_active(i),
+                    "created_at": now - timedelta(days=60, minutes=i),
+                }
+                for i in range(1, users_count + 1)
+            ],
+        )
     invalid = 0
     columns = ("id", "user_id", "amount_cents", "currency", "status", "process_count", "created_at")
     sqlite = is_sqlite(settings)
@@ -71,16 +78,30 @@ async def seed(
             invalid += 0 if order_is_valid(i, users_count, invalid_every) else 1
             created = now - timedelta(seconds=int(rng.random() * 30 * 86_400))
             # SQLite: SQLAlchemy's own DATETIME text format, so reads through the Table parse it back.
-            batch.append((i, (i - 1) % users_count + 1, amount, CURRENCIES[i % len(CURRENCIES)], "pending", 0,
-                          created.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else created))
+            batch.append(
+                (
+                    i,
+                    (i - 1) % users_count + 1,
+                    amount,
+                    CURRENCIES[i % len(CURRENCIES)],
+                    "pending",
+                    0,
+                    created.replace(tzinfo=None).strftime("%Y-%m-%d %H:%M:%S.%f") if sqlite else created,
+                )
+            )
         async with engine.begin() as conn:  # one transaction per chunk keeps SQLite's journal small
             await _bulk_insert(conn, columns, batch, None if sqlite else settings.database_schema)
-    return {"users": users_count, "orders": orders_count, "invalid_orders": invalid,
-            "database": make_url(settings.database_url).render_as_string(hide_password=True)}
+    return {
+        "users": users_count,
+        "orders": orders_count,
+        "invalid_orders": invalid,
+        "database": make_url(settings.database_url).render_as_string(hide_password=True),
+    }
 
 
-async def _bulk_insert(conn: AsyncConnection, columns: tuple[str, ...], rows: list[tuple[Any, ...]],
-                       schema: str | None) -> None:
+async def _bulk_insert(
+    conn: AsyncConnection, columns: tuple[str, ...], rows: list[tuple[Any, ...]], schema: str | None
+) -> None:
     """The driver's own bulk path (SQLite executemany, PostgreSQL COPY): per-row SQLAlchemy
     parameter processing would make seeding 100k rows take many seconds."""
     raw = await conn.get_raw_connection()

@@ -42,8 +42,14 @@ class SinkHandler:
     logins: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802 - aiosmtpd hook
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd hook
+        self,
+        server: Any,
+        session: Any,
+        envelope: Any,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         with self.lock:
             self.rcpt_attempts.append(address)
             if address in self.reject:
@@ -57,9 +63,16 @@ class SinkHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd hook
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), bytes(envelope.content), login,
-                                          tls=session.ssl is not None  # STARTTLS
-                                          or server.transport.get_extra_info("ssl_object") is not None))
+            self.messages.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    bytes(envelope.content),
+                    login,
+                    tls=session.ssl is not None  # STARTTLS
+                    or server.transport.get_extra_info("ssl_object") is not None,
+                )
+            )
         return "250 Message accepted for delivery"
 
     def to(self, address: str) -> list[Received]:
@@ -70,8 +83,14 @@ class SinkHandler:
 class SmtpSink:
     """``with SmtpSink(port=free_port()) as sink:`` … ``sink.handler.messages``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8025, handler: SinkHandler | None = None,
-                 credentials: tuple[str, str] | None = None, **smtp_options: Any) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8025,
+        handler: SinkHandler | None = None,
+        credentials: tuple[str, str] | None = None,
+        **smtp_options: Any,
+    ) -> None:
         self.host, self.port = host, port
         self.handler = handler or SinkHandler()
         options = dict(smtp_options)

@@ -18,7 +18,9 @@ from arq.connections import RedisSettings
 from redis.connection import parse_url
 
 from tasks_engine.config import get_settings
+from tasks_engine.logs import configure_logging
 from tasks_engine.messages import arq_job_deserializer, arq_job_serializer
+from tasks_engine.worker import Worker
 
 
 def arq_redis_settings(url: str) -> RedisSettings:
@@ -27,11 +29,19 @@ def arq_redis_settings(url: str) -> RedisSettings:
     scheme = url.partition("://")[0]
     opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     return RedisSettings(
-        host=opts.get("host", "localhost"), port=opts.get("port", 6379), database=opts.get("db", 0),
-        username=opts.get("username"), password=opts.get("password"), unix_socket_path=opts.get("path"),
-        ssl=scheme == "rediss", ssl_keyfile=opts.get("ssl_keyfile"), ssl_certfile=opts.get("ssl_certfile"),
-        ssl_cert_reqs=opts.get("ssl_cert_reqs", "required"), ssl_ca_certs=opts.get("ssl_ca_certs"),
-        ssl_ca_data=opts.get("ssl_ca_data"), ssl_check_hostname=opts.get("ssl_check_hostname", False),
+        host=opts.get("host", "localhost"),
+        port=opts.get("port", 6379),
+        database=opts.get("db", 0),
+        username=opts.get("username"),
+        password=opts.get("password"),
+        unix_socket_path=opts.get("path"),
+        ssl=scheme == "rediss",
+        ssl_keyfile=opts.get("ssl_keyfile"),
+        ssl_certfile=opts.get("ssl_certfile"),
+        ssl_cert_reqs=opts.get("ssl_cert_reqs", "required"),
+        ssl_ca_certs=opts.get("ssl_ca_certs"),
+        ssl_ca_data=opts.get("ssl_ca_data"),
+        ssl_check_hostname=opts.get("ssl_check_hostname", False),
     )
 
 
@@ -50,14 +60,10 @@ def worker_settings(
     """A class arq's CLI runs: ``WorkerSettings = worker_settings(imports=["jobs"], queue="default")``."""
     for module in imports or []:
         importlib.import_module(module)
-    importlib.import_module("tasks_engine.builtins")
     settings = get_settings()
     consumed = queues or [queue or settings.default_queue]
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        from tasks_engine.logs import configure_logging
-        from tasks_engine.worker import Worker
-
         configure_logging()
         worker = Worker(queues=consumed, max_jobs=max_jobs)
         arq_main = asyncio.current_task()
@@ -69,11 +75,11 @@ def worker_settings(
             worker.handle_signal(signum)
 
             async def finish_arq() -> None:
-                await worker._stopped.wait()
+                await worker.wait_stopped()
                 if arq_main is not None and not arq_main.done():
                     arq_main.cancel()
 
-            if worker._signals == 1:
+            if worker.signals_received == 1:
                 worker.spawn(finish_arq())
 
         for sig in (signal.SIGINT, signal.SIGTERM):  # replaces arq's handler: we drain first
@@ -81,7 +87,7 @@ def worker_settings(
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         worker = ctx.get("tasks_engine_worker")
-        if worker is not None and not worker._stopped.is_set():
+        if worker is not None and not worker.stopped:
             await worker.stop()
 
     attrs: dict[str, Any] = {

@@ -18,25 +18,14 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from tasks_engine.broker import _LUA_ENQUEUE_FN, get_broker, now_ms
-from tasks_engine.canvas import Context, Signature
 from tasks_engine.config import get_settings
-from tasks_engine.control import REDIS_ERRORS
-from tasks_engine.exceptions import TaskDefinitionError
+from tasks_engine.exceptions import REDIS_UNAVAILABLE, TaskDefinitionError
+from tasks_engine.plan import Context
 from tasks_engine.schedules import Schedule, ScheduleError, as_schedule, crontab
+from tasks_engine.signature import Signature
+from tasks_engine.store import beat_task_id, get_broker
 
 log = structlog.get_logger("tasks_engine.beat")
-
-BEAT_TICK_LUA = (
-    _LUA_ENQUEUE_FN
-    + """
--- KEYS: claim key, last-run key. ARGV: prefix, claim ttl, tick_ms, id, msg, queue, priority, now
-if not redis.call('set', KEYS[1], ARGV[4], 'NX', 'EX', ARGV[2]) then return 0 end
-redis.call('set', KEYS[2], ARGV[3])
-te_enqueue(ARGV[1], ARGV[4], ARGV[5], ARGV[6], ARGV[7], '0', ARGV[8], '0')
-return 1
-"""
-)
 
 _ENTRY_KEYS = {"task", "schedule", "args", "kwargs", "options", "relative"}
 
@@ -82,13 +71,20 @@ def configure_beat(schedule: dict[str, dict[str, Any]]) -> None:
         add_entry(name, spec)
 
 
-def periodic(schedule: Any, name: str | None = None, args: list[Any] | None = None,
-             kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
+def periodic(
+    schedule: Any,
+    name: str | None = None,
+    args: list[Any] | None = None,
+    kwargs: dict[str, Any] | None = None,
+    **options: Any,
+) -> Any:
     """Decorator form: ``@periodic(crontab(hour=2, minute=0))`` above ``@shared_task``."""
 
     def decorate(task: Any) -> Any:
-        add_entry(name or task.name, {"task": task.name, "schedule": schedule, "args": args or [],
-                                      "kwargs": kwargs or {}, "options": options})
+        add_entry(
+            name or task.name,
+            {"task": task.name, "schedule": schedule, "args": args or [], "kwargs": kwargs or {}, "options": options},
+        )
         return task
 
     return decorate
@@ -102,8 +98,12 @@ def view() -> list[dict[str, Any]]:
     """Entries with their next run time, for the operations CLI."""
     now = datetime.now(tz())
     return [
-        {"name": e.name, "task": e.task, "schedule": repr(e.schedule),
-         "next_run": e.schedule.next_after(now, tz()).isoformat()}
+        {
+            "name": e.name,
+            "task": e.task,
+            "schedule": repr(e.schedule),
+            "next_run": e.schedule.next_after(now, tz()).isoformat(),
+        }
         for e in sorted(entries.values(), key=lambda e: e.name)
     ]
 
@@ -116,16 +116,12 @@ class Beat:
         """Claim ``tick`` of ``entry`` and enqueue its job, atomically; False if another worker had it."""
         broker = get_broker()
         tick_ms = int(tick.timestamp() * 1000)
-        task_id = f"beat:{entry.name}:{tick_ms}"
+        task_id = beat_task_id(entry.name, tick_ms)
         sig = Signature(entry.task, entry.args, entry.kwargs, {**entry.options, "task_id": task_id})
         enq = sig.to_enqueue([], Context())
         period = (entry.schedule.next_after(tick, tz()).astimezone(UTC) - tick.astimezone(UTC)).total_seconds()
         ttl = int(max(3600, period * 2))
-        script = broker.redis.register_script(BEAT_TICK_LUA)
-        won = await script(
-            keys=[broker.key("beat", entry.name, str(tick_ms)), broker.key("beat-last", entry.name)],
-            args=[broker.prefix, ttl, tick_ms, task_id, enq.raw, enq.queue, enq.priority, now_ms()],
-        )
+        won = await broker.beat_tick(entry.name, tick_ms, ttl, enq)
         if won:
             log.info("periodic job sent", entry=entry.name, task=entry.task, tick=tick.isoformat(), task_id=task_id)
         return bool(won)
@@ -135,38 +131,39 @@ class Beat:
         broker = get_broker()
         now = datetime.now(tz())
         for entry in list(entries.values()):
-            last_raw = await broker.redis.get(broker.key("beat-last", entry.name))
-            if last_raw is None:
-                await broker.redis.set(broker.key("beat-last", entry.name), int(now.timestamp() * 1000), nx=True)
+            last = await broker.beat_last(entry.name)
+            if last is None:
+                await broker.set_beat_last(entry.name, int(now.timestamp() * 1000), only_if_missing=True)
                 continue
             previous = entry.schedule.previous_at_or_before(now, tz())
-            if previous is None or int(previous.timestamp() * 1000) <= int(last_raw):
+            if previous is None or int(previous.timestamp() * 1000) <= last:
                 continue
             if get_settings().beat_run_missed:
                 log.info("running missed periodic tick once", entry=entry.name, tick=previous.isoformat())
                 await self.fire(entry, previous)
             else:
-                await broker.redis.set(broker.key("beat-last", entry.name), int(previous.timestamp() * 1000))
+                await broker.set_beat_last(entry.name, int(previous.timestamp() * 1000))
 
     async def run(self, stopping: Any) -> None:
         if not entries:
             return
         try:
             await self.catch_up()
-        except REDIS_ERRORS as exc:
+        except REDIS_UNAVAILABLE as exc:
             log.error("beat catch-up failed", error=str(exc))
         zone = tz()
         # Compare instants in UTC: same-zone aware datetimes compare by wall time, wrong across fall-back.
         start = datetime.now(UTC)
-        upcoming = {name: e.schedule.next_after(start.astimezone(zone), zone).astimezone(UTC)
-                    for name, e in entries.items()}
+        upcoming = {
+            name: e.schedule.next_after(start.astimezone(zone), zone).astimezone(UTC) for name, e in entries.items()
+        }
         while not stopping():
             now = datetime.now(UTC)
             for name, tick in list(upcoming.items()):
                 if tick <= now:
                     try:
                         await self.fire(entries[name], tick.astimezone(zone))
-                    except REDIS_ERRORS as exc:
+                    except REDIS_UNAVAILABLE as exc:
                         log.error("beat could not reach redis; will retry this tick", entry=name, error=str(exc))
                         continue
                     after = max(tick, now).astimezone(zone)

@@ -11,9 +11,18 @@ import sys
 import time
 from typing import Annotated, Any
 
+import structlog
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from tasks_engine import beat, control
+from tasks_engine.config import configure, get_settings
+from tasks_engine.embedded import ensure_redis
+from tasks_engine.logs import configure_logging
+from tasks_engine.results import AsyncResult
+from tasks_engine.store import get_broker
+from tasks_engine.worker import Worker
 
 app = typer.Typer(help="Celery's task model on asyncio, arq and Redis.", no_args_is_help=True)
 console = Console()
@@ -27,7 +36,6 @@ def _load_app(app_module: str | None, imports: list[str]) -> None:
         importlib.import_module(module)
     for name in imports:
         importlib.import_module(name)
-    importlib.import_module("tasks_engine.builtins")
 
 
 def _run(coro: Any) -> Any:
@@ -62,9 +70,6 @@ def worker(
         _supervise(concurrency, sys.argv[1:])
         return
     _load_app(app_module, imports or [])
-    from tasks_engine.config import configure, get_settings
-    from tasks_engine.logs import configure_logging
-    from tasks_engine.worker import Worker
 
     overrides: dict[str, Any] = {}
     if max_tasks_per_child is not None:
@@ -80,11 +85,8 @@ def worker(
 
 def _supervise(count: int, argv: list[str]) -> None:
     """Keep ``count`` children running; a child that exits (recycled or crashed) is replaced."""
-    from tasks_engine.logs import configure_logging
 
     configure_logging()
-    import structlog
-
     log = structlog.get_logger("tasks_engine.supervisor")
     args = [a for a in argv if not a.startswith(("-c", "--concurrency"))]
     cleaned: list[str] = []
@@ -135,18 +137,14 @@ def status(app_module: AppOpt = None) -> None:
     _load_app(app_module, [])
 
     async def show() -> None:
-        from tasks_engine import beat, control
-        from tasks_engine.broker import awaited, get_broker
 
-        broker = get_broker()
         table = Table("queue", "ready", "consumers")
         for row in await control.queue_stats():
             consumers = ", ".join(row["consumers"]) or "[red]nobody consumes this queue[/red]"
             table.add_row(row["queue"], str(row["ready"]), consumers)
         console.print(table)
-        console.print(f"deferred: {await broker.redis.zcard(broker.key('delayed'))}  "
-                      f"running: {await broker.redis.zcard(broker.key('active'))}  "
-                      f"dead letters: {await awaited(broker.redis.llen(broker.key('dead')))}")
+        counts = await control.totals()
+        console.print(f"deferred: {counts['deferred']}  running: {counts['running']}  dead letters: {counts['dead']}")
         wt = Table("worker", "queues", "running", "processed", "seen")
         for w in await control.workers():
             wt.add_row(w["id"], ",".join(w["queues"]), str(w["running"]), str(w["processed"]), w["seen"])
@@ -155,7 +153,7 @@ def status(app_module: AppOpt = None) -> None:
         for e in beat.view():
             bt.add_row(e["name"], e["task"], e["schedule"], e["next_run"])
         console.print(bt)
-        await broker.close()
+        await get_broker().close()
 
     asyncio.run(show())
 
@@ -168,7 +166,6 @@ def revoke(
 ) -> None:
     """Revoke jobs by id."""
     _load_app(app_module, [])
-    from tasks_engine import control
 
     removed = asyncio.run(control.revoke(task_ids, terminate=terminate))
     console.print(f"revoked {len(task_ids)} id(s); {removed} were waiting and will never run")
@@ -178,7 +175,6 @@ def revoke(
 def revoke_matching(pattern: str, app_module: AppOpt = None) -> None:
     """Drop every queued or deferred job whose task name matches a glob (e.g. 'report.*')."""
     _load_app(app_module, [])
-    from tasks_engine import control
 
     console.print(f"revoked {asyncio.run(control.revoke_matching(pattern))} queued job(s) matching {pattern!r}")
 
@@ -192,7 +188,6 @@ def rate_limit(
 ) -> None:
     """Set a task's cluster-wide rate limit now ('10/m', '5/s', '0' = unlimited, 'default' = as declared)."""
     _load_app(app_module, [])
-    from tasks_engine import control
 
     try:
         released = asyncio.run(control.set_rate_limit(task, None if rate == "default" else rate, burst))
@@ -206,7 +201,6 @@ def rate_limit(
 def purge(queue: str, app_module: AppOpt = None) -> None:
     """Delete the ready jobs of a queue."""
     _load_app(app_module, [])
-    from tasks_engine import control
 
     console.print(f"purged {asyncio.run(control.purge(queue))} job(s) from {queue!r}")
 
@@ -215,7 +209,6 @@ def purge(queue: str, app_module: AppOpt = None) -> None:
 def result(task_id: str, app_module: AppOpt = None) -> None:
     """Show a task's result record."""
     _load_app(app_module, [])
-    from tasks_engine.results import AsyncResult
 
     console.print(asyncio.run(AsyncResult(task_id).info()))
 
@@ -223,7 +216,6 @@ def result(task_id: str, app_module: AppOpt = None) -> None:
 @app.command("redis")
 def redis_up() -> None:
     """Start an embedded Redis at REDIS_URL if nothing answers there."""
-    from tasks_engine.embedded import ensure_redis
 
     console.print(f"Redis answers at {ensure_redis()}")
 
@@ -231,7 +223,6 @@ def redis_up() -> None:
 @app.command()
 def demo(app_module: AppOpt = None) -> None:
     """Start Redis if needed, a worker, enqueue the demo jobs and print each result with its state."""
-    from tasks_engine.embedded import ensure_redis
 
     ensure_redis()
     _load_app(app_module, [])

@@ -70,7 +70,19 @@ def configure(settings: EngineSettings | None = None, **overrides: Any) -> Engin
     global _settings
     base = settings or get_settings()
     _settings = base.model_copy(update=overrides) if overrides else base
-    from tasks_engine import broker  # local: broker caches per-settings connections
-
-    broker.reset_brokers()
+    # Clients made for the old settings are replaced on next use: the store compares identities.
     return _settings
+
+
+def redacted_url(settings: EngineSettings | None = None) -> str:
+    """The Redis URL without its password (in the userinfo or a ``?password=`` query), fit for logs."""
+    url = (settings or get_settings()).redis_url.get_secret_value()
+    scheme, sep, rest = url.partition("://")
+    rest, qmark, query = rest.partition("?")
+    if "@" in rest:
+        creds, _, host = rest.rpartition("@")
+        user = creds.split(":", 1)[0]
+        rest = f"{user + ':' if user else ''}***@{host}"
+    if query:
+        query = "&".join("password=***" if part.lower().startswith("password=") else part for part in query.split("&"))
+    return f"{scheme}{sep}{rest}{qmark}{query}"

@@ -50,9 +50,25 @@ def ensure_redis(url: str | None = None, workdir: str | Path = "var/redis") -> s
         raise RuntimeError(f"Redis at {host}:{port} does not answer and is not local, so it cannot be started here")
     directory = Path(workdir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    command = [server_binary(), "--port", str(port), "--bind", host, "--daemonize", "yes",
-               "--dir", str(directory), "--appendonly", "yes", "--save", "",
-               "--logfile", str(directory / "redis.log"), "--pidfile", str(directory / "redis.pid")]
+    command = [
+        server_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--daemonize",
+        "yes",
+        "--dir",
+        str(directory),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+        "--logfile",
+        str(directory / "redis.log"),
+        "--pidfile",
+        str(directory / "redis.pid"),
+    ]
     subprocess.run(command, check=True)  # noqa: S603 - fixed argv, no shell
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -5,6 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import redis.exceptions
+
+#: What "Redis is unavailable for now" looks like (async and sync clients raise the same classes):
+#: callers back off and retry; anything else is a bug or bad data and is reported as such.
+REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+)
+
 
 class TasksEngineError(Exception):
     """Base class for the engine's own errors."""

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import structlog
 
 from tasks_engine.exceptions import Retry, TimeLimitExceeded
-from tasks_engine.limits import LimitedRun
+from tasks_engine.registry import Request, TaskDefinition, current_request
 from tasks_engine.retries import backoff_countdown, backoff_factor, matches
-from tasks_engine.task import Request, Task, current_request
+from tasks_engine.timelimits import LimitedRun
 
 log = structlog.get_logger("tasks_engine.execution")
 
@@ -52,7 +52,7 @@ def _retrying(retry: Retry) -> Attempt:
 
 
 async def run_attempt(
-    task: Task, req: Request, soft: float | None, hard: float | None, run: LimitedRun | None = None
+    task: TaskDefinition, req: Request, soft: float | None, hard: float | None, run: LimitedRun | None = None
 ) -> Attempt:
     run = run or LimitedRun()
     run.label = req.id or task.name  # what the blocked-loop watchdog reports
@@ -92,7 +92,7 @@ async def run_attempt(
         current_request.reset(token)
 
 
-def _after_error(task: Task, exc: Exception) -> Attempt:
+def _after_error(task: TaskDefinition, exc: Exception) -> Attempt:
     """``autoretry_for``/``dont_autoretry_for`` (checked first), with backoff, as in Celery.
 
     The backoff countdown is computed before ``retry()`` checks ``max_retries`` (Celery does the

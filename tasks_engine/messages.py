@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,9 +21,15 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
-from tasks_engine.broker import CHORD_PLACEHOLDER
+from tasks_engine.codec import non_finite_path
 from tasks_engine.config import get_settings
 from tasks_engine.exceptions import MessageError
+from tasks_engine.registry import argument_label
+
+#: A chord body is stored with this JSON string as its first argument; the chord-part script puts
+#: the header results in its place when the chord fires.
+CHORD_PLACEHOLDER = '"__te_chord_results__"'
+CHORD_RESULTS = CHORD_PLACEHOLDER.strip('"')
 
 _SIGNED_MARK = b"te-sig1:"
 _ARGS_OPEN = ',"args":['
@@ -73,35 +78,6 @@ def _signature(body: bytes, key: bytes) -> bytes:
     return hmac.new(key, body, hashlib.sha256).hexdigest().encode()
 
 
-def _non_finite_path(value: Any, path: str) -> str | None:
-    """Where in ``value`` a NaN/Infinity float sits (``path[1]['k']``), or None."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _non_finite_path(item, f"{path}[{key!r}]")
-        if found is not None:
-            return found
-    return None
-
-
-def _argument_label(task: str, index: int) -> str:
-    """``argument 'name'`` when the task is registered here, else ``argument #index``."""
-    from tasks_engine.task import registry  # local: task.py sits above this module
-
-    known = registry.get(task)
-    if known is not None:
-        names = list(known.call_signature.parameters)
-        if index < len(names):
-            return f"argument {names[index]!r}"
-    return f"argument #{index}"
-
-
 def _unserializable(value: Any, path: str) -> str | None:
     try:
         to_json(value)
@@ -116,7 +92,7 @@ _STEP_KINDS = {"chain": "later chain step", "links": "link", "link_errors": "lin
 def _locate(message: Message, bad: Callable[[Any, str], str | None]) -> str | None:
     """``task 'name': argument 'x'[0]`` for the first value ``bad`` objects to, workflow steps included."""
     places: list[tuple[str, str, str, Any]] = []  # (task, context, argument label, value)
-    places += [(message.task, "", _argument_label(message.task, i), v) for i, v in enumerate(message.args)]
+    places += [(message.task, "", argument_label(message.task, i), v) for i, v in enumerate(message.args)]
     places += [(message.task, "", f"argument {k!r}", v) for k, v in message.kwargs.items()]
     for field, kind in _STEP_KINDS.items():
         for step in getattr(message, field):
@@ -124,7 +100,7 @@ def _locate(message: Message, bad: Callable[[Any, str], str | None]) -> str | No
             context = f" (a {kind} of {message.task!r})"
             args, kwargs = step.get("args"), step.get("kwargs")
             if isinstance(args, list) and isinstance(kwargs, dict):
-                places += [(task, context, _argument_label(task, i), v) for i, v in enumerate(args)]
+                places += [(task, context, argument_label(task, i), v) for i, v in enumerate(args)]
                 places += [(task, context, f"argument {k!r}", v) for k, v in kwargs.items()]
             places.append((task, context, "the step", step))
     places.append((message.task, "", "a header", message.headers))
@@ -144,10 +120,11 @@ def encode(message: Message) -> bytes:
         body = message.model_dump_json(exclude_defaults=False).encode()
     except PydanticSerializationError as exc:
         place = _locate(message, _unserializable) or f"task {message.task!r}: the message"
-        raise TypeError(f"{place} is not JSON-serializable ({exc}); pass IDs or plain data "
-                        "(str, int, float, bool, list, dict)") from None
+        raise TypeError(
+            f"{place} is not JSON-serializable ({exc}); pass IDs or plain data (str, int, float, bool, list, dict)"
+        ) from None
     if b"NaN" in body or b"Infinity" in body:  # else it was only text inside a string
-        where = _locate(message, _non_finite_path)
+        where = _locate(message, non_finite_path)
         if where is not None:
             raise TypeError(f"{where} is NaN or Infinity, which JSON cannot carry; pass a finite number or None")
     key = get_settings().signing_key
@@ -227,20 +204,6 @@ def peek_id(raw: bytes | str) -> str | None:
         return text[start : text.index('"', start)]
     except ValueError:
         return None
-
-
-def dumps(value: Any) -> bytes:
-    """JSON for results and metadata; raises ``TypeError`` for values JSON cannot carry (NaN included)."""
-    out = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    if b"null" in out:  # orjson writes NaN/Infinity as null: look closer only then
-        found = _non_finite_path(value, "value")
-        if found is not None:
-            raise TypeError(f"{found} is NaN or Infinity, which JSON cannot carry")
-    return out
-
-
-def loads(raw: bytes | str | None) -> Any:
-    return None if raw is None or raw == b"" or raw == "" else orjson.loads(raw)
 
 
 def arq_job_serializer(obj: dict[str, Any]) -> bytes:

@@ -8,7 +8,7 @@ from typing import Any
 
 from tasks_engine import shared_task
 from tasks_engine.beat import configure_beat, periodic
-from tasks_engine.broker import get_broker
+from tasks_engine.store import get_broker
 
 
 @shared_task(name="beat.tick", bind=True, ignore_result=True)

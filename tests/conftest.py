@@ -20,9 +20,9 @@ import redis as sync_redis
 import tasks_engine.builtins  # noqa: F401
 import tests.sample_tasks  # noqa: F401 - registers the sample tasks
 from tasks_engine import configure
-from tasks_engine.broker import get_broker
 from tasks_engine.config import EngineSettings
 from tasks_engine.embedded import ensure_redis
+from tasks_engine.store import get_broker
 from tasks_engine.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,8 +49,11 @@ def sync_client() -> Iterator[sync_redis.Redis]:
 @pytest.fixture
 async def engine(prefix: str, sync_client: sync_redis.Redis) -> AsyncIterator[EngineSettings]:
     """Engine settings isolated to this test's key prefix; keys are removed afterwards."""
-    settings = configure(EngineSettings(key_prefix=prefix, lease_seconds=3, heartbeat_seconds=0.5,
-                                        shutdown_grace_seconds=5, beat_enabled=False))
+    settings = configure(
+        EngineSettings(
+            key_prefix=prefix, lease_seconds=3, heartbeat_seconds=0.5, shutdown_grace_seconds=5, beat_enabled=False
+        )
+    )
     yield settings
     broker = get_broker()
     await broker.close()
@@ -79,8 +82,16 @@ async def worker(engine: EngineSettings) -> AsyncIterator[Worker]:
 
 def worker_env(prefix: str, **extra: Any) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"TE_KEY_PREFIX": prefix, "REDIS_URL": REDIS_URL, "TE_LEASE_SECONDS": "3",
-                "TE_HEARTBEAT_SECONDS": "0.5", "TE_BEAT_ENABLED": "false", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "TE_KEY_PREFIX": prefix,
+            "REDIS_URL": REDIS_URL,
+            "TE_LEASE_SECONDS": "3",
+            "TE_HEARTBEAT_SECONDS": "0.5",
+            "TE_BEAT_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -92,15 +103,22 @@ def spawn_worker(
     """Start ``tasks-engine worker`` subprocesses; waits until each has announced itself in Redis."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(*args: str, env: dict[str, Any] | None = None, wait: bool = True, imports: str = "tests.sample_tasks",
-              ) -> subprocess.Popen[bytes]:
+    def spawn(
+        *args: str,
+        env: dict[str, Any] | None = None,
+        wait: bool = True,
+        imports: str = "tests.sample_tasks",
+    ) -> subprocess.Popen[bytes]:
         # Wait for a worker key that was not there before (a count could be fooled by a dead worker's
         # key expiring meanwhile).
         before = set(sync_client.scan_iter(f"{prefix}:worker:*"))
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", imports, *args],
-            cwd=ROOT, env=worker_env(prefix, **(env or {})), stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=worker_env(prefix, **(env or {})),
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a supervisor's children die with it
         )
         procs.append(proc)

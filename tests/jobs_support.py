@@ -11,17 +11,26 @@ import redis as sync_redis
 from jobs.config import JobsSettings
 from jobs.db import dispose_engines
 from tasks_engine import configure
-from tasks_engine.broker import get_broker
+from tasks_engine.store import get_broker
 
 # Short leases and no beat: tests see crashes recovered quickly and nothing scheduled behind their back.
-BASE: dict[str, object] = {"lease_seconds": 3, "heartbeat_seconds": 0.5, "shutdown_grace_seconds": 5,
-                           "beat_enabled": False}
+BASE: dict[str, object] = {
+    "lease_seconds": 3,
+    "heartbeat_seconds": 0.5,
+    "shutdown_grace_seconds": 5,
+    "beat_enabled": False,
+}
 
 
 def app_settings(prefix: str, tmp_path: Path, **values: object) -> JobsSettings:
     """Settings isolated to this test: its key prefix, a SQLite file and a reports folder in tmp_path."""
-    merged = {**BASE, "key_prefix": prefix, "database_url": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
-              "reports_dir": tmp_path / "reports", **values}
+    merged = {
+        **BASE,
+        "key_prefix": prefix,
+        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
+        "reports_dir": tmp_path / "reports",
+        **values,
+    }
     return JobsSettings(**merged)  # type: ignore[arg-type]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 from tasks_engine import SoftTimeLimitExceeded, shared_task
-from tasks_engine.broker import get_broker
+from tasks_engine.store import get_broker
 
 log = structlog.get_logger("tests.sample_tasks")
 

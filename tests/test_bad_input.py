@@ -40,10 +40,10 @@ from tasks_engine import (
     shared_task,
     states,
 )
-from tasks_engine.broker import Broker, Enqueue, _brokers, get_broker
-from tasks_engine.canvas import Context
 from tasks_engine.exceptions import MessageError
 from tasks_engine.messages import Message, decode, encode
+from tasks_engine.plan import Context
+from tasks_engine.store import Broker, Enqueue, get_broker, loop_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -71,13 +71,24 @@ def bad_worker(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     """One real worker process for the module: every bad message below is thrown at the same one."""
     env = dict(os.environ)
     env.pop("TE_SIGNING_KEY", None)
-    env.update({"TE_KEY_PREFIX": PREFIX, "REDIS_URL": REDIS_URL, "TE_LEASE_SECONDS": str(LEASE),
-                "TE_HEARTBEAT_SECONDS": "0.3", "TE_BEAT_ENABLED": "false", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "TE_KEY_PREFIX": PREFIX,
+            "REDIS_URL": REDIS_URL,
+            "TE_LEASE_SECONDS": str(LEASE),
+            "TE_HEARTBEAT_SECONDS": "0.3",
+            "TE_BEAT_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     log = tmp_path_factory.mktemp("bad-input") / "worker.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.test_bad_input"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     client = sync_redis.Redis.from_url(REDIS_URL)
     deadline = time.monotonic() + 40
@@ -101,13 +112,9 @@ def bad_worker(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 async def close_client(broker: Broker) -> None:
-    """Stop the result listener before closing: a listener task left to die on the closed connection
-    would be garbage-collected with an unretrieved exception, whose logged traceback can re-enter
+    """Close the client (``Broker.close`` stops the result listener first: a listener task left to die on
+    the closed connection would be garbage-collected with an unretrieved exception, whose logged traceback can re-enter
     ``ast.parse`` from inside the collector (CPython 3.11: "AST constructor recursion depth mismatch")."""
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
     await broker.close()
 
 
@@ -174,16 +181,20 @@ async def test_non_json_argument_in_a_workflow_writes_nothing(engine):
     assert await _keys(engine.key_prefix) == []
 
 
-@pytest.mark.parametrize(("call", "pattern"), [
-    (lambda: t.add.delay(1, "two"), r"task 'demo\.add'.*argument 'y'.*valid integer"),
-    (lambda: t.add.delay(1, y=[2]), r"task 'demo\.add'.*argument 'y'"),
-    (lambda: t.add.delay(1), r"task 'demo\.add'.*missing a required argument: 'y'"),
-    (lambda: t.add.delay(1, 2, 3), r"task 'demo\.add'.*too many positional arguments"),
-    (lambda: t.add.delay(1, 2, z=3), r"task 'demo\.add'.*unexpected keyword argument 'z'"),
-    (lambda: t.tsum.delay([1, "b"]), r"task 'demo\.tsum'.*argument 'values'"),
-    (lambda: t.when.delay("not a date"), r"task 'demo\.when'.*argument 'moment'"),
-    (lambda: t.tsum.delay([1.0, float("inf")]), r"task 'demo\.tsum'.*argument 'values'"),
-], ids=["wrong-type", "wrong-type-kw", "missing", "too-many", "unexpected-kw", "list-item", "datetime", "inf"])
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (lambda: t.add.delay(1, "two"), r"task 'demo\.add'.*argument 'y'.*valid integer"),
+        (lambda: t.add.delay(1, y=[2]), r"task 'demo\.add'.*argument 'y'"),
+        (lambda: t.add.delay(1), r"task 'demo\.add'.*missing a required argument: 'y'"),
+        (lambda: t.add.delay(1, 2, 3), r"task 'demo\.add'.*too many positional arguments"),
+        (lambda: t.add.delay(1, 2, z=3), r"task 'demo\.add'.*unexpected keyword argument 'z'"),
+        (lambda: t.tsum.delay([1, "b"]), r"task 'demo\.tsum'.*argument 'values'"),
+        (lambda: t.when.delay("not a date"), r"task 'demo\.when'.*argument 'moment'"),
+        (lambda: t.tsum.delay([1.0, float("inf")]), r"task 'demo\.tsum'.*argument 'values'"),
+    ],
+    ids=["wrong-type", "wrong-type-kw", "missing", "too-many", "unexpected-kw", "list-item", "datetime", "inf"],
+)
 async def test_args_not_matching_type_hints_are_rejected_at_enqueue(engine, call, pattern):
     with pytest.raises(TypeError, match=pattern):
         await call()
@@ -214,10 +225,12 @@ async def test_args_not_matching_type_hints_are_rejected_at_run_without_retry(cl
         "run-add": ("demo.add", [1, "two"], {}, r"task 'demo\.add'.*argument 'y'"),
     }
     ids = {name: f"{name}-{uuid.uuid4().hex[:6]}" for name in cases}
-    await broker.enqueue([
-        Enqueue(ids[name], encode(Message(id=ids[name], task=task, args=args, kwargs=kwargs)), "default", 5)
-        for name, (task, args, kwargs, _) in cases.items()
-    ])
+    await broker.enqueue(
+        [
+            Enqueue(ids[name], encode(Message(id=ids[name], task=task, args=args, kwargs=kwargs)), "default", 5)
+            for name, (task, args, kwargs, _) in cases.items()
+        ]
+    )
     for name, (_, _, _, pattern) in cases.items():
         r = AsyncResult(ids[name])
         with pytest.raises(TypeError, match=pattern):
@@ -293,8 +306,15 @@ async def test_garbage_and_truncated_messages_in_the_queue_fail_are_dead_lettere
 
 
 # ---------------------------------------------------------------- property-based
-_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+
+
 # Strategies use named functions, not lambdas: hypothesis parses a lambda's source to describe it.
 def _json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
@@ -308,12 +328,18 @@ class _Opaque:
 
 
 _BAD_LEAVES = (
-    st.builds(object) | st.builds(_Opaque) | st.binary(min_size=0, max_size=8)
-    | st.sets(st.integers(), max_size=3) | st.complex_numbers(allow_nan=False, allow_infinity=False)
+    st.builds(object)
+    | st.builds(_Opaque)
+    | st.binary(min_size=0, max_size=8)
+    | st.sets(st.integers(), max_size=3)
+    | st.complex_numbers(allow_nan=False, allow_infinity=False)
     | st.sampled_from([float("nan"), float("inf"), float("-inf")])
-    | st.integers(min_value=2**64) | st.integers(max_value=-(2**63) - 1)
+    | st.integers(min_value=2**64)
+    | st.integers(max_value=-(2**63) - 1)
     | st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
 )
+
+
 def _insert(good: list[Any], bad: Any, at: int) -> list[Any]:
     return [*good[:at], bad, *good[at:]]
 
@@ -324,9 +350,9 @@ def _with_key(good: dict[str, Any], key: str, bad: Any) -> dict[str, Any]:
 
 def _hiding_places(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """A bad value somewhere inside otherwise good JSON."""
-    return (st.builds(_insert, st.lists(JSON_VALUES, max_size=3), inner, st.integers(0, 3))
-            | st.builds(_with_key, st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=3),
-                        st.text(max_size=5), inner))
+    return st.builds(_insert, st.lists(JSON_VALUES, max_size=3), inner, st.integers(0, 3)) | st.builds(
+        _with_key, st.dictionaries(st.text(max_size=5), JSON_VALUES, max_size=3), st.text(max_size=5), inner
+    )
 
 
 NOT_JSON_VALUES = st.recursive(_BAD_LEAVES, _hiding_places, max_leaves=4)
@@ -355,8 +381,11 @@ def test_property_random_arguments_at_enqueue(bad_worker):
     @given(value=JSON_VALUES | NOT_JSON_VALUES, as_kwarg=st.booleans())
     def check(value: Any, as_kwarg: bool) -> None:
         task_id = f"prop-{uuid.uuid4().hex}"
-        call = t.identity.apply_async(kwargs={"x": value}, task_id=task_id) if as_kwarg else \
-            t.identity.apply_async([value], task_id=task_id)
+        call = (
+            t.identity.apply_async(kwargs={"x": value}, task_id=task_id)
+            if as_kwarg
+            else t.identity.apply_async([value], task_id=task_id)
+        )
         try:
             result = loop.run_until_complete(call)
         except TypeError as exc:
@@ -387,7 +416,7 @@ def test_property_random_arguments_at_enqueue(bad_worker):
         assert loop.run_until_complete(leftovers()) == 0, "a rejected call left something in Redis"
         assert bad_worker.poll() is None
     finally:
-        broker = _brokers.get(loop)
+        broker = loop_broker(loop)
         if broker is not None:
             loop.run_until_complete(close_client(broker))
         loop.close()
@@ -426,9 +455,11 @@ def _insert_bytes(raw: bytes, at: int, extra: bytes) -> bytes:
 def _mutations(raw: bytes) -> st.SearchStrategy[bytes]:
     """A real message, truncated, with a byte changed, or with bytes inserted."""
     n = len(raw)
-    return (st.builds(_truncate, st.just(raw), st.integers(0, n - 1))
-            | st.builds(_flip, st.just(raw), st.integers(0, n - 1), st.integers(1, 255))
-            | st.builds(_insert_bytes, st.just(raw), st.integers(0, n), st.binary(min_size=1, max_size=8)))
+    return (
+        st.builds(_truncate, st.just(raw), st.integers(0, n - 1))
+        | st.builds(_flip, st.just(raw), st.integers(0, n - 1), st.integers(1, 255))
+        | st.builds(_insert_bytes, st.just(raw), st.integers(0, n), st.binary(min_size=1, max_size=8))
+    )
 
 
 def _valid_mutations() -> st.SearchStrategy[bytes]:
@@ -447,9 +478,12 @@ def _decode_only_messageerror(data: bytes | str) -> Message | None:
 
 
 @settings(max_examples=100, deadline=None, database=None)
-@given(data=st.binary(max_size=300) | st.text(max_size=100)
-       | st.text(st.characters(categories=["Cs"]) | st.characters(), max_size=20)
-       | st.deferred(_valid_mutations))
+@given(
+    data=st.binary(max_size=300)
+    | st.text(max_size=100)
+    | st.text(st.characters(categories=["Cs"]) | st.characters(), max_size=20)
+    | st.deferred(_valid_mutations)
+)
 def test_property_decode_raises_only_messageerror(data):
     _decode_only_messageerror(data)  # any other exception fails the test
 

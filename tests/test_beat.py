@@ -12,8 +12,8 @@ import pytest
 
 from tasks_engine import configure, crontab, get_settings
 from tasks_engine.beat import Beat, add_entry, entries, view
-from tasks_engine.broker import get_broker
 from tasks_engine.exceptions import TaskDefinitionError
+from tasks_engine.store import get_broker
 from tests.conftest import ROOT, worker_env
 
 pytestmark = pytest.mark.slow
@@ -70,8 +70,15 @@ async def test_first_start_does_not_invent_a_missed_tick(engine, spawn_worker):
 async def test_periodic_runs_are_ordinary_tasks_with_results_and_routing(engine, worker):
     import tests.beat_tasks  # noqa: F401 - registers beat.hourly
 
-    entry = add_entry("routed", {"task": "beat.hourly", "schedule": 60, "args": ["routed"],
-                                 "options": {"queue": "default", "priority": 1, "expires": 30}})
+    entry = add_entry(
+        "routed",
+        {
+            "task": "beat.hourly",
+            "schedule": 60,
+            "args": ["routed"],
+            "options": {"queue": "default", "priority": 1, "expires": 30},
+        },
+    )
     try:
         tick = datetime(2026, 1, 1, 2, 0, tzinfo=UTC)
         assert await Beat("test").fire(entry, tick) is True
@@ -112,10 +119,19 @@ def test_arq_worker_settings_runs_the_jobs_packages_periodic_entries(prefix, syn
     """`arq settings.WorkerSettings` from the repository root schedules settings.BEAT_SCHEDULE."""
     long_ago = int((time.time() - 3 * 86_400) * 1000)
     sync_client.set(f"{prefix}:beat-last:cleanup-old-reports", long_ago)
-    env = worker_env(prefix, TE_BEAT_ENABLED="true", TE_REPORTS_DIR=str(tmp_path / "reports"),
-                     DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/app.db")
-    proc = subprocess.Popen([sys.executable, "-m", "arq", "settings.WorkerSettings"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = worker_env(
+        prefix,
+        TE_BEAT_ENABLED="true",
+        TE_REPORTS_DIR=str(tmp_path / "reports"),
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/app.db",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "arq", "settings.WorkerSettings"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 30
         found = []

@@ -27,20 +27,49 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 ARQ_PYTHON = ROOT / ".bench-venv" / "arq" / "bin" / "python"
 CELERY_PYTHON = ROOT / ".bench-venv" / "celery" / "bin" / "python"
-ROW_PREFIXES = ["(1) no-op enqueue", "(1) no-op drain", "(1) worker CPU", "(2) sleep 10 ms enqueue",
-                "(2) sleep 10 ms drain", "(3) enqueue->start p50", "(3) enqueue->start p99", "(3) enqueue->result p50",
-                "(3) enqueue->result p99", "(4) 100 independent", "(4) chord of 100", "(4) chord / independent, 100",
-                "(5) worker RSS before", "(5) RSS growth", "(6) no-op drain, 1 worker", "(6) no-op drain, 2 worker",
-                "(6) speed-up"]
+ROW_PREFIXES = [
+    "(1) no-op enqueue",
+    "(1) no-op drain",
+    "(1) worker CPU",
+    "(2) sleep 10 ms enqueue",
+    "(2) sleep 10 ms drain",
+    "(3) enqueue->start p50",
+    "(3) enqueue->start p99",
+    "(3) enqueue->result p50",
+    "(3) enqueue->result p99",
+    "(4) 100 independent",
+    "(4) chord of 100",
+    "(4) chord / independent, 100",
+    "(5) worker RSS before",
+    "(5) RSS growth",
+    "(6) no-op drain, 1 worker",
+    "(6) no-op drain, 2 worker",
+    "(6) speed-up",
+]
 NUMBER = re.compile(r"^[0-9][0-9,]*(\.[0-9]+)?$")
 
 
 def run_compare(tmp_path: Path, *args: str) -> tuple[str, str]:
     saved = tmp_path / "report.txt"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "compare.py"), "--smoke", "--no-install", "--db-base", "10",
-         "--logdir", str(tmp_path / "logs"), "--save", str(saved), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "compare.py"),
+            "--smoke",
+            "--no-install",
+            "--db-base",
+            "10",
+            "--logdir",
+            str(tmp_path / "logs"),
+            "--save",
+            str(saved),
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, f"compare.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert saved.read_text() == proc.stdout
@@ -52,7 +81,7 @@ def table(out: str) -> tuple[list[str], dict[str, list[str]]]:
     start = next(i for i, line in enumerate(lines) if line.startswith("workload (median of rounds)"))
     header = lines[start].split()
     rows: dict[str, list[str]] = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.strip():
             break
         label, _, rest = line.partition("  ")
@@ -107,8 +136,16 @@ def test_smoke_celery(tmp_path: Path) -> None:
     out, _ = run_compare(tmp_path, "--only", "celery", "--workloads", "noop,latency,chord")
     header, rows = table(out)
     assert "celery" in header and "tasks_engine" not in header
-    for prefix in ["(1) no-op enqueue", "(1) no-op drain", "(1) worker CPU", "(3) enqueue->start p50",
-                   "(3) enqueue->result p99", "(4) 100 independent", "(4) chord of 100", "(4) chord of 300"]:
+    for prefix in [
+        "(1) no-op enqueue",
+        "(1) no-op drain",
+        "(1) worker CPU",
+        "(3) enqueue->start p50",
+        "(3) enqueue->result p99",
+        "(4) 100 independent",
+        "(4) chord of 100",
+        "(4) chord of 300",
+    ]:
         cells = row(rows, prefix)
         assert NUMBER.match(cells[2]), (prefix, cells)  # cells: unit, better, celery, te/arq, te/celery
     check_goals(out)

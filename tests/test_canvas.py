@@ -30,7 +30,7 @@ from tasks_engine import (
     signature,
     states,
 )
-from tasks_engine.broker import Enqueue, get_broker
+from tasks_engine.store import Enqueue, get_broker
 from tasks_engine.worker import Worker
 from tests import sample_tasks as t
 
@@ -59,8 +59,10 @@ async def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.
 async def job_gone(task_id: str) -> bool:
     """The job's message is deleted and it is neither queued nor running (its completion was written)."""
     broker = get_broker()
-    return not await broker.redis.exists(broker.key("msg", task_id)) and await broker.redis.zscore(
-        broker.key("active"), task_id) is None
+    return (
+        not await broker.redis.exists(broker.key("msg", task_id))
+        and await broker.redis.zscore(broker.key("active"), task_id) is None
+    )
 
 
 # ---------------------------------------------------------------- signatures
@@ -72,7 +74,7 @@ def test_partial_and_immutable_merge() -> None:
     si = t.add.si(2, 2, foo=1)
     kept = si.clone(args=(4,), kwargs={"bar": 2})
     assert kept.args == (2, 2) and kept.kwargs == {"foo": 1} and kept.immutable
-    same = si._merged((4,), {"bar": 2})
+    same = si.merged((4,), {"bar": 2})
     assert same.args == (2, 2) and same.kwargs == {"foo": 1}
 
 
@@ -259,8 +261,16 @@ async def test_group_restore_across_processes(worker, prefix):
         "asyncio.run(main())\n"
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", script, prefix, mine.id, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")})
+        sys.executable,
+        "-c",
+        script,
+        prefix,
+        mine.id,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")},
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     data = json.loads(out.decode().strip().splitlines()[-1])
@@ -360,8 +370,10 @@ async def test_chord_in_chain_header_failure_fails_the_rest_of_the_chain(worker)
 
 async def test_groups_inside_a_chord_header(worker):
     """A group as a header member, or a header chain ending in a group, fills its slot with a list."""
-    r = await chord([group(t.add.s(1, 1), t.add.s(2, 2)), t.add.s(1, 1) | group(t.add.s(1), t.add.s(2)),
-                     t.add.s(5, 5)], t.identity.s()).delay()
+    r = await chord(
+        [group(t.add.s(1, 1), t.add.s(2, 2)), t.add.s(1, 1) | group(t.add.s(1), t.add.s(2)), t.add.s(5, 5)],
+        t.identity.s(),
+    ).delay()
     assert await r.get(timeout=10) == [[2, 4], [3, 4], 10]
     bad = await chord([group(t.add.s(1, 1), t.fail.s()), t.add.s(1, 1)], t.identity.s()).delay()
     with pytest.raises(ChordError, match="Dependency .* raised ChordError"):
@@ -555,8 +567,9 @@ async def test_redelivered_parent_step_plans_its_chord_and_link_once(engine):
     broker = get_broker()
     parent = t.record.si("parent", "p")
     parent.link(t.count_body.s("linked"))
-    wf = parent | chord([t.record.si("header", "a"), t.record.si("header", "b").set(countdown=1.0)],
-                        t.count_body.s("body"))
+    wf = parent | chord(
+        [t.record.si("header", "a"), t.record.si("header", "b").set(countdown=1.0)], t.count_body.s("body")
+    )
     r = await wf.delay()
     first = await broker.redis.zrange(broker.key("q", "default"), 0, -1)
     assert len(first) == 1

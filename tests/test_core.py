@@ -18,8 +18,8 @@ from tasks_engine import (
     shared_task,
     states,
 )
-from tasks_engine.broker import get_broker
 from tasks_engine.exceptions import TaskDefinitionError
+from tasks_engine.store import get_broker
 from tests import sample_tasks as t
 
 
@@ -36,8 +36,9 @@ async def test_delay_get_state_info(worker):
 
 
 async def test_apply_async_options_and_custom_id(worker):
-    r = await t.add.apply_async(args=(2, 3), kwargs={}, countdown=0.2, expires=60, queue="default",
-                                priority=5, task_id="my-id")
+    r = await t.add.apply_async(
+        args=(2, 3), kwargs={}, countdown=0.2, expires=60, queue="default", priority=5, task_id="my-id"
+    )
     assert r.id == "my-id"
     assert await r.state() == states.PENDING
     assert await r.get(timeout=10) == 5
@@ -57,8 +58,10 @@ async def test_failure_raises_original_exception_and_propagate_false(worker):
 
 async def test_unimportable_exception_becomes_task_error(worker):
     broker = get_broker()
-    await broker.redis.hset(broker.result_key("x1"), mapping={
-        "state": "FAILURE", "exc_type": "GoneError", "exc_module": "no_such_module", "exc_message": "gone"})
+    await broker.redis.hset(
+        broker.result_key("x1"),
+        mapping={"state": "FAILURE", "exc_type": "GoneError", "exc_module": "no_such_module", "exc_message": "gone"},
+    )
     with pytest.raises(TaskError, match="no_such_module.GoneError: gone"):
         await AsyncResult("x1").get(timeout=1)
 
@@ -210,11 +213,29 @@ def test_options_validated_at_import_naming_the_task():
 
 
 def test_all_guide_options_accepted_and_stored():
-    @shared_task(name="custom.task_name", bind=True, max_retries=3, default_retry_delay=60, time_limit=300,
-                 soft_time_limit=240, autoretry_for=(Exception,), dont_autoretry_for=(ValueError,),
-                 retry_kwargs={"max_retries": 5}, retry_backoff=True, retry_backoff_max=600, retry_jitter=True,
-                 rate_limit="10/m", ignore_result=False, serializer="json", compression="gzip", queue="admin",
-                 routing_key="admin.process_data", priority=3, expires=60, acks_late=True)
+    @shared_task(
+        name="custom.task_name",
+        bind=True,
+        max_retries=3,
+        default_retry_delay=60,
+        time_limit=300,
+        soft_time_limit=240,
+        autoretry_for=(Exception,),
+        dont_autoretry_for=(ValueError,),
+        retry_kwargs={"max_retries": 5},
+        retry_backoff=True,
+        retry_backoff_max=600,
+        retry_jitter=True,
+        rate_limit="10/m",
+        ignore_result=False,
+        serializer="json",
+        compression="gzip",
+        queue="admin",
+        routing_key="admin.process_data",
+        priority=3,
+        expires=60,
+        acks_late=True,
+    )
     async def advanced(self, data: dict) -> dict:
         return data
 
@@ -270,7 +291,7 @@ async def test_json_log_format_by_setting(worker, capsys):
 async def test_two_apps_share_one_redis_by_key_prefix(engine, spawn_worker, sync_client):
     """A worker of app A never takes app B's jobs: every key lives under the app's prefix."""
     from tasks_engine import configure
-    from tasks_engine.broker import get_broker as broker_of
+    from tasks_engine.store import get_broker as broker_of
 
     spawn_worker()  # app A's worker (this test's prefix)
     other = f"{engine.key_prefix}-b"

@@ -32,13 +32,27 @@ def test_tasks_engine_demo_runs_every_job_kind(prefix, tmp_path, sync_client: sy
     """``tasks-engine demo`` as a user runs it (settings.py, its own SMTP sink since nothing listens on the
     port, a fresh SQLite file): exit code 0 and a table with each job's final state."""
     env = dict(os.environ)
-    env.update({"TE_KEY_PREFIX": prefix, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}",
-                "TE_REPORTS_DIR": str(tmp_path / "reports"), "TE_SMTP_PORT": str(free_port()),
-                "TE_SMTP_LOCAL_HOSTNAME": "localhost", "COLUMNS": "220", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "TE_KEY_PREFIX": prefix,
+            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}",
+            "TE_REPORTS_DIR": str(tmp_path / "reports"),
+            "TE_SMTP_PORT": str(free_port()),
+            "TE_SMTP_LOCAL_HOSTNAME": "localhost",
+            "COLUMNS": "220",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.pop("TE_LOG_LEVEL", None)
     try:
-        out = subprocess.run([sys.executable, "-m", "tasks_engine.cli", "demo"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "tasks_engine.cli", "demo"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
         if keys:

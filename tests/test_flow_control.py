@@ -41,10 +41,11 @@ from tasks_engine import (
     shared_task,
     states,
 )
-from tasks_engine.broker import Enqueue, get_broker
-from tasks_engine.canvas import Context, Plan, Signature
 from tasks_engine.exceptions import TaskDefinitionError
-from tasks_engine.limits import parse_rate_limit
+from tasks_engine.plan import Context, Plan
+from tasks_engine.ratelimit import parse_rate_limit
+from tasks_engine.signature import Signature
+from tasks_engine.store import Enqueue, get_broker
 from tests import sample_tasks as t
 from tests.conftest import REDIS_URL, ROOT, running_worker, worker_env
 
@@ -71,10 +72,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
     procs = []
     for i in range(2):
         with open(logs / f"worker-{i}.log", "wb") as out:  # the child keeps its own copy of the descriptor
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.sample_tasks"],
-                cwd=ROOT, env=worker_env(prefix), stdout=out, stderr=subprocess.STDOUT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.sample_tasks"],
+                    cwd=ROOT,
+                    env=worker_env(prefix),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     try:
         deadline = time.monotonic() + 30
         while len(list(client.scan_iter(f"{prefix}:worker:*"))) < 2:
@@ -98,8 +104,11 @@ async def on_cluster(
 ) -> AsyncIterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """Like the ``engine`` fixture, but on the shared workers' prefix; the test's keys go afterwards."""
     prefix, procs = cluster
-    configure(EngineSettings(key_prefix=prefix, lease_seconds=3, heartbeat_seconds=0.5,
-                             shutdown_grace_seconds=5, beat_enabled=False))
+    configure(
+        EngineSettings(
+            key_prefix=prefix, lease_seconds=3, heartbeat_seconds=0.5, shutdown_grace_seconds=5, beat_enabled=False
+        )
+    )
     yield cluster
     await get_broker().close()
     keys = [k for k in sync_client.scan_iter(match=f"{prefix}:*", count=1000) if b":worker:" not in k]
@@ -178,7 +187,7 @@ async def enqueue_all(sigs: list[Signature]) -> list[AsyncResult]:
     results = []
     for sig in sigs:
         results.append(sig.freeze())
-        sig._plan([], Context(), plan)
+        sig.plan_into([], Context(), plan)
     await plan.execute()
     return results
 
@@ -203,8 +212,14 @@ async def reconfigure(**overrides: Any) -> None:
 async def cli(prefix: str, *args: str) -> str:
     """Run the operations CLI (``tasks-engine ... --app none``) against this test's key prefix."""
     proc = await asyncio.create_subprocess_exec(
-        str(BIN / "tasks-engine"), *args, "--app", "none", cwd=ROOT, env=worker_env(prefix),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        str(BIN / "tasks-engine"),
+        *args,
+        "--app",
+        "none",
+        cwd=ROOT,
+        env=worker_env(prefix),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, out.decode()
@@ -230,7 +245,7 @@ def max_in_window(starts: list[float], width: float = 1.0) -> int:
 
 async def count_claims(seconds: float, prefix: str) -> int:
     """Claim-script calls for this prefix seen by Redis MONITOR during ``seconds`` (busy polling shows here)."""
-    sha = get_broker().claim_script.sha
+    sha = get_broker().scripts["claim"].sha
     client = Redis.from_url(REDIS_URL)
     seen = 0
     try:
@@ -471,9 +486,13 @@ async def test_expired_job_is_revoked_not_run(engine) -> None:
             assert await r.state() == states.REVOKED
             assert await r.ready() and not await r.failed() and not await r.successful()
         # A rate-limited job that would expire before its slot waits without taking the slot.
-        first, doomed, later = await enqueue_all([
-            limited_5.s("x5", "first"), limited_5.signature(("x5", "doomed"), expires=0.1), limited_5.s("x5", "later"),
-        ])
+        first, doomed, later = await enqueue_all(
+            [
+                limited_5.s("x5", "first"),
+                limited_5.signature(("x5", "doomed"), expires=0.1),
+                limited_5.s("x5", "later"),
+            ]
+        )
         with pytest.raises(TaskRevokedError):
             await doomed.get(timeout=3)
         await later.get(timeout=3)
@@ -633,10 +652,14 @@ async def test_worker_consumes_several_queues_with_one_concurrency_limit_and_sta
 
 async def test_arq_worker_settings_runs_default_queue(engine, prefix, sync_client) -> None:
     proc = subprocess.Popen(
-        [str(BIN / "arq"), "tests.test_flow_control.WorkerSettings"], cwd=ROOT, env=worker_env(prefix),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [str(BIN / "arq"), "tests.test_flow_control.WorkerSettings"],
+        cwd=ROOT,
+        env=worker_env(prefix),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
+
         async def registered() -> bool:
             assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
             return bool(list(sync_client.scan_iter(f"{prefix}:worker:*")))
@@ -661,8 +684,13 @@ async def test_deferred_jobs_live_in_redis_not_in_worker_memory(on_cluster) -> N
     eta = datetime.now(UTC) + timedelta(days=1)
     template = t.record.signature(("mem", "deferred"), eta=eta).to_enqueue([], Context())
     items = [  # the real wire message, copied under new ids (building 20,000 signatures is slow here)
-        Enqueue(f"mem-{i:05d}", template.raw.replace(template.id.encode(), f"mem-{i:05d}".encode()),
-                template.queue, template.priority, template.eta_ms)
+        Enqueue(
+            f"mem-{i:05d}",
+            template.raw.replace(template.id.encode(), f"mem-{i:05d}".encode()),
+            template.queue,
+            template.priority,
+            template.eta_ms,
+        )
         for i in range(20_000)
     ]
     for start in range(0, len(items), 2_000):

@@ -30,7 +30,6 @@ def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettin
     return support.app_settings(prefix, tmp_path, **{**{"batch_concurrency": 4, "batch_item_delay": 0.01}, **overrides})
 
 
-
 @pytest.fixture
 async def app(prefix, sync_client, tmp_path) -> AsyncIterator[JobsSettings]:
     async with support.configured(app_settings(prefix, tmp_path), sync_client) as settings:
@@ -81,8 +80,9 @@ async def test_running_the_same_batch_again_redoes_nothing(app, app_worker):
     first = await (await batch_process_task.delay(list(range(1, 41)))).get(timeout=30)
     again = await batch_process_task.delay(list(range(1, 41)))
     second = await again.get(timeout=30)
-    assert {k: first[k] for k in ("total", "success", "failed", "failed_ids")} == \
-           {k: second[k] for k in ("total", "success", "failed", "failed_ids")}
+    assert {k: first[k] for k in ("total", "success", "failed", "failed_ids")} == {
+        k: second[k] for k in ("total", "success", "failed", "failed_ids")
+    }
     assert first["skipped"] == 0 and second["skipped"] == first["success"] == 36
     rows = await order_rows(app)
     assert all(r["process_count"] == 1 for r in rows.values() if r["status"] == "processed")
@@ -135,8 +135,9 @@ async def test_fan_out_chunks_chord_one_summary(app, app_worker):
     assert summary["total"] == count + 2 and summary["failed_ids"] == [*bad, 5000, 5001]
     assert summary["success"] == count - len(bad) and summary["failed"] == len(bad) + 2
     async with get_engine(app).connect() as conn:
-        processed = (await conn.execute(
-            select(func.count()).select_from(orders).where(orders.c.status == "processed"))).scalar_one()
+        processed = (
+            await conn.execute(select(func.count()).select_from(orders).where(orders.c.status == "processed"))
+        ).scalar_one()
         runs = (await conn.execute(select(func.count(func.distinct(orders.c.processed_by))))).scalar_one()
     assert processed == count - len(bad)
     assert runs == 8  # every chunk was its own job

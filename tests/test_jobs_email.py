@@ -40,15 +40,18 @@ PASSWORD = "s3cr3t-Pa55-word!"
 def email_values() -> dict[str, object]:
     """What the email jobs need on top of the shared test settings (a fresh SMTP port each time)."""
     return {
-        "task_routes": {"admin.send_*": "email"}, "smtp_port": free_port(), "smtp_timeout": 2,
-        "smtp_local_hostname": "localhost", "smtp_retry_backoff_max": 1, "smtp_max_retries": 20,
+        "task_routes": {"admin.send_*": "email"},
+        "smtp_port": free_port(),
+        "smtp_timeout": 2,
+        "smtp_local_hostname": "localhost",
+        "smtp_retry_backoff_max": 1,
+        "smtp_max_retries": 20,
     }
 
 
 def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettings:
     """This module's settings: the shared test settings plus what its jobs need."""
     return support.app_settings(prefix, tmp_path, **{**email_values(), **overrides})
-
 
 
 @contextlib.asynccontextmanager
@@ -73,8 +76,9 @@ async def app_worker(app) -> AsyncIterator[Worker]:
 
 @pytest.fixture
 def sink(app) -> Iterator[SmtpSink]:
-    handler = SinkHandler(reject={"bounce@example.com": "550 5.1.1 <bounce@example.com>: no such user"},
-                          defer={"busy@example.com": 2})
+    handler = SinkHandler(
+        reject={"bounce@example.com": "550 5.1.1 <bounce@example.com>: no such user"}, defer={"busy@example.com": 2}
+    )
     with SmtpSink(port=app.smtp_port, handler=handler) as s:
         yield s
 
@@ -103,8 +107,10 @@ async def test_send_email_delivers_utf8_html_message(app, app_worker, sink):
     # Headers: the raw Subject is RFC 2047-encoded UTF-8 and decodes to the Chinese text.
     raw_subject = received.data.split(b"Subject: ", 1)[1].split(b"\r\n")[0]
     assert raw_subject.lower().startswith(b"=?utf-8?")
-    assert "".join(p.decode(c or "ascii") if isinstance(p, bytes) else p
-                   for p, c in decode_header(raw_subject.decode())) == SUBJECT
+    assert (
+        "".join(p.decode(c or "ascii") if isinstance(p, bytes) else p for p, c in decode_header(raw_subject.decode()))
+        == SUBJECT
+    )
     assert msg["Subject"] == SUBJECT
     assert msg["From"].addresses[0].display_name == "Py Small Admin"
     assert msg["From"].addresses[0].addr_spec == "noreply@example.com"
@@ -150,8 +156,15 @@ async def test_timeout_is_transient(prefix, sync_client, tmp_path):
     silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
     try:
-        async with running(prefix, tmp_path, sync_client, smtp_port=port, smtp_timeout=0.3,
-                           smtp_retry_backoff_max=30, smtp_retry_jitter=False):
+        async with running(
+            prefix,
+            tmp_path,
+            sync_client,
+            smtp_port=port,
+            smtp_timeout=0.3,
+            smtp_retry_backoff_max=30,
+            smtp_retry_jitter=False,
+        ):
             r = await send_email_task.delay("alice@example.com", SUBJECT, HTML)
             deadline = time.monotonic() + 10
             while (await r.state()) != states.RETRY:
@@ -222,8 +235,9 @@ async def test_batch_email_one_message_per_recipient_partial_failures(app, app_w
 
 async def test_batch_email_retry_does_not_resend_to_delivered_recipients(app, app_worker, sink):
     # busy@ is deferred (451) twice: the job retries, and each retry sends only to busy@.
-    r = await send_batch_email.delay(["a@example.com", "busy@example.com", "b@example.com"], SUBJECT, "纯文本内容",
-                                     content_type="plain")
+    r = await send_batch_email.delay(
+        ["a@example.com", "busy@example.com", "b@example.com"], SUBJECT, "纯文本内容", content_type="plain"
+    )
     result = await r.get(timeout=20)
     assert result == {"success": 3, "failed": 0, "total": 3, "errors": []}
     assert (await r.info())["retries"] == 2
@@ -234,9 +248,28 @@ async def test_batch_email_retry_does_not_resend_to_delivered_recipients(app, ap
 
 def _tls_files(directory: Path) -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -249,8 +282,9 @@ async def test_tls_modes_deliver_over_encrypted_connection(prefix, sync_client, 
     options = {"tls_context": context, "require_starttls": True} if mode == "starttls" else {"ssl_context": context}
     with SmtpSink(port=port, **options) as sink:
         # The client verifies the server's certificate against the test CA file (no validate_certs=False).
-        async with running(prefix, tmp_path, sync_client, smtp_port=port, smtp_security=mode,
-                           smtp_cert_bundle=str(cert)):
+        async with running(
+            prefix, tmp_path, sync_client, smtp_port=port, smtp_security=mode, smtp_cert_bundle=str(cert)
+        ):
             r = await send_email_task.delay("alice@example.com", SUBJECT, HTML)
             assert (await r.get(timeout=15))["status"] == "success"
     [m] = sink.handler.messages
@@ -260,13 +294,28 @@ async def test_tls_modes_deliver_over_encrypted_connection(prefix, sync_client, 
 async def test_password_never_in_logs_or_results(app, spawn_worker, sync_client, tmp_path, prefix, capfd):
     """A worker subprocess logging at DEBUG logs in with the password; neither its log nor anything in
     Redis contains it. A wrong password is a 5xx: FAILURE at once, and the error does not echo it."""
-    forms = [PASSWORD.encode(), base64.b64encode(f"\0smtp-user\0{PASSWORD}".encode()),
-             base64.b64encode(PASSWORD.encode())]
-    with SmtpSink(port=app.smtp_port, credentials=("smtp-user", PASSWORD),
-                  handler=SinkHandler(reject={"bounce@example.com": "550 5.1.1 no such user"})) as sink:
-        proc = spawn_worker("-Q", "default,email", imports="jobs", env={
-            "TE_SMTP_PORT": app.smtp_port, "TE_SMTP_USERNAME": "smtp-user", "TE_SMTP_PASSWORD": PASSWORD,
-            "TE_LOG_LEVEL": "DEBUG", "TE_SMTP_LOCAL_HOSTNAME": "localhost"})
+    forms = [
+        PASSWORD.encode(),
+        base64.b64encode(f"\0smtp-user\0{PASSWORD}".encode()),
+        base64.b64encode(PASSWORD.encode()),
+    ]
+    with SmtpSink(
+        port=app.smtp_port,
+        credentials=("smtp-user", PASSWORD),
+        handler=SinkHandler(reject={"bounce@example.com": "550 5.1.1 no such user"}),
+    ) as sink:
+        proc = spawn_worker(
+            "-Q",
+            "default,email",
+            imports="jobs",
+            env={
+                "TE_SMTP_PORT": app.smtp_port,
+                "TE_SMTP_USERNAME": "smtp-user",
+                "TE_SMTP_PASSWORD": PASSWORD,
+                "TE_LOG_LEVEL": "DEBUG",
+                "TE_SMTP_LOCAL_HOSTNAME": "localhost",
+            },
+        )
         ok = await send_email_task.delay("alice@example.com", SUBJECT, HTML)
         bounced = await send_email_task.delay("bounce@example.com", SUBJECT, HTML)
         assert (await ok.get(timeout=20))["status"] == "success"
@@ -306,4 +355,3 @@ async def test_password_never_in_logs_or_results(app, spawn_worker, sync_client,
         for form in forms:
             assert form not in blob
     assert any(b"login refused" in blob for blob in everything)  # the failure itself is recorded
-

@@ -21,8 +21,8 @@ from jobs.email import send_email_task
 from jobs.maintenance import cleanup_reports, cleanup_results, daily_summary
 from jobs.sink import SmtpSink, free_port
 from tasks_engine import AsyncResult, send_task, states
-from tasks_engine.broker import get_broker
-from tasks_engine.messages import dumps
+from tasks_engine.codec import dumps
+from tasks_engine.store import get_broker
 from tasks_engine.worker import Worker
 from tests import jobs_support as support
 from tests.conftest import running_worker, worker_env
@@ -33,11 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettings:
     """This module's settings: the shared test settings plus what its jobs need."""
     values: dict[str, object] = {
-        "task_routes": {"admin.send_*": "email"}, "smtp_port": free_port(), "smtp_local_hostname": "localhost",
+        "task_routes": {"admin.send_*": "email"},
+        "smtp_port": free_port(),
+        "smtp_local_hostname": "localhost",
         "admin_email": "boss@example.com",
     }
     return support.app_settings(prefix, tmp_path, **{**values, **overrides})
-
 
 
 @pytest.fixture
@@ -75,8 +76,9 @@ async def test_cleanup_results_sweeps_what_ttls_leave(app, app_worker, sync_clie
     # Leftovers no TTL covers: a message in no queue, a result record without TTL whose job is gone,
     # chord bookkeeping whose chord record is gone (next to a live chord that must stay).
     orphan_id = str(uuid.uuid4())
-    await redis.set(broker.key("msg", orphan_id), dumps({"id": orphan_id, "task": "admin.send_email",
-                                                         "queue": "email"}))
+    await redis.set(
+        broker.key("msg", orphan_id), dumps({"id": orphan_id, "task": "admin.send_email", "queue": "email"})
+    )
     await redis.hset(broker.result_key("stale"), mapping={"state": "STARTED", "task": "admin.send_email"})
     await redis.sadd(broker.key("chord", "gone", "done"), "t1")
     await redis.hset(broker.key("chord", "gone", "r"), "0", "1")
@@ -148,13 +150,24 @@ async def test_beat_schedule_in_settings_runs_the_maintenance_jobs(prefix, sync_
     os.utime(reports / "ancient.csv", (time.time() - 30 * 86_400,) * 2)
     for entry in ("cleanup-expired-results", "cleanup-old-reports", "daily-task-summary"):
         sync_client.set(f"{prefix}:beat-last:{entry}", 0)  # last run: long ago
-    env = worker_env(prefix, TE_BEAT_ENABLED="true", TE_SMTP_PORT=port, TE_SMTP_LOCAL_HOSTNAME="localhost",
-                     DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'app.db'}", TE_REPORTS_DIR=reports,
-                     TE_ADMIN_EMAIL="boss@example.com")
+    env = worker_env(
+        prefix,
+        TE_BEAT_ENABLED="true",
+        TE_SMTP_PORT=port,
+        TE_SMTP_LOCAL_HOSTNAME="localhost",
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'app.db'}",
+        TE_REPORTS_DIR=reports,
+        TE_ADMIN_EMAIL="boss@example.com",
+    )
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
     with SmtpSink(port=port) as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "tasks_engine.cli", "worker", "-Q", "default,email"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tasks_engine.cli", "worker", "-Q", "default,email"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + 40
             while not sink.handler.to("boss@example.com"):

@@ -40,7 +40,6 @@ def app_settings(prefix: str, tmp_path: Path, **overrides: object) -> JobsSettin
     return support.app_settings(prefix, tmp_path, **{**{"timezone": "Asia/Shanghai"}, **overrides})
 
 
-
 @pytest.fixture
 async def cleanup(prefix, sync_client) -> AsyncIterator[None]:
     yield
@@ -62,8 +61,13 @@ def big_db(tmp_path_factory) -> str:
     """100,000 orders, made by the seed command itself (``python -m jobs.seed``)."""
     path = tmp_path_factory.mktemp("bigdb") / "big.db"
     url = f"sqlite+aiosqlite:///{path}"
-    out = subprocess.run([sys.executable, "-m", "jobs.seed", "--database-url", url, "--users", "1000",
-                          "--orders", str(BIG)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "jobs.seed", "--database-url", url, "--users", "1000", "--orders", str(BIG)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert f'"orders": {BIG}' in out.stdout and '"invalid_orders": 10000' in out.stdout
     return url
@@ -98,14 +102,23 @@ async def test_reports_from_sqlite_and_postgres(prefix, tmp_path, cleanup, backe
         assert info["orders"] == 300
         engine = get_engine(settings)
         async with engine.connect() as conn:  # the expected rows, straight from the database
-            expected = (await conn.execute(
-                select(orders.c.id, users.c.name, orders.c.amount_cents)
-                .join(users, users.c.id == orders.c.user_id).order_by(orders.c.id)
-            )).all()
+            expected = (
+                await conn.execute(
+                    select(orders.c.id, users.c.name, orders.c.amount_cents)
+                    .join(users, users.c.id == orders.c.user_id)
+                    .order_by(orders.c.id)
+                )
+            ).all()
             if backend == "postgres":  # the tables really live in this test's own schema
-                where = (await conn.execute(text(
-                    "SELECT table_schema FROM information_schema.tables WHERE table_name = 'orders' "
-                    "AND table_schema = :s"), {"s": schema})).scalar_one()
+                where = (
+                    await conn.execute(
+                        text(
+                            "SELECT table_schema FROM information_schema.tables WHERE table_name = 'orders' "
+                            "AND table_schema = :s"
+                        ),
+                        {"s": schema},
+                    )
+                ).scalar_one()
                 assert where == schema
         w = await start_worker()
         try:
@@ -165,8 +178,7 @@ async def test_soft_time_limit_removes_partial_file(prefix, tmp_path, cleanup, b
     temp_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "openpyxl.*")))
     w = await start_worker()
     try:
-        r = await generate_report_task.apply_async(("orders", {"format": fmt}),
-                                                   soft_time_limit=0.7, time_limit=60)
+        r = await generate_report_task.apply_async(("orders", {"format": fmt}), soft_time_limit=0.7, time_limit=60)
         saw_part = False
         deadline = time.monotonic() + 60
         while not await r.ready():
@@ -190,8 +202,10 @@ async def test_100k_rows_stream_with_flat_memory_and_progress(prefix, tmp_path, 
     """A worker process writes 10,000 then 100,000 rows: its peak RSS barely moves (the rows are streamed,
     never all in memory), and the job's PROGRESS is visible through AsyncResult.info() while it runs."""
     configure(app_settings(prefix, tmp_path, database_url=big_db))
-    proc = spawn_worker(imports="jobs", env={"DATABASE_URL": big_db, "TE_REPORTS_DIR": tmp_path / "reports",
-                                             "TE_REPORT_FETCH_ROWS": "2000"})
+    proc = spawn_worker(
+        imports="jobs",
+        env={"DATABASE_URL": big_db, "TE_REPORTS_DIR": tmp_path / "reports", "TE_REPORT_FETCH_ROWS": "2000"},
+    )
     worker = psutil.Process(proc.pid)
 
     async def run(limit: int | None) -> tuple[dict, int, list[dict]]:

@@ -15,10 +15,10 @@ import pytest
 import redis as sync_redis
 
 from tasks_engine import AsyncResult, configure, states
-from tasks_engine.broker import get_broker
 from tasks_engine.config import EngineSettings
 from tasks_engine.embedded import server_binary
 from tasks_engine.exceptions import EngineConnectionError
+from tasks_engine.store import get_broker
 from tests import sample_tasks as t
 from tests.conftest import ROOT, worker_env
 
@@ -160,9 +160,24 @@ class OwnRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
-             "--appendfsync", "always", "--save", "", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         client = sync_redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
         while True:
@@ -190,8 +205,9 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 
 @pytest.fixture
 async def outage_engine(own_redis: OwnRedis, prefix: str):
-    settings = configure(EngineSettings(redis_url=own_redis.url, key_prefix=prefix, lease_seconds=3,
-                                        heartbeat_seconds=0.5))
+    settings = configure(
+        EngineSettings(redis_url=own_redis.url, key_prefix=prefix, lease_seconds=3, heartbeat_seconds=0.5)
+    )
     yield settings
     await get_broker().close()
 
@@ -200,7 +216,11 @@ def spawn_on(url: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
     env = worker_env(prefix, REDIS_URL=url)
     return subprocess.Popen(
         [os.sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.sample_tasks"],
-        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def test_worker_survives_redis_outage_and_buffers_results(outage_engine, own_redis, prefix, tmp_path):

@@ -30,15 +30,13 @@ from tasks_engine import (
     states,
     worker_settings,
 )
-from tasks_engine.broker import get_broker, now_ms
+from tasks_engine.clock import now_ms
 from tasks_engine.retries import backoff_countdown, backoff_factor
+from tasks_engine.store import get_broker
 from tests import sample_tasks as t
 from tests.conftest import ROOT, running_worker, worker_env
 
 # ---------------------------------------------------------------- helpers and tasks
-
-
-
 
 
 async def note(key: str, *fields: Any) -> None:
@@ -88,15 +86,22 @@ async def scheduled_countdowns(r: AsyncResult, key: str, retries: int) -> list[f
     return seen
 
 
-@shared_task(name="rt.backoff1", bind=True, autoretry_for=(ConnectionError,), retry_backoff=True,
-             retry_jitter=False, max_retries=3)
+@shared_task(
+    name="rt.backoff1",
+    bind=True,
+    autoretry_for=(ConnectionError,),
+    retry_backoff=True,
+    retry_jitter=False,
+    max_retries=3,
+)
 async def backoff1(self: Any, key: str) -> None:
     await note(key, self.request.id, self.request.retries, time.time())
     raise ConnectionError("down")
 
 
-@shared_task(name="rt.backoff2", bind=True, autoretry_for=(ConnectionError,), retry_backoff=2,
-             retry_jitter=False, max_retries=3)
+@shared_task(
+    name="rt.backoff2", bind=True, autoretry_for=(ConnectionError,), retry_backoff=2, retry_jitter=False, max_retries=3
+)
 async def backoff2(self: Any, key: str) -> None:
     await note(key, self.request.id, self.request.retries, time.time())
     raise ConnectionError("down")
@@ -108,8 +113,7 @@ async def jittered(self: Any, key: str) -> None:
     raise ConnectionError("down")
 
 
-@shared_task(name="rt.no_backoff", bind=True, autoretry_for=(ConnectionError,), default_retry_delay=7,
-             max_retries=2)
+@shared_task(name="rt.no_backoff", bind=True, autoretry_for=(ConnectionError,), default_retry_delay=7, max_retries=2)
 async def no_backoff(self: Any, key: str) -> None:
     await note(key, self.request.id, self.request.retries, time.time())
     raise ConnectionError("down")
@@ -121,8 +125,9 @@ async def settings_defaults(self: Any, key: str) -> None:
     raise ConnectionError("down")
 
 
-@shared_task(name="rt.picky", bind=True, autoretry_for=(Exception,), dont_autoretry_for=(ValueError,),
-             default_retry_delay=0.02)
+@shared_task(
+    name="rt.picky", bind=True, autoretry_for=(Exception,), dont_autoretry_for=(ValueError,), default_retry_delay=0.02
+)
 async def picky(self: Any, key: str, kind: str) -> None:
     await note(key, self.request.retries)
     if kind == "value":
@@ -246,10 +251,13 @@ def test_backoff_formula_cap_before_jitter_and_factor() -> None:
     assert {backoff_countdown(1, 20, 5, True) for _ in range(500)} == set(range(6))
 
 
-@pytest.mark.parametrize(("task", "asked", "scheduled"), [
-    (backoff1, [1, 2, 4, 8], [1, 2, 4]),
-    (backoff2, [2, 4, 8, 16], [2, 4, 8]),
-])
+@pytest.mark.parametrize(
+    ("task", "asked", "scheduled"),
+    [
+        (backoff1, [1, 2, 4, 8], [1, 2, 4]),
+        (backoff2, [2, 4, 8, 16], [2, 4, 8]),
+    ],
+)
 async def test_autoretry_backoff_countdowns_match_celery(worker, monkeypatch, task, asked, scheduled):
     calls: list[Any] = []
     real_retry = task.retry
@@ -425,9 +433,14 @@ async def test_apply_runs_retries_eagerly_without_sleeping(engine):
 async def test_retry_keeps_queue_priority_expires_and_links(engine):
     broker = get_broker()
     async with running_worker(queues=["rq"]):
-        r = await flaky.apply_async(("q", 0.5), queue="rq", priority=2, expires=60,
-                                    link=collect.s("linked").set(queue="rq"),
-                                    link_error=collect.si("err", "errback").set(queue="rq"))
+        r = await flaky.apply_async(
+            ("q", 0.5),
+            queue="rq",
+            priority=2,
+            expires=60,
+            link=collect.s("linked").set(queue="rq"),
+            link_error=collect.si("err", "errback").set(queue="rq"),
+        )
         await wait_until(lambda: broker.redis.zscore(broker.key("delayed"), r.id), what="first retry")
         msg = orjson.loads(await broker.redis.get(broker.key("msg", r.id)))
         assert (msg["queue"], msg["priority"], msg["retries"]) == ("rq", 2, 1)
@@ -478,8 +491,13 @@ async def test_countdown_of_days_is_kept_without_expiry(worker):
 async def test_retries_not_eaten_by_arq_max_tries(engine, sync_client, prefix, tmp_path):
     log_path = tmp_path / "arq.log"
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "arq", "tests.test_retries.WorkerSettings"], cwd=ROOT,
-                                env=worker_env(prefix), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "arq", "tests.test_retries.WorkerSettings"],
+            cwd=ROOT,
+            env=worker_env(prefix),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 20
         while not list(sync_client.scan_iter(f"{prefix}:worker:*")):

@@ -9,7 +9,6 @@ test waits only for the ones it uses.
 from __future__ import annotations
 
 import ast
-import asyncio
 import io
 import os
 import pickle
@@ -43,12 +42,12 @@ from tasks_engine import (
     states,
 )
 from tasks_engine.arq_bridge import worker_settings
-from tasks_engine.broker import Broker, Enqueue, get_broker
-from tasks_engine.canvas import Context
-from tasks_engine.control import redacted_url
+from tasks_engine.config import redacted_url
 from tasks_engine.embedded import server_binary
 from tasks_engine.exceptions import MessageError
 from tasks_engine.messages import arq_job_deserializer, arq_job_serializer
+from tasks_engine.plan import Context
+from tasks_engine.store import Broker, Enqueue, get_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -79,8 +78,13 @@ def pickle_violations(source: str, filename: str = "<source>") -> list[str]:
             continue
         found.append(f"{filename}:{tok.start[0]}: {tok.line.strip()}")
     for node in ast.walk(tree):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
         found += [f"{filename}:{node.lineno}: imports {n}" for n in names if n.split(".")[0] in SERIALIZER_MODULES]
     return found
 
@@ -184,9 +188,23 @@ def _start_server(lab: Lab, name: str, extra: list[str], tls: bool = False) -> S
     ports = ["--port", "0", "--tls-port", str(port)] if tls else ["--port", str(port)]
     log = lab.tmp / f"redis-{name}.log"
     proc = subprocess.Popen(
-        [_redis_binary(), *ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(lab.tmp), "--logfile", str(log), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        [
+            _redis_binary(),
+            *ports,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(lab.tmp),
+            "--logfile",
+            str(log),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
     )
     server = Server(name, port, proc, log)
     lab.servers.append(server)
@@ -200,15 +218,32 @@ def _start_server(lab: Lab, name: str, extra: list[str], tls: bool = False) -> S
 
 def _make_certs(tmp: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1, with the openssl CLI."""
-    ca_key, ca, key, csr, cert, ext = (tmp / n for n in ("ca.key", "ca.crt", "server.key", "server.csr",
-                                                          "server.crt", "ext.cnf"))
+    ca_key, ca, key, csr, cert, ext = (
+        tmp / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt", "ext.cnf")
+    )
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for cmd in (
         ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=te-test-ca"],
         ["openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
-        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-         "-days", "2", "-extfile", ext],
+        [
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
     ):
         subprocess.run([str(c) for c in cmd], check=True, capture_output=True)
     return ca, cert, key
@@ -218,9 +253,18 @@ def _spawn(lab: Lab, name: str, url: str, argv: list[str], prefix: str | None = 
     prefix = prefix or f"sec{name}{uuid.uuid4().hex[:6]}"
     env = dict(os.environ)
     env.pop("TE_SIGNING_KEY", None)
-    env.update({"REDIS_URL": url, "TE_KEY_PREFIX": prefix, "TE_LEASE_SECONDS": str(LEASE),
-                "TE_HEARTBEAT_SECONDS": "0.5", "TE_BEAT_ENABLED": "false", "TE_LOG_LEVEL": "DEBUG",
-                "PYTHONUNBUFFERED": "1", **env_extra})
+    env.update(
+        {
+            "REDIS_URL": url,
+            "TE_KEY_PREFIX": prefix,
+            "TE_LEASE_SECONDS": str(LEASE),
+            "TE_HEARTBEAT_SECONDS": "0.5",
+            "TE_BEAT_ENABLED": "false",
+            "TE_LOG_LEVEL": "DEBUG",
+            "PYTHONUNBUFFERED": "1",
+            **env_extra,
+        }
+    )
     log = lab.tmp / f"{name}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -229,9 +273,12 @@ def _spawn(lab: Lab, name: str, url: str, argv: list[str], prefix: str | None = 
     return handle
 
 
-SETTINGS_SECRETS = {"REDIS_URL": "redis://:redis-secret-1@127.0.0.1:6379/0", "TE_SIGNING_KEY": "signing-secret-2",
-                    "DATABASE_URL": "postgresql+asyncpg://app:db-secret-3@127.0.0.1:5432/test",
-                    "TE_SMTP_PASSWORD": "smtp-secret-4"}
+SETTINGS_SECRETS = {
+    "REDIS_URL": "redis://:redis-secret-1@127.0.0.1:6379/0",
+    "TE_SIGNING_KEY": "signing-secret-2",
+    "DATABASE_URL": "postgresql+asyncpg://app:db-secret-3@127.0.0.1:5432/test",
+    "TE_SMTP_PASSWORD": "smtp-secret-4",
+}
 SETTINGS_PROBE = "import settings; s = settings.settings; print(repr(s)); print(str(s)); print('PROBE-DONE')"
 WORKER = ["-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.sample_tasks", "--no-beat"]
 
@@ -239,15 +286,34 @@ WORKER = ["-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.samp
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("security")
-    lab = Lab(tmp, password=f"p@ss:w/rd%{secrets.token_hex(8)}", wrong_password=f"wrong-{secrets.token_hex(8)}",
-              acl_password=f"acl-{secrets.token_hex(8)}", signing_key=f"sig-{secrets.token_hex(12)}")
+    lab = Lab(
+        tmp,
+        password=f"p@ss:w/rd%{secrets.token_hex(8)}",
+        wrong_password=f"wrong-{secrets.token_hex(8)}",
+        acl_password=f"acl-{secrets.token_hex(8)}",
+        signing_key=f"sig-{secrets.token_hex(12)}",
+    )
     try:
         # Redis with a password; Redis with only a key-restricted ACL user; Redis over TLS only (+ password).
         acl_prefix = f"secacl{uuid.uuid4().hex[:6]}"
         password = _start_server(lab, "password", ["--requirepass", lab.password])
-        acl = _start_server(lab, "acl", [
-            "--user", "alice", "on", f">{lab.acl_password}", f"~{acl_prefix}:*", f"&{acl_prefix}:*", "+@all",
-            "-@dangerous", "--user", "default", "off"])
+        acl = _start_server(
+            lab,
+            "acl",
+            [
+                "--user",
+                "alice",
+                "on",
+                f">{lab.acl_password}",
+                f"~{acl_prefix}:*",
+                f"&{acl_prefix}:*",
+                "+@all",
+                "-@dangerous",
+                "--user",
+                "default",
+                "off",
+            ],
+        )
         quoted = quote(lab.password, safe="")
         lab.urls["password"] = f"redis://:{quoted}@127.0.0.1:{password.port}/0"
         lab.urls["wrong"] = f"redis://:{lab.wrong_password}@127.0.0.1:{password.port}/0"
@@ -257,11 +323,27 @@ def lab(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator
         else:
             ca, cert, key = _make_certs(tmp)
             try:
-                tls = _start_server(lab, "tls", [
-                    "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-                    "--tls-auth-clients", "no", "--requirepass", lab.password], tls=True)
-                lab.urls["tls"] = (f"rediss://:{quoted}@127.0.0.1:{tls.port}/0?ssl_ca_certs={ca}"
-                                   "&ssl_cert_reqs=required&ssl_check_hostname=true")
+                tls = _start_server(
+                    lab,
+                    "tls",
+                    [
+                        "--tls-cert-file",
+                        str(cert),
+                        "--tls-key-file",
+                        str(key),
+                        "--tls-ca-cert-file",
+                        str(ca),
+                        "--tls-auth-clients",
+                        "no",
+                        "--requirepass",
+                        lab.password,
+                    ],
+                    tls=True,
+                )
+                lab.urls["tls"] = (
+                    f"rediss://:{quoted}@127.0.0.1:{tls.port}/0?ssl_ca_certs={ca}"
+                    "&ssl_cert_reqs=required&ssl_check_hostname=true"
+                )
             except RuntimeError as exc:
                 lab.tls_skip = f"{_redis_binary()} cannot serve TLS: {exc}"
         # Every process at once.
@@ -303,10 +385,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator
 
 async def close_client(broker: Broker) -> None:
     """Stop the result listener, then close (see tests/test_bad_input.py: close_client)."""
-    listener = getattr(getattr(broker, "_waiter", None), "_listener", None)
-    if listener is not None:
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
     await broker.close()
 
 
@@ -315,8 +393,11 @@ async def use() -> AsyncIterator[Any]:
     """``use(handle, **settings)``: make this test process a client of that worker's Redis and key prefix."""
 
     def configure_for(handle: Proc, **overrides: Any) -> EngineSettings:
-        return configure(EngineSettings(REDIS_URL=handle.url, key_prefix=handle.prefix, beat_enabled=False,
-                                        lease_seconds=LEASE, **overrides))
+        return configure(
+            EngineSettings(
+                REDIS_URL=handle.url, key_prefix=handle.prefix, beat_enabled=False, lease_seconds=LEASE, **overrides
+            )
+        )
 
     yield configure_for
     await close_client(get_broker())
@@ -464,8 +545,13 @@ async def test_pickle_payloads_are_never_unpickled_by_a_worker_or_by_arq(lab, us
             time.sleep(0.1)
         assert client.zscore(f"{arq.prefix}:arq", job_id) is None, "arq never looked at the job"
     finally:
-        client.delete(f"arq:job:{job_id}", f"arq:result:{job_id}", f"arq:in-progress:{job_id}",
-                      f"arq:retry:{job_id}", f"{arq.prefix}:arq")
+        client.delete(
+            f"arq:job:{job_id}",
+            f"arq:result:{job_id}",
+            f"arq:in-progress:{job_id}",
+            f"arq:retry:{job_id}",
+            f"{arq.prefix}:arq",
+        )
         client.close()
     time.sleep(0.3)
     assert not marker.exists(), "a pickle was loaded: code from Redis ran"

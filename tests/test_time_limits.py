@@ -19,16 +19,14 @@ from typing import Any
 import pytest
 
 from tasks_engine import SoftTimeLimitExceeded, TimeLimitExceeded, shared_task, states
-from tasks_engine.broker import get_broker
-from tasks_engine.limits import current_steps
 from tasks_engine.logs import configure_logging
+from tasks_engine.store import get_broker
+from tasks_engine.timelimits import current_steps
 from tasks_engine.worker import Worker
 from tests import sample_tasks as t
 from tests.conftest import ROOT
 
 SYNC_LOG: dict[str, Any] = {}  # what sync tasks saw, in this process (in-process worker only)
-
-
 
 
 async def note(key: str, *fields: Any) -> None:
@@ -94,8 +92,15 @@ async def soft_deep(key: str) -> str:
     return "finished"
 
 
-@shared_task(name="tl.soft_retry", bind=True, soft_time_limit=0.2, time_limit=3,
-             autoretry_for=(SoftTimeLimitExceeded,), max_retries=2, default_retry_delay=0.05)
+@shared_task(
+    name="tl.soft_retry",
+    bind=True,
+    soft_time_limit=0.2,
+    time_limit=3,
+    autoretry_for=(SoftTimeLimitExceeded,),
+    max_retries=2,
+    default_retry_delay=0.05,
+)
 async def soft_retry(self: Any, key: str, fast_from: int) -> int:
     await note(key, self.request.retries)
     await asyncio.sleep(0 if self.request.retries >= fast_from else 10)
@@ -417,8 +422,14 @@ def test_seed_app_settings_are_the_task_defaults():
         "t = shared_task(name='probe.defaults')(lambda: None)\n"
         "print(t.time_limit, t.soft_time_limit, t.max_retries, t.default_retry_delay)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["3600.0", "3000.0", "3", "60.0"]
 

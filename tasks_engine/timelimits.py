@@ -1,4 +1,4 @@
-"""Rate-limit grammar and time limits on asyncio.
+"""Time limits on asyncio: the soft limit raised inside the task, the hard limit that stops it.
 
 Soft limit. Celery users write ``except SoftTimeLimitExceeded:`` around their work, but asyncio can
 only interrupt a coroutine by cancelling its task, which raises ``CancelledError`` at the ``await``
@@ -37,65 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import math
-import re
 import threading
 import time
 from collections.abc import Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from tasks_engine.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 
 T = TypeVar("T")
-
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
-_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-class RateLimit(NamedTuple):
-    """``count`` starts per ``period`` seconds across the whole cluster, ``burst`` at once."""
-
-    count: float  # type: ignore[assignment]  # shadows tuple.count(); the name reads best here
-    period: float
-    burst: int = 1
-
-    @property
-    def emission_ms(self) -> int:
-        return max(1, round(self.period * 1000 / self.count))
-
-    def lua_value(self) -> list[int]:
-        """(emission interval, burst tolerance) in ms, as the claim script expects."""
-        return [self.emission_ms, self.emission_ms * max(0, self.burst - 1)]
-
-
-def parse_rate_limit(value: str | float | None, burst: int = 1) -> RateLimit | None:
-    """Celery's grammar: ``"10/m"``, ``"100/s"``, ``"1000/h"``, a plain number = per second, 0/None = off."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"invalid rate limit {value!r}")
-    if isinstance(value, int | float):
-        if value < 0 or not math.isfinite(value):
-            raise ValueError(f"invalid rate limit {value!r}: must be a finite number, not negative")
-        return RateLimit(float(value), 1.0, burst) if value else None
-    match = _RATE.match(value)
-    if not match:
-        raise ValueError(f"invalid rate limit {value!r}: expected N, 'N/s', 'N/m' or 'N/h'")
-    count = float(match.group(1))
-    if count == 0:
-        return None
-    return RateLimit(count, _PERIODS[match.group(2) or "s"], burst)
-
-
-def check_time_limits(soft: float | None, hard: float | None) -> None:
-    for label, value in (("soft_time_limit", soft), ("time_limit", hard)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{label} must be positive, got {value}")
-    if soft is not None and hard is not None and soft > hard:
-        raise ValueError(f"soft_time_limit ({soft}) must not exceed time_limit ({hard})")
-
 
 # Which attempt each event-loop thread is stepping right now, and since when (monotonic).
 # Written by the driver around every step; read by the worker's watchdog thread.
@@ -218,8 +169,13 @@ class LimitedRun:
         return await self._supervise(soft, hard)  # type: ignore[no-any-return]
 
     async def run_sync(
-        self, pool: ThreadPoolExecutor, fn: Callable[..., T], args: list[Any], kwargs: dict[str, Any],
-        soft: float | None, hard: float | None,
+        self,
+        pool: ThreadPoolExecutor,
+        fn: Callable[..., T],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        soft: float | None,
+        hard: float | None,
     ) -> T:
         context = copy_context()
 

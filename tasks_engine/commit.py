@@ -1,0 +1,90 @@
+"""Group commit of completions: those that finish while a commit is in flight share the next MULTI.
+
+One connection checkout, one socket write and one read for the whole batch instead of one each
+per job; each completion's writes stay all-or-nothing inside the transaction. While Redis is
+unreachable a batch is kept and retried (never dropped); a batch Redis refuses is redone one
+completion at a time, so only the culprit fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from tasks_engine.clock import Backoff
+from tasks_engine.exceptions import REDIS_UNAVAILABLE
+from tasks_engine.store import Broker, Completion
+
+log = structlog.get_logger("tasks_engine.worker")
+BATCH = 500  # completions per MULTI at most
+
+
+class CommitQueue:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self._pending: list[tuple[Completion, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, completion: Completion) -> None:
+        """Queue one completion for the next group commit and return once Redis has it."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((completion, fut))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain(), name="commit")
+        await asyncio.shield(fut)  # a cancelled job still gets its result written
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch = self._pending[:BATCH]
+            del self._pending[:BATCH]
+            completions = [c for c, _ in batch]
+            try:
+                errors = await self._commit(completions)
+            except Exception:  # noqa: BLE001 - Redis refused the transaction: redo one by one
+                errors = []
+                for completion in completions:
+                    try:
+                        errors.extend(await self._commit([completion]))
+                    except Exception as exc:  # noqa: BLE001 - reported to that job's caller
+                        errors.append(exc)
+            for (_, fut), error in zip(batch, errors, strict=True):
+                if fut.done():
+                    continue
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+
+    async def _commit(self, batch: list[Completion]) -> list[BaseException | None]:
+        backoff = Backoff()
+        while True:
+            try:
+                return await self.broker.commit(batch)
+            except REDIS_UNAVAILABLE as exc:
+                if not backoff.failing:
+                    log.error(
+                        "redis unreachable: results buffered until it is back",
+                        jobs=len(batch),
+                        task_ids=[c.task_id for c in batch[:10]],
+                        error=str(exc),
+                    )
+                await asyncio.sleep(backoff.next())
+
+    async def flush(self, timeout: float | None) -> None:
+        """Wait for buffered completions (at shutdown: up to ``timeout``, then give up loudly; the
+        leases of those jobs expire and they run again elsewhere)."""
+        writer = self._writer
+        if writer is None or writer.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(writer), timeout)
+        except TimeoutError:
+            log.error(
+                "results still unwritten at shutdown (redis unreachable); their jobs will run again",
+                jobs=len(self._pending),
+            )
+            writer.cancel()

@@ -1,0 +1,189 @@
+"""Finishing a delivery, as a pure decision: ``(message, task, attempt) → Completion``.
+
+No Redis here: :func:`decide` says what the result record becomes, whether the job is acknowledged
+for good or re-sent as a retry, which steps follow (chain, links), which chord hears about it,
+which errbacks run and which later steps can never run. The worker hands the
+:class:`~tasks_engine.store.Completion` to the store, which writes it in one transaction with the ack.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback as tb_module
+from dataclasses import replace
+from datetime import UTC
+from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from tasks_engine import states
+from tasks_engine.canvas import leaf_ids_of
+from tasks_engine.clock import now_iso
+from tasks_engine.codec import dumps
+from tasks_engine.exceptions import NotRegistered, TaskRevokedError
+from tasks_engine.execution import Attempt
+from tasks_engine.messages import Message, encode, peek_id
+from tasks_engine.plan import Context, Plan
+from tasks_engine.records import exception_fields
+from tasks_engine.registry import TaskDefinition
+from tasks_engine.signature import from_dict
+from tasks_engine.store import ChordPart, Completion, Enqueue
+
+
+def _base_record(msg: Message, worker_id: str) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "task": msg.task,
+        "retries": msg.retries,
+        "worker": worker_id,
+        "root_id": msg.root_id or msg.id,
+    }
+    if msg.parent_id:
+        base["parent_id"] = msg.parent_id
+    if msg.group_id:
+        base["group_id"] = msg.group_id
+    return base
+
+
+def _failure(exc: BaseException, traceback: str | None = None) -> Attempt:
+    text = traceback if traceback is not None else "".join(tb_module.format_exception(exc))
+    return Attempt("failure", exc=exc, traceback=text)
+
+
+def _serialized(msg: Message, attempt: Attempt) -> tuple[Attempt, Any, str]:
+    """The success value JSON-ready and as JSON, or a failure when JSON cannot carry it."""
+    try:
+        value = to_jsonable_python(attempt.value)
+        return attempt, value, dumps(value).decode()
+    except (TypeError, PydanticSerializationError, ValueError):
+        exc = TypeError(
+            f"task {msg.task!r} returned a {type(attempt.value).__name__}, which cannot be serialized to JSON"
+        )
+        return _failure(exc, str(exc)), None, ""
+
+
+def _plan_next(msg: Message, value: Any, plan: Plan) -> None:
+    """Links get the value; the chain's next step gets it prepended and carries the rest of the chain."""
+    ctx = Context(parent_id=msg.id, root_id=msg.root_id, nx=True)
+    for link in msg.links:
+        from_dict(link).plan_into([value], ctx, plan)
+    if msg.chain:
+        nxt, rest = from_dict(msg.chain[0]), [from_dict(d) for d in msg.chain[1:]]
+        nxt.plan_into([value], replace(ctx, chain_rest=rest, chord=msg.chord), plan)
+
+
+def _retry_eta(attempt: Attempt, now: float) -> float:
+    assert attempt.retry is not None
+    retry = attempt.retry
+    if retry.countdown is not None:  # countdown wins over eta, as in Celery
+        return now + retry.countdown
+    eta = retry.eta
+    # A naive eta means UTC, as everywhere else in the engine.
+    return (eta if eta.tzinfo else eta.replace(tzinfo=UTC)).timestamp() if eta else now
+
+
+def decide(
+    msg: Message, task: TaskDefinition | None, attempt: Attempt, worker_id: str, now: float | None = None
+) -> Completion:
+    """What finishing this delivery writes (see the module docstring)."""
+    now = time.time() if now is None else now
+    base = _base_record(msg, worker_id)
+    plan = Plan()
+    chord_parts: list[ChordPart] = []
+    failed_later: list[tuple[str, dict[str, Any]]] = []
+    result_json = ""
+    if attempt.outcome == "success":
+        attempt, value, result_json = _serialized(msg, attempt)
+    if attempt.outcome == "success":
+        try:
+            _plan_next(msg, value, plan)
+        except Exception as exc:  # noqa: BLE001 - e.g. the next step rejects this result: fail, never loop
+            plan = Plan()
+            attempt = _failure(exc)
+    outcome = attempt.outcome
+    if outcome == "success":
+        record = {**base, "state": states.SUCCESS, "result": result_json, "date_done": now_iso()}
+        if not msg.chain and msg.chord is not None:
+            chord_parts.append(ChordPart(msg.chord.id, msg.id, msg.chord.index, ok=True, result_json=result_json))
+    elif outcome == "retry":
+        assert attempt.retry is not None
+        eta_s = _retry_eta(attempt, now)
+        deferred = eta_s > now
+        again = msg.model_copy(
+            update={
+                "retries": msg.retries + 1,
+                "args": attempt.retry.new_args if attempt.retry.new_args is not None else msg.args,
+                "kwargs": attempt.retry.new_kwargs if attempt.retry.new_kwargs is not None else msg.kwargs,
+                "eta": eta_s if deferred else None,
+            }
+        )
+        exc_fields = exception_fields(attempt.exc, attempt.traceback) if attempt.exc else {}
+        record = {**base, "state": states.RETRY, "retries": msg.retries + 1, "delivered": 0, **exc_fields}
+        plan.enqueues.append(
+            Enqueue(msg.id, encode(again), msg.queue, msg.priority, int(eta_s * 1000) if deferred else 0)
+        )
+    else:  # failure or revoked
+        error = attempt.exc or TaskRevokedError("terminated")
+        state = states.REVOKED if outcome == "revoked" else states.FAILURE
+        failure = exception_fields(error, attempt.traceback or "")
+        record = {**base, "state": state, **failure, "date_done": now_iso()}
+        if outcome == "failure":
+            for errback in msg.link_errors:
+                from_dict(errback).errback_call(msg.id, error, attempt.traceback).plan_into(
+                    [], Context(parent_id=msg.id), plan
+                )
+        for later_id in leaf_ids_of(msg.chain):
+            failed_later.append((later_id, {"state": state, **failure, "date_done": now_iso(), "parent_id": msg.id}))
+        if msg.chord is not None:
+            text = f"Dependency {msg.id} raised {type(error).__name__}({str(error)!r})"
+            chord_parts.append(
+                ChordPart(
+                    msg.chord.id, msg.id, msg.chord.index, ok=False, error_text=text, traceback=attempt.traceback or ""
+                )
+            )
+    final = outcome != "retry"
+    ignore = msg.ignore_result if msg.ignore_result is not None else bool(task and task.options.ignore_result)
+    idempotent = outcome == "success" and task is not None and task.options.idempotent
+    return Completion(
+        task_id=msg.id,
+        record=None if (ignore and final) else record,
+        final=final,
+        clear_exception=outcome == "success" and bool(msg.retries),  # only an earlier attempt can have left them
+        failed_later=failed_later,
+        writes=plan.writes(),
+        chord_parts=chord_parts,
+        idempotent_value=result_json if idempotent else None,
+    )
+
+
+def rejected(task_id: str, raw: bytes, reason: str, worker_id: str, msg: Message | None) -> Completion:
+    """An undecodable, forged or unknown-task message: a dead letter with the reason, and acknowledged
+    (left in ``active`` it would come back at every lease expiry and be dead-lettered again).
+
+    A valid message for a task this worker lacks fails like any failure, so chains and chords learn.
+    """
+    entry = dumps(
+        {
+            "id": task_id,
+            "reason": reason,
+            "at": now_iso(),
+            "raw": raw[:4096].decode(errors="replace"),
+            "peek_id": peek_id(raw),
+            "task": msg.task if msg else None,
+        }
+    )
+    if msg is not None:
+        completion = decide(msg, None, _failure(NotRegistered(reason), f"NotRegistered: {reason}"), worker_id)
+        completion.dead_letter = entry
+        return completion
+    record = {
+        "state": states.FAILURE,
+        "exc_type": "MessageError",
+        "exc_module": "tasks_engine.exceptions",
+        "exc_message": reason,
+        "exc_args": dumps([reason]).decode(),
+        "traceback": "",
+        "date_done": now_iso(),
+        "worker": worker_id,
+        "task": "",
+    }
+    return Completion(task_id=task_id, record=record, final=True, dead_letter=entry)

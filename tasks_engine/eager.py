@@ -1,0 +1,77 @@
+"""Eager execution (``apply()``): one call run in this process the way a worker would run it.
+
+Arguments make the same JSON round trip, retries happen at once (no sleeping), and callbacks and
+errbacks run in-process too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Protocol
+
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from tasks_engine import states
+from tasks_engine.codec import dumps, loads
+from tasks_engine.exceptions import TaskRevokedError
+from tasks_engine.execution import run_attempt
+from tasks_engine.ids import new_id
+from tasks_engine.plan import as_list
+from tasks_engine.registry import Request, get_task
+from tasks_engine.results import EagerResult
+
+
+class EagerCall(Protocol):
+    """What eager execution needs of a signature (see :class:`tasks_engine.signature.Signature`)."""
+
+    task: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    immutable: bool
+
+    async def run_eager(self, prefix: list[Any], parent: Any) -> Any: ...
+    def errback_call(
+        self, failed_id: str, exc: BaseException | None = None, traceback: str | None = None
+    ) -> EagerCall: ...
+
+
+async def run_call(sig: EagerCall, prefix: list[Any], parent: Any) -> EagerResult:
+    """Run one signature in-process like a worker would (JSON round trip, retries at once, callbacks)."""
+    task = get_task(sig.task)
+    args = ([] if sig.immutable else list(prefix)) + list(sig.args)
+    args, kwargs = task.prepare_args(args, dict(sig.kwargs), complete=True)
+    result = EagerResult(sig.options.get("task_id") or new_id(), parent)
+    soft = sig.options.get("soft_time_limit", task.soft_time_limit)
+    hard = sig.options.get("time_limit", task.time_limit)
+    req = Request(id=result.id, task=task.name, args=args, kwargs=kwargs, is_eager=True, called_directly=False)
+    while True:
+        attempt = await run_attempt(task, req, soft, hard)
+        if attempt.outcome != "retry":
+            break
+        assert attempt.retry is not None
+        req = replace(
+            req,
+            retries=req.retries + 1,
+            args=attempt.retry.new_args if attempt.retry.new_args is not None else req.args,
+            kwargs=attempt.retry.new_kwargs if attempt.retry.new_kwargs is not None else req.kwargs,
+        )
+        result.retries = req.retries
+    if attempt.outcome == "success":
+        try:
+            value = loads(dumps(to_jsonable_python(attempt.value)))
+        except (TypeError, PydanticSerializationError, ValueError):
+            exc = TypeError(
+                f"task {task.name!r} returned a {type(attempt.value).__name__}, which cannot be serialized to JSON"
+            )
+            result.finish(states.FAILURE, exc=exc, tb=str(exc))
+            return result
+        result.finish(states.SUCCESS, value=value)
+        for link in as_list(sig.options.get("link")):
+            await link.run_eager([value], result)
+        return result
+    error: BaseException = attempt.exc or TaskRevokedError("revoked")
+    result.finish(states.REVOKED if attempt.outcome == "revoked" else states.FAILURE, exc=error, tb=attempt.traceback)
+    for errback in as_list(sig.options.get("link_error")):
+        await errback.errback_call(result.id, error, attempt.traceback).run_eager([], result)
+    return result

@@ -1,0 +1,194 @@
+"""Planning one call into a message: option resolution → :class:`Message` → size check → store write.
+
+The canvas decides *which* calls a workflow makes and in what context (:class:`Context`); this
+module turns each call into its message and collects everything one apply writes (:class:`Plan`),
+which the store then writes in a single transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tasks_engine.codec import dumps
+from tasks_engine.config import get_settings
+from tasks_engine.ids import own_id
+from tasks_engine.messages import CHORD_RESULTS, ChordRef, Message, encode
+from tasks_engine.registry import check_time_limits, get_task, registry, route_queue
+from tasks_engine.store import ChordRecord, Enqueue, Writes, get_broker
+
+if TYPE_CHECKING:
+    from tasks_engine.results import GroupResult
+
+
+class Call(Protocol):
+    """What planning needs of a signature (see :class:`tasks_engine.signature.Signature`)."""
+
+    task: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    immutable: bool
+
+    def copy(self) -> Call: ...
+    def freeze(self, parent: Any = None) -> Any: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    def check_waiting(self) -> None: ...
+
+
+@dataclass
+class Context:
+    """What surrounds a step while planning: the rest of its chain, its chord slot."""
+
+    chain_rest: list[Any] = field(default_factory=list)  # Signatures still to run after this step
+    chord: ChordRef | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    group_id: str | None = None
+    nx: bool = False  # skip ids already enqueued or finished (re-runs after a crash)
+    partial: bool = False  # args still await a parent result; don't check arity yet
+    require_registered: bool = False
+
+
+@dataclass
+class Plan:
+    """Everything one apply writes, executed in a single Redis transaction."""
+
+    enqueues: list[Enqueue] = field(default_factory=list)
+    chords: list[ChordRecord] = field(default_factory=list)
+    groups: list[GroupResult] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def writes(self) -> Writes:
+        return Writes(self.enqueues, self.chords, [(g.id, g.tree_json()) for g in self.groups])
+
+    async def execute(self) -> None:
+        await get_broker().write(self.writes())
+
+
+def as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def eta_of(opts: dict[str, Any], now: float) -> float | None:
+    countdown = opts.get("countdown")
+    if countdown is not None:  # countdown wins over eta, as in Celery
+        return now + float(countdown) if float(countdown) > 0 else None
+    eta = opts.get("eta")
+    if eta is None:
+        return None
+    moment = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+    if isinstance(moment, int | float):
+        return float(moment)
+    stamp = aware(moment).timestamp()
+    return stamp if stamp > now else None
+
+
+def _expires_of(value: Any, now: float) -> float | None:
+    if isinstance(value, int | float):
+        return now + float(value)
+    if isinstance(value, datetime):
+        return aware(value).timestamp()
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).timestamp()
+    return None
+
+
+def _arguments(call: Call, prefix: list[Any], ctx: Context) -> tuple[list[Any], dict[str, Any]]:
+    task = registry.get(call.task)
+    real_prefix = [] if call.immutable else list(prefix)
+    args, kwargs = list(call.args), dict(call.kwargs)
+    if task is None:
+        args = [*real_prefix, *args]
+        try:
+            dumps([args, kwargs])
+        except TypeError:
+            raise TypeError(
+                f"task {call.task!r}: arguments are not JSON-serializable; pass IDs or plain data"
+            ) from None
+        return args, kwargs
+    if real_prefix and real_prefix[0] == CHORD_RESULTS:
+        args, kwargs = task.arguments.prepare_after_value(args, kwargs, "chord body")
+        return [CHORD_RESULTS, *args], kwargs
+    return task.prepare_args([*real_prefix, *args], kwargs, complete=not ctx.partial)
+
+
+def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
+    """One call as one message: options resolved against the task and the settings, arguments checked."""
+    settings = get_settings()
+    opts = call.options
+    task_id = own_id(opts)
+    task = registry.get(call.task)
+    args, kwargs = _arguments(call, prefix, ctx)
+    now = datetime.now(UTC).timestamp()
+    eta = eta_of(opts, now)
+    expires = _expires_of(opts.get("expires", task.options.expires if task is not None else None), now)
+    priority = opts.get("priority")
+    if priority is None:
+        own = task.options.priority if task is not None else None
+        priority = own if own is not None else settings.default_priority
+    if not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ValueError(f"task {call.task!r}: priority must be an int 0-9 (0 = highest), got {priority!r}")
+    soft, hard = opts.get("soft_time_limit"), opts.get("time_limit")
+    if soft is not None or hard is not None:
+        try:
+            check_time_limits(
+                soft if soft is not None else (task.soft_time_limit if task else None),
+                hard if hard is not None else (task.time_limit if task else None),
+            )
+        except ValueError as exc:
+            raise ValueError(f"task {call.task!r}: {exc}") from None
+    # Callbacks get their ids now, so a re-delivered completion plans the very same callback (nx dedupes it).
+    links = []
+    for callback in as_list(opts.get("link")):
+        frozen = callback.copy()
+        if not ctx.nx:
+            frozen.check_waiting()
+        frozen.freeze()
+        links.append(frozen.to_dict())
+    errbacks = [s.to_dict() for s in as_list(opts.get("link_error"))]
+    queue = route_queue(call.task, opts.get("queue") or opts.get("routing_key"))
+    message = Message(
+        id=task_id,
+        task=call.task,
+        args=args,
+        kwargs=kwargs,
+        queue=queue,
+        priority=priority,
+        retries=int(opts.get("retries", 0)),
+        eta=eta,
+        expires=expires,
+        time_limit=hard,
+        soft_time_limit=soft,
+        ignore_result=opts.get("ignore_result"),
+        parent_id=opts.get("parent_id", ctx.parent_id),
+        root_id=opts.get("root_id", ctx.root_id or task_id),
+        group_id=opts.get("group_id", ctx.group_id),
+        links=links,
+        link_errors=errbacks,
+        chain=[s.to_dict() for s in ctx.chain_rest],
+        chord=ctx.chord,
+        headers=dict(opts.get("headers") or {}),
+    )
+    raw = encode(message)
+    if len(raw) > settings.max_payload_bytes:
+        raise ValueError(
+            f"task {call.task!r}: message is {len(raw)} bytes, over max_payload_bytes="
+            f"{settings.max_payload_bytes}; pass IDs, not data"
+        )
+    if task is None and ctx.require_registered:
+        get_task(call.task)
+    return Enqueue(task_id, raw, queue, priority, int(eta * 1000) if eta else 0, nx=ctx.nx)
+
+
+def chain_ids(calls: Iterable[Any]) -> list[str]:
+    """Task ids of every step inside ``calls`` (Signatures), for failing the steps that will never run."""
+    return [i for c in calls for i in c.leaf_ids()]

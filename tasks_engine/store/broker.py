@@ -1,0 +1,413 @@
+"""One Redis client per event loop and the engine's typed operations on it (the Lua lives in ``lua/``).
+
+Every write path of the engine goes through here: enqueue, claim, requeue, revoke, chord parts,
+beat ticks, completions (group-committed, one MULTI per batch), dead letters, heartbeats and the
+sweeps the application's housekeeping runs. Read views for results and operations are in
+:mod:`tasks_engine.store.views`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+import redis as sync_redis
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from tasks_engine.clock import Backoff, now_iso, now_ms
+from tasks_engine.codec import dumps, loads
+from tasks_engine.config import EngineSettings, get_settings, redacted_url
+from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConnectionError
+from tasks_engine.store.keys import DEAD_LETTERS_KEPT, Keys
+from tasks_engine.store.scripts import SCRIPTS, lua
+from tasks_engine.store.views import Views
+from tasks_engine.store.waiter import ResultWaiter
+from tasks_engine.store.writes import ChordPart, Completion, Enqueue, Writes
+
+T = TypeVar("T")
+_EXC_FIELDS = ("exc_type", "exc_module", "exc_message", "exc_args", "traceback")
+CHORD_MIN_TTL = 7 * 86_400
+
+
+def awaited(value: Awaitable[T] | T) -> Awaitable[T]:
+    """redis-py types its asyncio commands as "awaitable or value"; on our async client it is awaitable."""
+    return cast("Awaitable[T]", value)
+
+
+class Broker(Views):
+    """One Redis client and the engine's scripts, bound to one event loop."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.prefix = settings.key_prefix
+        self.keys = Keys(self.prefix)
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            max_connections=200,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+        )
+        self.scripts: dict[str, AsyncScript] = {name: self.redis.register_script(lua(name)) for name in SCRIPTS}
+        self.waiter = ResultWaiter(self.redis, self.keys.done_channel)
+
+    def key(self, *parts: str) -> str:
+        """A raw key under this prefix (tests and scripts that inspect Redis; the engine uses ``keys``)."""
+        return ":".join((self.prefix, *parts))
+
+    def result_key(self, task_id: str) -> str:
+        return self.keys.result(task_id)
+
+    async def close(self) -> None:
+        await self.waiter.close()
+        await self.redis.aclose()
+
+    async def retrying(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
+        """Run ``fn``; while Redis is unreachable retry up to ``enqueue_wait_seconds``, then raise clearly."""
+        deadline = time.monotonic() + self.settings.enqueue_wait_seconds
+        backoff = Backoff(first=0.05, maximum=1.0)
+        while True:
+            try:
+                return await fn()
+            except REDIS_UNAVAILABLE as exc:
+                delay = backoff.next()
+                if time.monotonic() + delay > deadline:
+                    raise EngineConnectionError(
+                        f"cannot {what}: Redis at {redacted_url(self.settings)} is unreachable ({exc})"
+                    ) from exc
+                await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------ enqueue and plans
+    def _enqueue_args(self, items: Sequence[Enqueue]) -> list[Any]:
+        argv: list[Any] = [self.prefix, now_ms()]
+        for item in items:
+            argv.extend(item.argv())
+        return argv
+
+    async def enqueue(self, items: Sequence[Enqueue]) -> int:
+        """Place messages (one script call, atomic by itself); returns how many were new."""
+        if not items:
+            return 0
+        return int(await self.scripts["enqueue"](args=self._enqueue_args(items)))
+
+    async def add_writes(self, pipe: Any, writes: Writes) -> None:
+        """Queue a plan's writes on ``pipe`` (a MULTI the caller executes)."""
+        ttl = self.settings.result_expires
+        for ch in writes.chords:
+            key = self.keys.chord(ch.id)
+            # HSETNX, field by field: planning the same chord again (its parent step re-delivered and
+            # completed twice) must not reset the count of parts already returned.
+            for name, value in (
+                ("total", ch.total),
+                ("body_id", ch.id),
+                ("count", 0),
+                ("body", dumps([e.stored() for e in ch.body])),
+                ("on_error", dumps([e.stored() for e in ch.on_error])),
+            ):
+                pipe.hsetnx(key, name, value)
+            pipe.expire(key, max(ttl, CHORD_MIN_TTL))
+        for group_id, tree in writes.groups:
+            pipe.set(self.keys.group(group_id), tree, ex=ttl)
+        if writes.enqueues:
+            await self.scripts["enqueue"](args=self._enqueue_args(writes.enqueues), client=pipe)
+
+    async def write(self, writes: Writes) -> None:
+        """Write a plan atomically, retrying within ``enqueue_wait_seconds`` while Redis is away."""
+
+        async def attempt() -> None:
+            if not writes.chords and not writes.groups:
+                # One script call is atomic by itself: no MULTI, and no SCRIPT EXISTS, which redis-py
+                # sends before every pipeline holding a script (delay() took 2 round trips, now 1).
+                await self.enqueue(writes.enqueues)
+                return
+            async with self.redis.pipeline(transaction=True) as pipe:
+                await self.add_writes(pipe, writes)
+                await pipe.execute()
+
+        await self.retrying(attempt, "enqueue")
+
+    # ------------------------------------------------------------ consuming
+    async def claim(
+        self, count: int, lease_ms: int, worker_id: str, rate_limits_json: str, queues: Sequence[str]
+    ) -> tuple[list[tuple[str, bytes, bool, int]], int | None]:
+        """Take up to ``count`` jobs (best priority first across ``queues``): ``(id, raw, revoked, delivered)``
+        each, and the next deferred due time (ms) if any."""
+        now = now_ms()
+        jobs, next_due = await self.scripts["claim"](
+            args=[self.prefix, now, count, now + lease_ms, worker_id, rate_limits_json, *queues]
+        )
+        out = [(tid.decode(), raw, bool(revoked), int(delivered)) for tid, raw, revoked, delivered in jobs]
+        return out, int(next_due) if next_due else None
+
+    def wait_for_work(self, queues: Sequence[str], timeout: int = 1) -> Awaitable[Any]:
+        """Block until a job is enqueued on one of ``queues`` (or ``timeout`` seconds)."""
+        return awaited(self.redis.blpop([self.keys.wake(q) for q in queues], timeout=timeout))
+
+    async def requeue(self, ids: Sequence[str]) -> list[str]:
+        """Put running jobs back in their queues at their place, without counting a retry."""
+        back = await self.scripts["requeue"](args=[self.prefix, now_ms(), "ids", *ids])
+        return [b.decode() for b in back]
+
+    async def reap_expired(self) -> list[str]:
+        """Requeue jobs whose lease ran out (their worker died)."""
+        back = await self.scripts["requeue"](args=[self.prefix, now_ms(), "expired"])
+        return [b.decode() for b in back]
+
+    async def idempotent_result(self, task_id: str) -> bytes | None:
+        return cast("bytes | None", await self.redis.get(self.keys.idempotent(task_id)))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        await self.redis.delete(self.keys.worker(worker_id))
+
+    # ------------------------------------------------------------ completions
+    async def add_completion(self, pipe: Any, c: Completion) -> None:
+        """Queue one completion on ``pipe``: result record, ack, next steps, chord parts, wake-ups."""
+        ttl = self.settings.result_expires
+        k = self.keys
+        if c.dead_letter is not None:
+            pipe.lpush(k.dead, c.dead_letter)
+            pipe.ltrim(k.dead, 0, DEAD_LETTERS_KEPT - 1)
+        key = k.result(c.task_id)
+        if c.record is None:
+            pipe.delete(key)
+        elif c.record:
+            if c.clear_exception:
+                pipe.hdel(key, *_EXC_FIELDS)
+            pipe.hset(key, mapping=c.record)
+            pipe.expire(key, ttl)
+        for other_id, other in c.failed_later:
+            pipe.hset(k.result(other_id), mapping=other)
+            pipe.expire(k.result(other_id), ttl)
+            pipe.set(k.revoked(other_id), "1", ex=ttl)  # they must never start now
+            pipe.publish(k.done_channel, other_id)
+        pipe.zrem(k.active, c.task_id)
+        pipe.hdel(k.inflight, c.task_id)
+        if c.final:
+            pipe.delete(k.message(c.task_id))
+        await self.add_writes(pipe, c.writes)
+        for part in c.chord_parts:
+            await self.add_chord_part(pipe, part)
+        if c.final:
+            pipe.publish(k.done_channel, c.task_id)
+        if c.idempotent_value is not None:
+            pipe.set(k.idempotent(c.task_id), c.idempotent_value, ex=ttl)
+
+    async def add_chord_part(self, pipe: Any, part: ChordPart) -> None:
+        await self.scripts["chord_part"](
+            args=[
+                self.prefix,
+                part.chord_id,
+                part.task_id,
+                part.index,
+                "1" if part.ok else "0",
+                part.result_json,
+                part.error_text,
+                part.traceback,
+                now_ms(),
+                now_iso(),
+                self.settings.result_expires,
+            ],
+            client=pipe,
+        )
+
+    async def commit(self, batch: Sequence[Completion]) -> list[BaseException | None]:
+        """Write ``batch`` in one MULTI (each completion all-or-nothing); one error (or None) per entry.
+
+        Raises what Redis raised when the whole transaction failed (the caller retries or splits)."""
+        spans: list[tuple[int, int]] = []
+        failed: dict[int, BaseException] = {}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for index, completion in enumerate(batch):
+                first = len(pipe.command_stack)
+                try:
+                    await self.add_completion(pipe, completion)
+                except Exception as exc:  # noqa: BLE001 - one job's bad data must not sink the batch
+                    del pipe.command_stack[first:]
+                    failed[index] = exc
+                spans.append((first, len(pipe.command_stack)))
+            replies = await pipe.execute(raise_on_error=False) if pipe.command_stack else []
+        return [
+            failed.get(i) or next((r for r in replies[a:b] if isinstance(r, Exception)), None)
+            for i, (a, b) in enumerate(spans)
+        ]
+
+    async def write_failed_later(
+        self, failed: list[tuple[str, dict[str, Any]]], writes: Writes, part: ChordPart | None
+    ) -> None:
+        """After a chord header failed: fail the steps after its body, plan its errbacks and report to an
+        enclosing chord, in one transaction."""
+        ttl = self.settings.result_expires
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for later_id, record in failed:
+                pipe.hset(self.keys.result(later_id), mapping=record)
+                pipe.expire(self.keys.result(later_id), ttl)
+                pipe.set(self.keys.revoked(later_id), "1", ex=ttl)
+                pipe.publish(self.keys.done_channel, later_id)
+            await self.add_writes(pipe, writes)
+            if part is not None:
+                await self.add_chord_part(pipe, part)
+            await pipe.execute()
+
+    # ------------------------------------------------------------ control
+    async def revoke(self, task_ids: Sequence[str], reason: str, terminate: bool) -> int:
+        """Revoke ids (see ``lua/revoke.lua``); ``terminate`` also tells workers to stop running ones.
+        Returns how many were still waiting (and so will never run)."""
+        ttl = max(self.settings.result_expires, 3600)
+        removed = 0
+        for start in range(0, len(task_ids), 500):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in task_ids[start : start + 500]:
+                    await self.scripts["revoke"](args=[self.prefix, task_id, ttl, now_iso(), reason], client=pipe)
+                removed += sum(int(n) for n in await pipe.execute())
+        if terminate and task_ids:
+            await self.redis.publish(self.keys.control_channel, dumps({"action": "terminate", "ids": list(task_ids)}))
+        return removed
+
+    async def replan_rate_limit(self, task_name: str, value: str) -> int:
+        """Install a runtime rate limit (``''`` = none) and put parked jobs back; returns how many."""
+        released, first = 0, "1"
+        while True:
+            batch = int(await self.scripts["replan_rate_limit"](args=[self.prefix, task_name, first, value]))
+            released += batch
+            first = "0"
+            if batch < 1000:
+                return released
+
+    async def purge(self, queue: str) -> int:
+        """Delete every ready job of a queue with its message, atomically."""
+        return int(await self.scripts["purge"](args=[self.prefix, queue]))
+
+    # ------------------------------------------------------------ beat
+    async def beat_tick(self, entry: str, tick_ms: int, ttl: int, item: Enqueue) -> bool:
+        """Claim one periodic tick and enqueue its job, atomically; False if another worker had it."""
+        won = await self.scripts["beat_tick"](
+            keys=[self.keys.beat_claim(entry, tick_ms), self.keys.beat_last(entry)],
+            args=[self.prefix, ttl, tick_ms, item.id, item.raw, item.queue, item.priority, now_ms()],
+        )
+        return bool(won)
+
+    async def beat_last(self, entry: str) -> int | None:
+        raw = await self.redis.get(self.keys.beat_last(entry))
+        return None if raw is None else int(raw)
+
+    async def set_beat_last(self, entry: str, tick_ms: int, only_if_missing: bool = False) -> None:
+        await self.redis.set(self.keys.beat_last(entry), tick_ms, nx=only_if_missing)
+
+    # ------------------------------------------------------------ housekeeping
+    async def sweep(self, dead_letters_before: datetime | None = None) -> dict[str, int]:
+        """What result TTLs leave behind: dead letters older than ``dead_letters_before``,
+        messages no queue refers to (moved to the dead letters), result records without a TTL whose job
+        can no longer finish, and chord bookkeeping whose chord is gone."""
+        r, k = self.redis, self.keys
+        dead_trimmed = 0
+        while dead_letters_before is not None:  # oldest entries sit at the right end
+            last = await awaited(r.lindex(k.dead, -1))
+            if last is None:
+                break
+            at = _entry_time(last)
+            if at is not None and at >= dead_letters_before:
+                break
+            await awaited(r.lrem(k.dead, -1, last))  # not RPOP: never drop an entry pushed meanwhile
+            dead_trimmed += 1
+        orphans = 0
+        batch: list[str] = []
+        async for key in r.scan_iter(match=k.pattern("msg"), count=1000):
+            batch.append(k.strip("msg", key))
+            if len(batch) >= 200:
+                orphans += len(await self.scripts["sweep_orphans"](args=[self.prefix, now_iso(), *batch]))
+                batch.clear()
+        if batch:
+            orphans += len(await self.scripts["sweep_orphans"](args=[self.prefix, now_iso(), *batch]))
+        stale = 0
+        keys: list[bytes] = []
+
+        async def expire_stale() -> int:
+            async with r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.ttl(key)
+                    pipe.exists(k.message(k.strip("res", key)))
+                answers = await pipe.execute()
+            found = [
+                key
+                for key, ttl, alive in zip(keys, answers[::2], answers[1::2], strict=True)
+                if ttl == -1 and not alive
+            ]
+            if found:
+                async with r.pipeline(transaction=False) as pipe:
+                    for key in found:
+                        pipe.expire(key, self.settings.result_expires)
+                    await pipe.execute()
+            keys.clear()
+            return len(found)
+
+        async for key in r.scan_iter(match=k.pattern("res"), count=1000):
+            keys.append(key)
+            if len(keys) >= 500:
+                stale += await expire_stale()
+        stale += await expire_stale()
+        chord_keys = 0
+        for suffix in ("done", "r"):
+            async for key in r.scan_iter(match=k.pattern("chord", suffix), count=1000):
+                parent = key.decode().rsplit(":", 1)[0]
+                if not await r.exists(parent):
+                    chord_keys += await r.delete(key)
+        return {
+            "dead_letters_trimmed": dead_trimmed,
+            "orphaned_messages": orphans,
+            "stale_results_expiring": stale,
+            "chord_keys_deleted": chord_keys,
+            "dead_letters_left": int(await awaited(r.llen(k.dead))),
+        }
+
+
+def _entry_time(raw: bytes | str) -> datetime | None:
+    """When a dead letter was written (entries without a readable time count as old)."""
+    try:
+        moment = datetime.fromisoformat(str(loads(raw).get("at")))
+    except (ValueError, AttributeError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+class SyncHeartbeat:
+    """The heartbeat thread's own (blocking) client: lease renewals and the worker's advertisement."""
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.client = sync_redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+        self.keys = Keys(settings.key_prefix)
+
+    def beat(
+        self, worker_id: str, running: Sequence[str], lease_deadline_ms: int, info: dict[str, Any], ttl: int
+    ) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        if running:
+            pipe.zadd(self.keys.active, dict.fromkeys(running, lease_deadline_ms), xx=True)
+        pipe.set(self.keys.worker(worker_id), dumps(info), ex=ttl)
+        pipe.execute()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+_brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broker] = weakref.WeakKeyDictionary()
+
+
+def get_broker() -> Broker:
+    """The broker of the running event loop (redis-py's asyncio clients cannot cross loops).
+
+    A new one is made when :func:`tasks_engine.config.configure` installed other settings."""
+    loop = asyncio.get_running_loop()
+    broker = _brokers.get(loop)
+    if broker is None or broker.settings is not get_settings():
+        broker = Broker(get_settings())
+        _brokers[loop] = broker
+    return broker
+
+
+def loop_broker(loop: asyncio.AbstractEventLoop) -> Broker | None:
+    """The broker made for ``loop``, if any (to close it before the loop closes)."""
+    return _brokers.get(loop)

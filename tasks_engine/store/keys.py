@@ -1,0 +1,132 @@
+"""Every Redis key and channel the engine uses, in one place. Nothing outside ``store/`` spells one.
+
+Layout under ``<prefix>`` (``te`` by default, so two apps can share one Redis):
+
+``seq``                 counter: enqueue sequence, the FIFO part of a queue score.
+``q:<queue>``           zset of ready job ids, score = priority * 1e12 + seq: the lowest score is the
+                        best priority and, within it, the oldest job. Readiness is not in this score
+                        (unlike arq, where one score means both "runnable at" and "order").
+``delayed``             zset of deferred job ids, score = runnable-at (ms).
+``dq``                  hash id -> ``queue|score``: where a deferred job goes when due (its place kept).
+``msg:<id>``            the JSON message; no TTL, so a countdown of days is safe.
+``active``              zset id -> lease deadline (ms).
+``inflight``            hash id -> ``queue|score|worker`` of every running job.
+``res:<id>``            hash: the result record (state, result, traceback, retries, delivered, …).
+``group:<id>``          JSON tree of a group's member ids (``GroupResult.save``/``restore``).
+``chord:<id>``          chord state (total, count, body, on_error, failed, dispatched);
+                        ``chord:<id>:done`` set of parts counted, ``chord:<id>:r`` hash index -> result.
+``wake:<queue>``        list pushed on enqueue; idle workers block on it (BLPOP) instead of polling.
+``done``                pub/sub channel: a finished job's id, so ``get()`` wakes at once.
+``control``             pub/sub channel: broadcast commands to workers (``terminate``).
+``revoked:<id>``        revoke mark, expires with the result record (no id stays poisoned).
+``done-result:<id>``    see ``idempotent_key``: the stored value of an idempotent task's success.
+``effect:<id>:<name>``  ``mark_effect_done`` markers of one job.
+``rl:<task>``           GCRA theoretical arrival time of a rate-limited task (cluster-wide).
+``rl-pass:<task>``      set of jobs parked in ``delayed`` until their reserved slot.
+``rl-log:<task>``       zset of the task's starts in the last second (caps late catch-up).
+``rate-limits``         hash task -> limit set at runtime (wins over the declared one).
+``worker:<id>``         a live worker's heartbeat (JSON), expiring after the lease.
+``beat:<entry>:<tick>`` claim of one periodic tick (SET NX): one job per tick cluster-wide.
+``beat-last:<entry>``   the last tick sent (ms), for catching up after downtime.
+``dead``                list of dead letters (JSON), newest first, capped.
+``jobs:…``              the application's own keys (``Keys.app``), under the same prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEAD_LETTERS_KEPT = 10_000
+
+
+def beat_task_id(entry: str, tick_ms: int) -> str:
+    """The job id of one periodic tick (``beat:<entry>:<tick ms>``): the same on every worker."""
+    return f"beat:{entry}:{tick_ms}"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names for one prefix. Lua scripts receive the prefix and build the same names."""
+
+    prefix: str
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def queue(self, queue: str) -> str:
+        return self._k("q", queue)
+
+    def wake(self, queue: str) -> str:
+        return self._k("wake", queue)
+
+    def message(self, task_id: str) -> str:
+        return self._k("msg", task_id)
+
+    def result(self, task_id: str) -> str:
+        return self._k("res", task_id)
+
+    def group(self, group_id: str) -> str:
+        return self._k("group", group_id)
+
+    def chord(self, chord_id: str) -> str:
+        return self._k("chord", chord_id)
+
+    def revoked(self, task_id: str) -> str:
+        return self._k("revoked", task_id)
+
+    def idempotent(self, task_id: str) -> str:
+        # Spelled "done:<id>" since the first release; kept so stored markers stay valid.
+        return self._k("done", task_id)
+
+    def effect(self, task_id: str, name: str) -> str:
+        return self._k("effect", task_id, name)
+
+    def worker(self, worker_id: str) -> str:
+        return self._k("worker", worker_id)
+
+    def beat_claim(self, entry: str, tick_ms: int) -> str:
+        return self._k("beat", entry, str(tick_ms))
+
+    def beat_last(self, entry: str) -> str:
+        return self._k("beat-last", entry)
+
+    def app(self, *parts: str) -> str:
+        """A key for the application's own data (``jobs:…``), cleaned up with the prefix."""
+        return self._k("jobs", *parts)
+
+    @property
+    def delayed(self) -> str:
+        return self._k("delayed")
+
+    @property
+    def deferred_places(self) -> str:
+        return self._k("dq")
+
+    @property
+    def active(self) -> str:
+        return self._k("active")
+
+    @property
+    def inflight(self) -> str:
+        return self._k("inflight")
+
+    @property
+    def dead(self) -> str:
+        return self._k("dead")
+
+    @property
+    def done_channel(self) -> str:
+        return self._k("done")
+
+    @property
+    def control_channel(self) -> str:
+        return self._k("control")
+
+    # Patterns for scans.
+    def pattern(self, kind: str, *rest: str) -> str:
+        return self._k(kind, "*", *rest)
+
+    def strip(self, kind: str, key: bytes | str) -> str:
+        """The id part of a ``<prefix>:<kind>:<id>`` key."""
+        text = key.decode() if isinstance(key, bytes) else key
+        return text[len(self._k(kind, "")) :]

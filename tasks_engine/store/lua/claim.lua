@@ -1,0 +1,126 @@
+-- ARGV: prefix, now_ms, n, lease_deadline_ms, worker_id, rate_limits_json, queue...
+-- Returns {{id, msg, revoked, delivered}, ...} and the next deferred due time (ms) or ''.
+local p, now, n, lease, wid = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local limits = cjson.decode(ARGV[6])
+local queues = {}
+for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
+-- Due deferred jobs join their queue at the score they got when enqueued: their priority's place.
+local due = redis.call('zrangebyscore', p .. ':delayed', '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  redis.call('zrem', p .. ':delayed', id)
+  local info = redis.call('hget', p .. ':dq', id)
+  if info then
+    local sep = string.find(info, '|', 1, true)
+    redis.call('hdel', p .. ':dq', id)
+    redis.call('zadd', p .. ':q:' .. string.sub(info, 1, sep - 1), string.sub(info, sep + 1), id)
+  end
+end
+local function park(id, q, score, at)
+  redis.call('zadd', p .. ':delayed', string.format('%d', at), id)
+  redis.call('hset', p .. ':dq', id, q .. '|' .. score)
+end
+local function expires_ms(msg)
+  if not string.find(msg, '"expires":%d') then return nil end  -- cheap filter: no number, no expiry
+  local ok, m = pcall(cjson.decode, string.sub(msg, string.find(msg, '{', 1, true) or 1))
+  if ok and type(m) == 'table' and type(m.expires) == 'number' then return m.expires * 1000 end
+  return nil
+end
+-- Rate limits (per task name, one limit for every worker sharing this Redis), on Redis's own clock
+-- (one clock for every host, and immune to a worker paused between reading its clock and calling us):
+-- 1. GCRA with reservation: ``rl:<task>`` is the theoretical arrival time; each job reserves the next
+--    slot, so a job over its limit is parked in ``delayed`` until its own slot (holding no worker slot,
+--    counting no retry, nothing polling) and listed in ``rl-pass:<task>`` so its slot is not taken twice.
+--    A job that would expire before its slot waits for its expiry instead, without taking a slot.
+-- 2. Every start is also checked against ``rl-log:<task>``, the starts of the last second: at most
+--    limit + burst of them, and (beyond the burst) half an interval apart. A worker that wakes late
+--    (a busy host) would otherwise start several due slots at once; this way it catches up at twice
+--    the rate at most, and no 1-second window exceeds the limit.
+-- The runtime override hash ``rate-limits`` (control.set_rate_limit) wins over the limits the worker
+-- declares in ARGV; a limit is {emission interval ms, burst tolerance ms}.
+local clock = redis.call('time')
+local rnow = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function rate_limited(id, q, score, task, rl, msg)
+  local pass = p .. ':rl-pass:' .. task
+  local reserved = redis.call('srem', pass, id) == 1
+  local exp = expires_ms(msg)
+  if exp and exp <= rnow then return false end  -- expired: the worker records it REVOKED, no slot used
+  local at = nil
+  if not reserved then
+    local key = p .. ':rl:' .. task
+    local tat = math.max(tonumber(redis.call('get', key) or '0'), rnow)
+    local allow_at = tat - rl[2]
+    if allow_at > rnow and exp and exp < allow_at then
+      park(id, q, score, exp + 1)  -- %d truncates: +1 so it is due only once expired
+      return true
+    end
+    local new_tat = tat + rl[1]
+    redis.call('set', key, string.format('%d', new_tat), 'PX', string.format('%d', new_tat - rnow + rl[1] + 1000))
+    if allow_at > rnow then at = allow_at end
+  end
+  if not at then
+    local log = p .. ':rl-log:' .. task
+    redis.call('zremrangebyscore', log, '-inf', '(' .. string.format('%d', rnow - 1000))
+    local burst = math.floor(rl[2] / rl[1]) + 1
+    local count = redis.call('zcard', log)
+    if count >= math.floor(1000 / rl[1]) + burst then
+      at = tonumber(redis.call('zrange', log, 0, 0, 'WITHSCORES')[2]) + 1001
+    end
+    if count >= burst then
+      local spaced = tonumber(redis.call('zrange', log, -burst, -burst, 'WITHSCORES')[2]) + math.floor(rl[1] / 2)
+      if spaced > rnow and (not at or spaced > at) then at = spaced end
+    end
+    if not at then
+      redis.call('zadd', log, rnow, id)
+      redis.call('pexpire', log, 2000)
+      return false
+    end
+  end
+  redis.call('sadd', pass, id)
+  redis.call('pexpire', pass, string.format('%d', at - rnow + 86400000))
+  park(id, q, score, at)
+  return true
+end
+local out, taken, popped, capped = {}, 0, 0, false
+while taken < n do
+  if popped >= n * 4 + 500 then capped = true break end
+  popped = popped + 1
+  local bq, bid, bscore, bs = nil, nil, nil, nil
+  for _, q in ipairs(queues) do
+    local head = redis.call('zrange', p .. ':q:' .. q, 0, 0, 'WITHSCORES')
+    if head[1] and (bscore == nil or tonumber(head[2]) < bscore) then
+      bq, bid, bscore, bs = q, head[1], tonumber(head[2]), head[2]
+    end
+  end
+  if not bid then break end
+  redis.call('zrem', p .. ':q:' .. bq, bid)
+  local msg = redis.call('get', p .. ':msg:' .. bid)
+  if msg then
+    local revoked = redis.call('exists', p .. ':revoked:' .. bid)
+    local deferred = false
+    local task = string.match(msg, '"task":"(.-)"')
+    if revoked == 0 and task then
+      local o = redis.call('hget', p .. ':rate-limits', task)
+      local rl = nil
+      if o then rl = cjson.decode(o) else rl = limits[task] end
+      if rl and rl[1] > 0 then deferred = rate_limited(bid, bq, bs, task, rl, msg) end
+    end
+    if not deferred then
+      redis.call('zadd', p .. ':active', lease, bid)
+      redis.call('hset', p .. ':inflight', bid, bq .. '|' .. bs .. '|' .. wid)
+      local rkey = p .. ':res:' .. bid
+      local delivered = redis.call('hincrby', rkey, 'delivered', 1)
+      if revoked == 0 then
+        redis.call('hset', rkey, 'state', 'STARTED', 'worker', wid, 'date_started', string.format('%d', rnow))
+      end
+      out[#out + 1] = {bid, msg, revoked, delivered}
+      taken = taken + 1
+    end
+  end
+end
+if capped then
+  redis.call('lpush', p .. ':wake:' .. queues[1], '1')  -- parked a long run of jobs: claim again at once
+elseif taken == 0 then
+  for _, q in ipairs(queues) do redis.call('del', p .. ':wake:' .. q) end
+end
+local nxt = redis.call('zrange', p .. ':delayed', 0, 0, 'WITHSCORES')
+return {out, nxt[2] or ''}

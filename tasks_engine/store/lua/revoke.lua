@@ -1,0 +1,40 @@
+-- ARGV: prefix, id, ttl, now_iso, reason. Returns 1 when a waiting job was removed.
+-- Waiting (queued, deferred, parked by a rate limit): removed and REVOKED now, never run early.
+-- Not enqueued yet (a later chain step, a chord body): REVOKED now, so it is never enqueued; a chord
+-- whose body is revoked is marked failed, so its header can no longer dispatch the body.
+-- Running: untouched here (terminate is a pub/sub command); the mark stops any retry of it.
+-- The ``revoked:<id>`` mark expires with the result record, so no id stays poisoned.
+local p, id, ttl = ARGV[1], ARGV[2], ARGV[3]
+local rkey = p .. ':res:' .. id
+redis.call('set', p .. ':revoked:' .. id, '1', 'EX', ttl)
+if redis.call('exists', p .. ':chord:' .. id) == 1 then
+  redis.call('hsetnx', p .. ':chord:' .. id, 'failed', 'revoked')
+end
+local msg = redis.call('get', p .. ':msg:' .. id)
+local removed = 0
+if redis.call('hget', p .. ':dq', id) then
+  redis.call('zrem', p .. ':delayed', id)
+  redis.call('hdel', p .. ':dq', id)
+  removed = 1
+elseif msg then
+  local ok, m = pcall(cjson.decode, string.sub(msg, string.find(msg, '{', 1, true) or 1))
+  if ok and type(m) == 'table' and type(m.queue) == 'string'
+      and redis.call('zrem', p .. ':q:' .. m.queue, id) == 1 then
+    removed = 1
+  end
+end
+if msg then
+  local task = string.match(msg, '"task":"(.-)"')
+  if task then redis.call('srem', p .. ':rl-pass:' .. task, id) end
+end
+local state = redis.call('hget', rkey, 'state')
+local final = state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED'
+local unseen = not msg and not final and redis.call('hexists', p .. ':inflight', id) == 0
+if removed == 1 then redis.call('del', p .. ':msg:' .. id) end
+if removed == 1 or unseen then
+  redis.call('hset', rkey, 'state', 'REVOKED', 'exc_type', 'TaskRevokedError',
+    'exc_module', 'tasks_engine.exceptions', 'exc_message', ARGV[5], 'date_done', ARGV[4])
+  redis.call('expire', rkey, ttl)
+  redis.call('publish', p .. ':done', id)
+end
+return removed

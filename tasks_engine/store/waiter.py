@@ -1,0 +1,71 @@
+"""One pub/sub subscription per client and loop that wakes ``get()`` callers by task id."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = structlog.get_logger("tasks_engine.store")
+
+
+class ResultWaiter:
+    """Finished ids arrive on the ``done`` channel; each wakes exactly the futures registered for it."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self.redis = redis
+        self.channel = channel
+        self.waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event | None = None
+
+    async def ensure_listening(self) -> None:
+        if self._ready is None:
+            self._ready = asyncio.Event()
+        if self._listener is None or self._listener.done():
+            self._ready.clear()
+            self._listener = asyncio.create_task(self._listen(self._ready))
+        await self._ready.wait()
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            ready.set()
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                for fut in self.waiters.pop(message["data"].decode(), ()):
+                    if not fut.done():
+                        fut.set_result(None)
+        except (ConnectionError, OSError, RedisError) as exc:
+            # The client closed or Redis went away: waiters are woken below and re-check the record.
+            log.debug("result listener stopped", error=str(exc))
+        finally:
+            ready.set()  # never leave a waiter stuck on a listener that died
+            for futs in self.waiters.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_result(None)
+            self.waiters.clear()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def register(self, task_id: str) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(task_id, set()).add(fut)
+        return fut
+
+    def unregister(self, task_id: str, fut: asyncio.Future[None]) -> None:
+        futs = self.waiters.get(task_id)
+        if futs is not None:
+            futs.discard(fut)
+            if not futs:
+                del self.waiters[task_id]
+
+    async def close(self) -> None:
+        listener = self._listener
+        if listener is not None and not listener.done():
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)

@@ -1,0 +1,80 @@
+"""What the engine asks the store to write, as plain data (built by the planner and the completion step)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """One message to place: ready now, or deferred to ``eta_ms``; ``nx`` skips ids already known."""
+
+    id: str
+    raw: bytes
+    queue: str
+    priority: int
+    eta_ms: int = 0
+    nx: bool = False
+
+    def argv(self) -> list[Any]:
+        return [self.id, self.raw, self.queue, self.priority, self.eta_ms, "1" if self.nx else "0"]
+
+    def stored(self) -> list[Any]:
+        """The form kept inside a chord record until the chord fires (always ``nx``)."""
+        return [self.id, self.raw.decode(), self.queue, str(self.priority), str(self.eta_ms), "1"]
+
+
+@dataclass
+class ChordRecord:
+    """A chord waiting for its header: ``total`` parts, then ``body`` is enqueued (or ``on_error``)."""
+
+    id: str
+    total: int
+    body: list[Enqueue]
+    on_error: list[Enqueue]
+
+
+@dataclass(frozen=True)
+class ChordPart:
+    """One header part reporting to its chord: a result (``ok``) or a failure description."""
+
+    chord_id: str
+    task_id: str
+    index: int
+    ok: bool
+    result_json: str = "null"
+    error_text: str = ""
+    traceback: str = ""
+
+
+@dataclass
+class Writes:
+    """A plan: messages, chord records and group trees written together in one transaction."""
+
+    enqueues: list[Enqueue] = field(default_factory=list)
+    chords: list[ChordRecord] = field(default_factory=list)
+    groups: list[tuple[str, bytes]] = field(default_factory=list)  # (group id, JSON tree)
+
+    def __bool__(self) -> bool:
+        return bool(self.enqueues or self.chords or self.groups)
+
+
+@dataclass
+class Completion:
+    """Everything that finishing one delivery writes, in one transaction with its acknowledgement.
+
+    ``record`` is merged into the result hash (None: the result is not kept and the hash is deleted);
+    ``final`` deletes the message and announces the id on the ``done`` channel; ``failed_later`` are
+    result records of steps that will never run (they are marked revoked so they never start).
+    """
+
+    task_id: str
+    record: dict[str, Any] | None
+    final: bool
+    clear_exception: bool = False
+    failed_later: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    writes: Writes = field(default_factory=Writes)
+    chord_parts: list[ChordPart] = field(default_factory=list)
+    idempotent_value: str | None = None
+    dead_letter: bytes | None = None
