@@ -10,7 +10,7 @@ from __future__ import annotations
 import calendar
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import MAXYEAR, MINYEAR, UTC, date, datetime, timedelta, tzinfo
 from typing import Final, Self, TypeAlias
@@ -103,6 +103,15 @@ def _field_text(spec: _Spec, value: object) -> str:
     return text
 
 
+def _wrapping_range(spec: _Spec, start: int, end: int) -> list[int]:
+    """``start`` through ``end``; a range whose end is below its start wraps past the field's top, as
+    in Celery: hour '23-1' is 23, 0, 1; day_of_week 'sat-mon' is 6, 0, 1; day_of_month '30-2' is 30,
+    31, 1, 2 (the days a month lacks are skipped when the schedule runs)."""
+    if start <= end:
+        return list(range(start, end + 1))
+    return [*range(start, spec.hi + 1), *range(spec.lo, end + 1)]
+
+
 def _parse_field(spec: _Spec, value: object) -> tuple[str, frozenset[int]]:
     """Parse one field into (text kept for display, set of allowed values)."""
     text = _field_text(spec, value)
@@ -135,22 +144,23 @@ def _parse_field(spec: _Spec, value: object) -> tuple[str, frozenset[int]]:
         step = 1 if step_text is None else int(step_text)
         if step < 1:
             raise fail(f"step {step} in {item!r} must be at least 1")
+        run: Sequence[int]
         if base == "*":
-            start, end = spec.lo, spec.hi
+            run = range(spec.lo, spec.hi + 1)
         elif "-" in base:
             first, last = base.split("-")
             start, end = number(first), number(last)
-            if spec is _DOW and end == 0 and start > 0:
-                end = 7  # 'fri-sun' means Friday through Sunday, not a reversed range
-            if start > end:
-                raise fail(f"range {item!r} is reversed ({start} > {end})")
+            if spec is _DOW and start == 7:
+                start = 0  # '7-2' is Sunday through Tuesday
+            run = _wrapping_range(spec, start, end)
         else:
             start = number(base)
             if spec is _DOW and start == 7:
                 start = 0
             # 'n/step' starts at n and runs to the end of the field, like '*/step' offset by n.
-            end = spec.hi if step_text is not None else start
-        values.update(range(start, end + 1, step))
+            run = range(start, (spec.hi if step_text is not None else start) + 1)
+        # A step counts along the run from its first value, across the wrap too ('23-3/2' is 23, 1, 3).
+        values.update(run[::step])
     if spec is _DOW:
         values = {v % 7 for v in values}
     return text, frozenset(values)
@@ -180,6 +190,9 @@ class crontab:  # noqa: N801 - Celery's name
     ``day_of_week`` counts 0 = Sunday (7 is also Sunday) … 6 = Saturday, as in Celery.
     A day must match BOTH ``day_of_month`` and ``day_of_week`` (Celery's AND, not Vixie
     cron's OR), so ``crontab(day_of_month=13, day_of_week='fri')`` is Friday the 13th.
+    A range whose end is below its start wraps around, as in Celery: ``hour='23-1'`` is 23, 0
+    and 1, ``day_of_week='sat-mon'`` is Saturday, Sunday and Monday; a step counts along the
+    wrapped run, so ``hour='23-3/2'`` is 23, 1 and 3.
     Ticks are whole minutes (seconds are always 0).
 
     DST rules, evaluated in the wall clock of the ``tz`` passed to the methods:
