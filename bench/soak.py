@@ -1,10 +1,13 @@
-"""Chaos soak: jobs across 2 worker processes while workers are SIGKILLed and Redis restarts.
+"""Chaos soak: jobs across 2 worker processes while workers are SIGKILLed, paused past their lease
+(SIGSTOP, then SIGCONT), bad entries are planted in Redis, and Redis restarts.
 
-    .venv/bin/python bench/soak.py --jobs 5000 --kill-every 3
+    .venv/bin/python bench/soak.py --jobs 5000 --kill-every 3 --pause-every 7
 
 Starts its own Redis (append-only, fsync always) on a free port, so it never touches yours.
-Prints: enqueued, completed, lost (must be 0), delivered more than once, longest recovery
-(for a job whose worker was killed: from its start there to its next start elsewhere).
+Prints: enqueued, completed, lost (must be 0), stuck (neither final nor dead-lettered: must be 0),
+rewritten finals (a SUCCESS record changed after it was first seen: must be 0), bad entries
+quarantined, delivered more than once, longest recovery (for a job whose worker was killed: from
+its start there to its next start elsewhere).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis as sync_redis
 
@@ -27,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks_engine import configure, states  # noqa: E402
+from tasks_engine.codec import loads  # noqa: E402
 from tasks_engine.config import EngineSettings  # noqa: E402
 from tasks_engine.embedded import server_binary  # noqa: E402
 from tasks_engine.store import get_broker  # noqa: E402
@@ -84,8 +89,11 @@ class Server:
             self.proc.wait()
 
 
+LEASE = {"TE_LEASE_SECONDS": "3", "TE_HEARTBEAT_SECONDS": "0.5"}  # short, so a pause outlives it
+
+
 def spawn(url: str, prefix: str, max_jobs: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "REDIS_URL": url, "TE_KEY_PREFIX": prefix, "TE_BEAT_ENABLED": "false"}
+    env = {**os.environ, "REDIS_URL": url, "TE_KEY_PREFIX": prefix, "TE_BEAT_ENABLED": "false", **LEASE}
     return subprocess.Popen(
         [
             sys.executable,
@@ -120,7 +128,11 @@ async def soak(args: argparse.Namespace) -> int:
     for i in range(args.jobs):
         results.append(await tasks.work.delay(i))
     workers = [spawn(url, prefix, args.max_jobs, log) for _ in range(2)]
-    print(f"enqueued {len(results)} jobs; chaos starts (Redis and logs in {workdir})")
+    poison = plant_bad_entries(server.port, prefix, [r.id for r in results])
+    print(f"enqueued {len(results)} jobs and {len(poison)} bad entries; chaos starts (Redis and logs in {workdir})")
+    first_success: dict[str, tuple[bytes, bytes]] = {}
+    pauses = 0
+    next_pause = time.monotonic() + args.pause_every
     start = time.monotonic()
     kills = 0
     redis_restarted = False
@@ -131,16 +143,22 @@ async def soak(args: argparse.Namespace) -> int:
     while time.monotonic() < deadline:
         await asyncio.sleep(0.2)
         try:
-            async with broker.redis.pipeline(transaction=False) as pipe:
-                for r in results:
-                    pipe.hget(broker.result_key(r.id), "state")
-                found = await pipe.execute()
+            found = await snapshot(broker, results, first_success)
         except Exception:
             continue
         done = sum(1 for s in found if s == states.SUCCESS.encode())
         if done == len(results):
             break
         now = time.monotonic()
+        if args.pause_every and now >= next_pause:
+            victim = random.randrange(len(workers))
+            workers[victim].send_signal(signal.SIGSTOP)  # a frozen VM: no heartbeat, no event loop
+            print(f"  t={now - start:5.1f}s SIGSTOP worker {victim} for {args.pause_for:.0f}s (lease 3 s)")
+            await asyncio.sleep(args.pause_for)
+            workers[victim].send_signal(signal.SIGCONT)  # it wakes inside jobs others took over meanwhile
+            pauses += 1
+            next_pause = time.monotonic() + args.pause_every
+            next_kill = time.monotonic() + args.kill_every  # let it try to complete its stale copies first
         if now >= next_kill:
             victim = random.randrange(len(workers))
             workers[victim].kill()
@@ -161,11 +179,15 @@ async def soak(args: argparse.Namespace) -> int:
     settle = time.monotonic() + args.settle
     while done < len(results) and time.monotonic() < settle:
         await asyncio.sleep(0.5)
-        async with broker.redis.pipeline(transaction=False) as pipe:
-            for r in results:
-                pipe.hget(broker.result_key(r.id), "state")
-            found = await pipe.execute()
+        found = await snapshot(broker, results, first_success)
         done = sum(1 for s in found if s == states.SUCCESS.encode())
+    await asyncio.sleep(5)  # a worker paused last may still try to complete an old copy: let it
+    found = await snapshot(broker, results, first_success)
+    rewritten = await rewritten_finals(broker, first_success)
+    dead = {loads(e).get("id") for e in await broker.redis.lrange(broker.key("dead"), 0, -1)}
+    quarantined = sum(1 for p in poison if p in dead)
+    stuck = sum(1 for r, s in zip(results, found, strict=True) if s not in FINAL and r.id not in dead)
+    fenced = log.read_text(errors="replace").count("result dropped: this worker no longer holds the job")
     elapsed = time.monotonic() - start
     for r, state in zip(results, found, strict=True):
         if state != states.SUCCESS.encode():
@@ -188,9 +210,11 @@ async def soak(args: argparse.Namespace) -> int:
     )
     lost = len(results) - done
     print(
-        f"\njobs enqueued {len(results)}, completed {done}, lost {lost}, delivered more than once {twice}, "
-        f"longest recovery {recovery:.1f}s, workers killed {kills}, Redis restarted {int(redis_restarted)}, "
-        f"elapsed {elapsed:.1f}s (chaos {chaos_elapsed:.1f}s)"
+        f"\njobs enqueued {len(results)}, completed {done}, lost {lost}, stuck {stuck}, rewritten finals "
+        f"{rewritten} (stale completions dropped {fenced}), bad entries quarantined {quarantined}/{len(poison)}, "
+        f"delivered more than once {twice}, "
+        f"longest recovery {recovery:.1f}s, workers killed {kills}, paused {pauses}, Redis restarted "
+        f"{int(redis_restarted)}, elapsed {elapsed:.1f}s (chaos {chaos_elapsed:.1f}s)"
     )
     for w in workers:
         w.send_signal(signal.SIGTERM)
@@ -201,7 +225,55 @@ async def soak(args: argparse.Namespace) -> int:
             w.kill()
     await broker.close()
     server.stop()
-    return 0 if lost == 0 else 1
+    return 0 if lost == stuck == rewritten == 0 and quarantined == len(poison) else 1
+
+
+FINAL = {s.encode() for s in states.READY_STATES}
+
+
+async def snapshot(broker: Any, results: list[Any], first_success: dict[str, tuple[bytes, bytes]]) -> list[Any]:
+    """Every job's state now; the first time a job is seen SUCCESS, its worker and result are kept."""
+    async with broker.redis.pipeline(transaction=False) as pipe:
+        for r in results:
+            pipe.hmget(broker.result_key(r.id), ["state", "worker", "result"])
+        rows = await pipe.execute(raise_on_error=False)
+    # A planted result key of the wrong type answers WRONGTYPE until its job replaces it.
+    rows = [row if isinstance(row, list) else [None, None, None] for row in rows]
+    for r, (state, worker, result) in zip(results, rows, strict=True):
+        if state == states.SUCCESS.encode() and r.id not in first_success:
+            first_success[r.id] = (worker, result)
+    return [row[0] for row in rows]
+
+
+async def rewritten_finals(broker: Any, first_success: dict[str, tuple[bytes, bytes]]) -> int:
+    """SUCCESS records that changed since first seen (a stale worker's write landing after the fact)."""
+    ids = list(first_success)
+    async with broker.redis.pipeline(transaction=False) as pipe:
+        for task_id in ids:
+            pipe.hmget(broker.result_key(task_id), ["state", "worker", "result"])
+        rows = await pipe.execute()
+    return sum(
+        1 for task_id, (state, worker, result) in zip(ids, rows, strict=True)
+        if state != states.SUCCESS.encode() or (worker, result) != first_success[task_id]
+    )  # fmt: skip
+
+
+def plant_bad_entries(port: int, prefix: str, ids: list[str]) -> list[str]:
+    """Entries the engine's own code never writes, as a bug, an operator or a partial restore might:
+    each must be quarantined (a dead letter), never stop a worker. Returns the ids to look for."""
+    client = sync_redis.Redis(port=port)
+    client.set(f"{prefix}:msg:poison-no-place", b"{}")
+    client.zadd(f"{prefix}:delayed", {"poison-no-place": 1})
+    client.hset(f"{prefix}:dq", "poison-no-place", "no separator here")
+    client.zadd(f"{prefix}:q:default", {"poison-lost-message": 1})  # queued, but its message is gone
+    client.set(f"{prefix}:msg:poison-wrong-type-msg", b"x")
+    client.delete(f"{prefix}:msg:poison-wrong-type-msg")
+    client.rpush(f"{prefix}:msg:poison-wrong-type-msg", b"a list, not a message")
+    client.zadd(f"{prefix}:q:default", {"poison-wrong-type-msg": 2})
+    client.hset(f"{prefix}:rate-limits", "soak.work", "not json")  # must be ignored, not fatal
+    client.set(f"{prefix}:res:{ids[len(ids) // 3]}", "a string where a result hash belongs")  # repaired
+    client.close()
+    return ["poison-no-place", "poison-lost-message", "poison-wrong-type-msg"]
 
 
 def main() -> None:
@@ -209,6 +281,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--kill-every", type=float, default=3.0)
     parser.add_argument("--max-jobs", type=int, default=5)
+    parser.add_argument("--pause-every", type=float, default=7.0, help="seconds between SIGSTOPs (0: none)")
+    parser.add_argument("--pause-for", type=float, default=5.0, help="seconds a paused worker stays stopped")
     parser.add_argument("--timeout", type=float, default=600, help="seconds of chaos at most")
     parser.add_argument("--settle", type=float, default=60, help="seconds without chaos to finish the rest")
     sys.exit(asyncio.run(soak(parser.parse_args())))

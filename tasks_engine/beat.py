@@ -140,17 +140,22 @@ class Beat:
                 continue
             if get_settings().beat_run_missed:
                 log.info("running missed periodic tick once", entry=entry.name, tick=previous.isoformat())
-                await self.fire(entry, previous)
+                try:
+                    await self.fire(entry, previous)
+                except REDIS_UNAVAILABLE:
+                    raise
+                except Exception:  # this entry's problem only: the others still catch up
+                    log.exception("missed periodic tick could not be sent", entry=entry.name, task=entry.task)
             else:
                 await broker.set_beat_last(entry.name, int(previous.timestamp() * 1000))
 
     async def run(self, stopping: Any) -> None:
-        if not entries:
-            return
         try:
             await self.catch_up()
         except REDIS_UNAVAILABLE as exc:
             log.error("beat catch-up failed", error=str(exc))
+        except Exception:  # one bad entry must not stop the others: logged, the schedule goes on
+            log.exception("beat catch-up failed")
         zone = tz()
         # Compare instants in UTC: same-zone aware datetimes compare by wall time, wrong across fall-back.
         start = datetime.now(UTC)
@@ -166,6 +171,9 @@ class Beat:
                     except REDIS_UNAVAILABLE as exc:
                         log.error("beat could not reach redis; will retry this tick", entry=name, error=str(exc))
                         continue
+                    except Exception:  # e.g. its args no longer fit its task: skip this tick, keep the rest
+                        log.exception("periodic entry could not be sent; skipping this tick", entry=name,
+                                      task=entries[name].task, tick=tick.isoformat())  # fmt: skip
                     after = max(tick, now).astimezone(zone)
                     upcoming[name] = entries[name].schedule.next_after(after, zone).astimezone(UTC)
             soonest = min(upcoming.values())

@@ -19,6 +19,7 @@ from rich.table import Table
 from tasks_engine import beat, control
 from tasks_engine.config import configure, get_settings
 from tasks_engine.embedded import ensure_redis
+from tasks_engine.exceptions import EngineConfigurationError
 from tasks_engine.logs import configure_logging
 from tasks_engine.results import AsyncResult
 from tasks_engine.store import get_broker
@@ -80,31 +81,44 @@ def worker(
         configure(get_settings(), **overrides)
     configure_logging()
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
-    _run(Worker(queues=names, max_jobs=max_jobs, beat=beat).run())
+    try:
+        _run(Worker(queues=names, max_jobs=max_jobs, beat=beat).run())
+    except EngineConfigurationError as exc:
+        typer.echo(f"tasks-engine worker: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+QUICK_EXIT_SECONDS = 10.0  # a child that dies sooner than this after starting counts as a failed start
+MAX_QUICK_EXITS = 5  # in a row, per slot: then the supervisor gives up (e.g. the app fails at import)
+
+
+def _child_argv(argv: list[str]) -> list[str]:
+    """The worker's own arguments without ``-c N`` / ``--concurrency N``."""
+    cleaned: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("-c", "--concurrency"):
+            skip = True
+        elif not (a.startswith("--concurrency=") or (a.startswith("-c") and a[2:].isdigit())):
+            cleaned.append(a)
+    return cleaned
 
 
 def _supervise(count: int, argv: list[str]) -> None:
-    """Keep ``count`` children running; a child that exits (recycled or crashed) is replaced."""
+    """Keep ``count`` children running; a child that exits (recycled or crashed) is replaced.
 
+    A child that keeps dying right after it starts is restarted with a growing delay, and after
+    ``MAX_QUICK_EXITS`` such exits in a row the supervisor stops them all and exits non-zero: a
+    worker that cannot even import its app must not crash-loop forever."""
     configure_logging()
     log = structlog.get_logger("tasks_engine.supervisor")
-    args = [a for a in argv if not a.startswith(("-c", "--concurrency"))]
-    cleaned: list[str] = []
-    skip = False
-    for i, a in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        if a in ("-c", "--concurrency"):
-            skip = True
-            continue
-        if a.startswith("--concurrency=") or (a.startswith("-c") and a[2:].isdigit()):
-            continue
-        cleaned.append(a)
-        del i
-    args = cleaned
-    command = [sys.executable, "-m", "tasks_engine.cli", *args, "--child"]
+    command = [sys.executable, "-m", "tasks_engine.cli", *_child_argv(argv), "--child"]
     children: list[subprocess.Popen[bytes]] = []
+    started: list[float] = []
+    quick_exits = [0] * count
+    due: dict[int, float] = {}  # slot -> monotonic time of its delayed restart
     stopping = {"count": 0}
 
     def forward(signum: int, _frame: Any) -> None:
@@ -115,18 +129,33 @@ def _supervise(count: int, argv: list[str]) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    children.extend(subprocess.Popen(command) for _ in range(count))  # noqa: S603 - our own argv
+    for _ in range(count):
+        children.append(subprocess.Popen(command))  # noqa: S603 - our own argv
+        started.append(time.monotonic())
     log.info("supervisor started", processes=count, pids=[p.pid for p in children])
     while True:
         time.sleep(0.2)
         for index, proc in enumerate(children):
             code = proc.poll()
-            if code is None:
+            if code is None or stopping["count"]:
                 continue
-            if stopping["count"]:
-                continue
-            log.info("worker process exited; starting a replacement", pid=proc.pid, code=code)
-            children[index] = subprocess.Popen(command)  # noqa: S603
+            if index not in due:
+                quick = time.monotonic() - started[index] < QUICK_EXIT_SECONDS
+                quick_exits[index] = quick_exits[index] + 1 if quick else 0
+                if quick_exits[index] >= MAX_QUICK_EXITS:
+                    log.error("worker processes keep failing right after start; giving up", code=code,
+                              attempts=quick_exits[index])  # fmt: skip
+                    forward(signal.SIGTERM, None)
+                    for other in children:
+                        other.wait()
+                    raise typer.Exit(1)
+                delay = min(10.0, 0.25 * 2 ** quick_exits[index]) if quick else 0.0
+                log.info("worker process exited; starting a replacement", pid=proc.pid, code=code, delay=delay)
+                due[index] = time.monotonic() + delay
+            if time.monotonic() >= due[index]:
+                del due[index]
+                children[index] = subprocess.Popen(command)  # noqa: S603
+                started[index] = time.monotonic()
         if stopping["count"] and all(p.poll() is not None for p in children):
             return
 
@@ -145,9 +174,12 @@ def status(app_module: AppOpt = None) -> None:
         console.print(table)
         counts = await control.totals()
         console.print(f"deferred: {counts['deferred']}  running: {counts['running']}  dead letters: {counts['dead']}")
-        wt = Table("worker", "queues", "running", "processed", "seen")
+        wt = Table("worker", "queues", "running", "processed", "loops", "seen")
         for w in await control.workers():
-            wt.add_row(w["id"], ",".join(w["queues"]), str(w["running"]), str(w["processed"]), w["seen"])
+            loops = w.get("loops") or {}
+            failing = {name: state for name, state in loops.items() if state != "ok"}
+            health = "ok" if not failing else "[red]" + "; ".join(f"{k}: {v}" for k, v in failing.items()) + "[/red]"
+            wt.add_row(w["id"], ",".join(w["queues"]), str(w["running"]), str(w["processed"]), health, w["seen"])
         console.print(wt)
         bt = Table("periodic entry", "task", "schedule", "next run")
         for e in beat.view():

@@ -23,19 +23,20 @@ BATCH = 500  # completions per MULTI at most
 class CommitQueue:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
-        self._pending: list[tuple[Completion, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Completion, asyncio.Future[str]]] = []
         self._writer: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    async def submit(self, completion: Completion) -> None:
-        """Queue one completion for the next group commit and return once Redis has it."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, completion: Completion) -> str:
+        """Queue one completion for the next group commit; once Redis has it, what the store did with it
+        (``'ok'``, ``'stale'``: dropped, another worker holds the job; ``'final'``: already finished)."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending.append((completion, fut))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain(), name="commit")
-        await asyncio.shield(fut)  # a cancelled job still gets its result written
+        return await asyncio.shield(fut)  # a cancelled job still gets its result written
 
     async def _drain(self) -> None:
         while self._pending:
@@ -43,23 +44,23 @@ class CommitQueue:
             del self._pending[:BATCH]
             completions = [c for c, _ in batch]
             try:
-                errors = await self._commit(completions)
+                outcomes = await self._commit(completions)
             except Exception:  # noqa: BLE001 - Redis refused the transaction: redo one by one
-                errors = []
+                outcomes = []
                 for completion in completions:
                     try:
-                        errors.extend(await self._commit([completion]))
+                        outcomes.extend(await self._commit([completion]))
                     except Exception as exc:  # noqa: BLE001 - reported to that job's caller
-                        errors.append(exc)
-            for (_, fut), error in zip(batch, errors, strict=True):
+                        outcomes.append(exc)
+            for (_, fut), outcome in zip(batch, outcomes, strict=True):
                 if fut.done():
                     continue
-                if error is None:
-                    fut.set_result(None)
+                if isinstance(outcome, BaseException):
+                    fut.set_exception(outcome)
                 else:
-                    fut.set_exception(error)
+                    fut.set_result(outcome)
 
-    async def _commit(self, batch: list[Completion]) -> list[BaseException | None]:
+    async def _commit(self, batch: list[Completion]) -> list[str | BaseException]:
         backoff = Backoff()
         while True:
             try:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC
 from typing import Any
 
+import structlog
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from tasks_engine import states
@@ -28,6 +29,8 @@ from tasks_engine.records import exception_fields
 from tasks_engine.registry import TaskDefinition
 from tasks_engine.signature import from_dict
 from tasks_engine.store import ChordPart, Completion, Enqueue
+
+log = structlog.get_logger("tasks_engine.worker")
 
 
 def _base_record(msg: Message, worker_id: str) -> dict[str, Any]:
@@ -44,9 +47,29 @@ def _base_record(msg: Message, worker_id: str) -> dict[str, Any]:
     return base
 
 
+def format_error(exc: BaseException) -> str:
+    return "".join(tb_module.format_exception(exc))
+
+
 def _failure(exc: BaseException, traceback: str | None = None) -> Attempt:
-    text = traceback if traceback is not None else "".join(tb_module.format_exception(exc))
-    return Attempt("failure", exc=exc, traceback=text)
+    return Attempt("failure", exc=exc, traceback=traceback if traceback is not None else format_error(exc))
+
+
+def _failed_call(
+    data: Any, call_id: str | None, parent_id: str, exc: BaseException
+) -> list[tuple[str, dict[str, Any]]]:
+    """The record of a callback that could not even be planned: it fails on its own, the parent stands."""
+    if not call_id:
+        return []
+    task = data.get("task") if isinstance(data, dict) else None
+    record = {
+        "state": states.FAILURE,
+        **exception_fields(exc, format_error(exc)),
+        "date_done": now_iso(),
+        "parent_id": parent_id,
+        "task": task if isinstance(task, str) else "",
+    }
+    return [(call_id, record)]
 
 
 def _serialized(msg: Message, attempt: Attempt) -> tuple[Attempt, Any, str]:
@@ -61,11 +84,55 @@ def _serialized(msg: Message, attempt: Attempt) -> tuple[Attempt, Any, str]:
         return _failure(exc, str(exc)), None, ""
 
 
-def _plan_next(msg: Message, value: Any, plan: Plan) -> None:
-    """Links get the value; the chain's next step gets it prepended and carries the rest of the chain."""
+def _call_id(data: Any) -> str | None:
+    options = data.get("options") if isinstance(data, dict) else None
+    task_id = options.get("task_id") if isinstance(options, dict) else None
+    return task_id if isinstance(task_id, str) else None
+
+
+def _plan_links(msg: Message, value: Any, plan: Plan, failed: list[tuple[str, dict[str, Any]]]) -> None:
+    """Each ``link`` gets the value; one that cannot take it fails on its own (as in Celery), the parent
+    stays SUCCESS with its value."""
     ctx = Context(parent_id=msg.id, root_id=msg.root_id, nx=True)
     for link in msg.links:
-        from_dict(link).plan_into([value], ctx, plan)
+        own = Plan()
+        try:
+            from_dict(link).plan_into([value], ctx, own)
+        except Exception as exc:  # noqa: BLE001 - contained: recorded as the callback's failure
+            log.warning(
+                "callback cannot run with this result; recorded as failed", callback=_call_id(link), error=str(exc)
+            )
+            failed.extend(_failed_call(link, _call_id(link), msg.id, exc))
+            continue
+        plan.enqueues.extend(own.enqueues)
+        plan.chords.extend(own.chords)
+        plan.groups.extend(own.groups)
+
+
+def _plan_errbacks(
+    msg: Message, error: BaseException, traceback: str | None, plan: Plan, failed: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Each errback is one more job; one that cannot be planned is recorded as failed, never re-runs the parent."""
+    for data in msg.link_errors:
+        own = Plan()
+        call = None
+        try:
+            call = from_dict(data).errback_call(msg.id, error, traceback)
+            call.freeze()
+            call.plan_into([], Context(parent_id=msg.id), own)
+        except Exception as exc:  # noqa: BLE001 - contained: recorded as the errback's failure
+            call_id = call.id if call is not None else _call_id(data)
+            log.warning("errback cannot run; recorded as failed", errback=call_id, error=str(exc))
+            failed.extend(_failed_call(data, call_id, msg.id, exc))
+            continue
+        plan.enqueues.extend(own.enqueues)
+        plan.chords.extend(own.chords)
+        plan.groups.extend(own.groups)
+
+
+def _plan_next(msg: Message, value: Any, plan: Plan) -> None:
+    """The chain's next step gets the value prepended and carries the rest of the chain."""
+    ctx = Context(parent_id=msg.id, root_id=msg.root_id, nx=True)
     if msg.chain:
         nxt, rest = from_dict(msg.chain[0]), [from_dict(d) for d in msg.chain[1:]]
         nxt.plan_into([value], replace(ctx, chain_rest=rest, chord=msg.chord), plan)
@@ -99,6 +166,8 @@ def decide(
         except Exception as exc:  # noqa: BLE001 - e.g. the next step rejects this result: fail, never loop
             plan = Plan()
             attempt = _failure(exc)
+        else:
+            _plan_links(msg, value, plan, failed_later)
     outcome = attempt.outcome
     if outcome == "success":
         record = {**base, "state": states.SUCCESS, "result": result_json, "date_done": now_iso()}
@@ -127,10 +196,7 @@ def decide(
         failure = exception_fields(error, attempt.traceback or "")
         record = {**base, "state": state, **failure, "date_done": now_iso()}
         if outcome == "failure":
-            for errback in msg.link_errors:
-                from_dict(errback).errback_call(msg.id, error, attempt.traceback).plan_into(
-                    [], Context(parent_id=msg.id), plan
-                )
+            _plan_errbacks(msg, error, attempt.traceback, plan, failed_later)
         for later_id in leaf_ids_of(msg.chain):
             failed_later.append((later_id, {"state": state, **failure, "date_done": now_iso(), "parent_id": msg.id}))
         if msg.chord is not None:
@@ -155,7 +221,28 @@ def decide(
     )
 
 
-def rejected(task_id: str, raw: bytes, reason: str, worker_id: str, msg: Message | None) -> Completion:
+def settle_failed(msg: Message, exc: BaseException, worker_id: str) -> Completion:
+    """The last resort when finishing itself failed: the job is FAILURE with that error and acknowledged.
+
+    Nothing else is planned (what failed was the planning); its chord still hears of the failure, and
+    the steps after it are failed when their ids can be read."""
+    failure = exception_fields(exc, format_error(exc))
+    record = {**_base_record(msg, worker_id), "state": states.FAILURE, **failure, "date_done": now_iso()}
+    try:
+        later = leaf_ids_of(msg.chain)
+    except Exception:  # noqa: BLE001 - garbage chain data: nothing more can be known
+        later = []
+    failed = [(i, {"state": states.FAILURE, **failure, "date_done": now_iso(), "parent_id": msg.id}) for i in later]
+    parts = []
+    if msg.chord is not None:
+        text = f"Dependency {msg.id} raised {type(exc).__name__}({str(exc)!r})"
+        parts.append(ChordPart(msg.chord.id, msg.id, msg.chord.index, ok=False, error_text=text))
+    return Completion(task_id=msg.id, record=record, final=True, failed_later=failed, chord_parts=parts)
+
+
+def rejected(
+    task_id: str, raw: bytes, reason: str, worker_id: str, msg: Message | None, exc: BaseException | None = None
+) -> Completion:
     """An undecodable, forged or unknown-task message: a dead letter with the reason, and acknowledged
     (left in ``active`` it would come back at every lease expiry and be dead-lettered again).
 
@@ -172,7 +259,8 @@ def rejected(task_id: str, raw: bytes, reason: str, worker_id: str, msg: Message
         }
     )
     if msg is not None:
-        completion = decide(msg, None, _failure(NotRegistered(reason), f"NotRegistered: {reason}"), worker_id)
+        error = exc if exc is not None else NotRegistered(reason)
+        completion = decide(msg, None, _failure(error, f"{type(error).__name__}: {reason}"), worker_id)
         completion.dead_letter = entry
         return completion
     record = {

@@ -21,6 +21,9 @@ class EngineSettings(BaseSettings):
         description="Redis DSN; may carry a password / ACL user, or use rediss:// for TLS.",
     )
     key_prefix: str = Field(default="te", description="Prefix of every key: lets apps share a Redis.")
+    redis_socket_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds any one Redis command may take before it counts as an outage."
+    )
     default_queue: str = "default"
     default_priority: int = Field(default=5, ge=0, le=9)
     result_expires: int = Field(default=86_400, description="Seconds a result record is kept.")
@@ -33,7 +36,13 @@ class EngineSettings(BaseSettings):
     max_payload_bytes: int = Field(default=1_000_000, description="Largest accepted message.")
     # Worker.
     max_jobs: int = 50
-    lease_seconds: float = Field(default=10.0, description="A dead worker's jobs return after this.")
+    lease_seconds: float = Field(default=10.0, gt=0, description="A dead worker's jobs return after this.")
+    max_deliveries: int = Field(
+        default=5, ge=1, description="Deliveries of one attempt that never finish before it is dead-lettered."
+    )
+    allow_eviction: bool = Field(
+        default=False, description="Start even if Redis may evict keys (maxmemory-policy other than noeviction)."
+    )
     heartbeat_seconds: float = 2.0
     shutdown_grace_seconds: float = 30.0
     blocked_loop_seconds: float = Field(default=1.0, description="Warn when the loop stalls longer.")

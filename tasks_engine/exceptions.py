@@ -9,9 +9,15 @@ import redis.exceptions
 
 #: What "Redis is unavailable for now" looks like (async and sync clients raise the same classes):
 #: callers back off and retry; anything else is a bug or bad data and is reported as such.
+#: A replica promoted to primary (READONLY), a primary out of memory, a cluster node loading or
+#: moving are outages too: they pass.
 REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
     OSError,
 )
 
@@ -85,6 +91,23 @@ class TaskDefinitionError(TasksEngineError, ValueError):
 
 class MessageError(TasksEngineError, ValueError):
     """A message in Redis could not be decoded, verified or validated."""
+
+
+class TaskExitError(TasksEngineError):
+    """A task raised ``SystemExit`` or ``KeyboardInterrupt`` (``sys.exit()`` in a task): that job fails, the
+    worker goes on. ``original`` is what the task raised."""
+
+    def __init__(self, original: BaseException) -> None:
+        self.original = original
+        super().__init__(f"the task raised {type(original).__name__}({original})")
+
+
+class DeliveryLimitExceeded(TasksEngineError):  # noqa: N818 - reads like Celery's TimeLimitExceeded
+    """A job was delivered ``max_deliveries`` times without finishing: it went to the dead letters."""
+
+
+class EngineConfigurationError(TasksEngineError):
+    """The worker refuses to start: the Redis it was given cannot keep the engine's promises."""
 
 
 class EngineConnectionError(TasksEngineError, ConnectionError):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import structlog
 
-from tasks_engine.exceptions import Retry, TimeLimitExceeded
+from tasks_engine.exceptions import Retry, TaskExitError, TimeLimitExceeded
 from tasks_engine.registry import Request, TaskDefinition, current_request
 from tasks_engine.retries import backoff_countdown, backoff_factor, matches
 from tasks_engine.timelimits import LimitedRun
@@ -54,11 +54,16 @@ def _retrying(retry: Retry) -> Attempt:
 async def run_attempt(
     task: TaskDefinition, req: Request, soft: float | None, hard: float | None, run: LimitedRun | None = None
 ) -> Attempt:
-    run = run or LimitedRun()
+    # bound_, not bind_: on the way out the caller's own context (the worker's) is restored, not wiped.
+    with structlog.contextvars.bound_contextvars(task_id=req.id, task_name=task.name, retries=req.retries):
+        return await _attempt(task, req, soft, hard, run or LimitedRun())
+
+
+async def _attempt(task: TaskDefinition, req: Request, soft: float | None, hard: float | None, run: LimitedRun,
+                   ) -> Attempt:  # fmt: skip
     run.label = req.id or task.name  # what the blocked-loop watchdog reports
     req.requested_retry = None  # eager retries reuse the request
     token = current_request.set(req)
-    structlog.contextvars.bind_contextvars(task_id=req.id, task_name=task.name, retries=req.retries)
     try:
         try:
             args, kwargs = task.run_args(req.args, req.kwargs)
@@ -77,10 +82,16 @@ async def run_attempt(
         return Attempt("success", value=value)
     except Retry as retry:
         return _retrying(retry)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         if run.terminated:
             return Attempt("revoked")
-        raise
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # the worker itself is being cancelled (cold shutdown)
+        # The task raised CancelledError of its own accord: a failure like any other, never a lost job.
+        return Attempt("failure", exc=exc, traceback=_format(exc))
+    except TaskExitError as exc:  # sys.exit() / KeyboardInterrupt inside the task: this job fails, nothing else
+        return Attempt("failure", exc=exc.original, traceback=_format(exc.original))
     except TimeLimitExceeded as exc:
         if run.timed_out:  # the hard limit is terminal, as when Celery kills the child process
             return Attempt("failure", exc=exc, traceback=_format(exc))
@@ -88,7 +99,6 @@ async def run_attempt(
     except Exception as exc:  # noqa: BLE001 - every task error becomes a result, never a worker crash
         return _after_error(task, exc)
     finally:
-        structlog.contextvars.unbind_contextvars("task_id", "task_name", "retries")
         current_request.reset(token)
 
 

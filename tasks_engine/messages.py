@@ -174,6 +174,13 @@ def decode(raw: bytes | str, expected_id: str | None = None) -> Message:
     ``expected_id`` is the id the message was stored under: a message copied to another id is
     refused, otherwise its acknowledgement would go to the wrong job.
     """
+    try:
+        return _decode(raw, expected_id)
+    except RecursionError:  # JSON nested deeper than any message of ours: forged or corrupt
+        raise MessageError("message is nested too deeply to be one of ours") from None
+
+
+def _decode(raw: bytes | str, expected_id: str | None) -> Message:
     data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
     key = get_settings().signing_key
     if data.startswith(_SIGNED_MARK):

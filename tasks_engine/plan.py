@@ -7,6 +7,7 @@ which the store then writes in a single transaction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from tasks_engine.ids import own_id
 from tasks_engine.messages import CHORD_RESULTS, ChordRef, Message, encode
 from tasks_engine.registry import check_time_limits, get_task, registry, route_queue
 from tasks_engine.store import ChordRecord, Enqueue, Writes, get_broker
+from tasks_engine.validation import check_count, check_name, check_queue, check_seconds, check_task_name
 
 if TYPE_CHECKING:
     from tasks_engine.results import GroupResult
@@ -78,28 +80,40 @@ def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def eta_of(opts: dict[str, Any], now: float) -> float | None:
+def _moment(task: str, field: str, value: Any) -> float:
+    """An absolute time (datetime, ISO string, epoch seconds) as epoch seconds; naive means UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"task {task!r}: {field} {value!r} is not an ISO 8601 time") from None
+    if isinstance(value, datetime):
+        return aware(value).timestamp()
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if not numeric or not math.isfinite(value) or not 0 <= value < 253_402_300_800:  # before year 10000
+        raise ValueError(f"task {task!r}: {field} must be a datetime, an ISO time or epoch seconds, got {value!r}")
+    return float(value)
+
+
+def eta_of(task: str, opts: dict[str, Any], now: float) -> float | None:
     countdown = opts.get("countdown")
     if countdown is not None:  # countdown wins over eta, as in Celery
-        return now + float(countdown) if float(countdown) > 0 else None
+        seconds = check_seconds(task, "countdown", countdown)
+        return now + seconds if seconds > 0 else None
     eta = opts.get("eta")
     if eta is None:
         return None
-    moment = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
-    if isinstance(moment, int | float):
-        return float(moment)
-    stamp = aware(moment).timestamp()
+    stamp = _moment(task, "eta", eta)
     return stamp if stamp > now else None
 
 
-def _expires_of(value: Any, now: float) -> float | None:
-    if isinstance(value, int | float):
-        return now + float(value)
-    if isinstance(value, datetime):
-        return aware(value).timestamp()
-    if isinstance(value, str):
-        return datetime.fromisoformat(value).timestamp()
-    return None
+def expires_of(task: str, value: Any, now: float) -> float | None:
+    """``expires``: seconds from now (a number) or an absolute time."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return now + check_seconds(task, "expires", value)
+    return _moment(task, "expires", value)
 
 
 def _arguments(call: Call, prefix: list[Any], ctx: Context) -> tuple[list[Any], dict[str, Any]]:
@@ -123,19 +137,21 @@ def _arguments(call: Call, prefix: list[Any], ctx: Context) -> tuple[list[Any], 
 
 def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
     """One call as one message: options resolved against the task and the settings, arguments checked."""
+    check_task_name(call.task)
     settings = get_settings()
     opts = call.options
     task_id = own_id(opts)
     task = registry.get(call.task)
     args, kwargs = _arguments(call, prefix, ctx)
     now = datetime.now(UTC).timestamp()
-    eta = eta_of(opts, now)
-    expires = _expires_of(opts.get("expires", task.options.expires if task is not None else None), now)
+    check_name(call.task, "task_id", task_id)
+    eta = eta_of(call.task, opts, now)
+    expires = expires_of(call.task, opts.get("expires", task.options.expires if task is not None else None), now)
     priority = opts.get("priority")
     if priority is None:
         own = task.options.priority if task is not None else None
         priority = own if own is not None else settings.default_priority
-    if not isinstance(priority, int) or not 0 <= priority <= 9:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
         raise ValueError(f"task {call.task!r}: priority must be an int 0-9 (0 = highest), got {priority!r}")
     soft, hard = opts.get("soft_time_limit"), opts.get("time_limit")
     if soft is not None or hard is not None:
@@ -155,7 +171,11 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
         frozen.freeze()
         links.append(frozen.to_dict())
     errbacks = [s.to_dict() for s in as_list(opts.get("link_error"))]
-    queue = route_queue(call.task, opts.get("queue") or opts.get("routing_key"))
+    queue = check_queue(call.task, route_queue(call.task, opts.get("queue") or opts.get("routing_key")))
+    retries = check_count(call.task, "retries", opts.get("retries", 0))
+    headers = opts.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise TypeError(f"task {call.task!r}: headers must be a dict, got {type(headers).__name__}")
     message = Message(
         id=task_id,
         task=call.task,
@@ -163,7 +183,7 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
         kwargs=kwargs,
         queue=queue,
         priority=priority,
-        retries=int(opts.get("retries", 0)),
+        retries=retries,
         eta=eta,
         expires=expires,
         time_limit=hard,
@@ -176,7 +196,7 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
         link_errors=errbacks,
         chain=[s.to_dict() for s in ctx.chain_rest],
         chord=ctx.chord,
-        headers=dict(opts.get("headers") or {}),
+        headers=dict(headers),
     )
     raw = encode(message)
     if len(raw) > settings.max_payload_bytes:

@@ -30,7 +30,7 @@ def exception_fields(exc: BaseException, traceback: str | None = None) -> dict[s
     }
 
 
-def rebuild_exception(record: dict[str, Any]) -> BaseException:
+def rebuild_exception(record: dict[str, Any]) -> Exception:
     """The stored exception as its own class when that class is already imported here."""
     name = record.get("exc_type") or "Exception"
     module = record.get("exc_module") or "builtins"
@@ -38,7 +38,9 @@ def rebuild_exception(record: dict[str, Any]) -> BaseException:
     cls: Any = sys.modules[module] if module in sys.modules else None
     for part in name.split("."):
         cls = getattr(cls, part, None) if cls is not None else None
-    if isinstance(cls, type) and issubclass(cls, BaseException):
+    # Only Exception subclasses: a record naming SystemExit or KeyboardInterrupt (forged, or a task that
+    # called sys.exit()) must not make ``get()`` end the caller's process.
+    if isinstance(cls, type) and issubclass(cls, Exception):
         raw_args = record.get("exc_args")
         args = loads(raw_args) if raw_args else [message]
         try:

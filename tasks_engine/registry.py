@@ -22,6 +22,7 @@ from tasks_engine.arguments import ArgumentSpec
 from tasks_engine.config import get_settings
 from tasks_engine.exceptions import MaxRetriesExceededError, NotRegistered, Retry, TaskDefinitionError
 from tasks_engine.ratelimit import RateLimit, parse_rate_limit
+from tasks_engine.validation import check_seconds
 
 #: Names of the engine's own tasks (defined in :mod:`tasks_engine.builtins`).
 STARMAP_TASK = "tasks_engine.starmap"
@@ -193,7 +194,24 @@ class TaskDefinition:
         max_retries: int | None = None,
         **options: Any,
     ) -> Retry:
-        """Ask for this call to run again (same id, ``retries + 1``); use as ``raise self.retry(exc=e)``."""
+        """Ask for this call to run again (same id, ``retries + 1``); use as ``raise self.retry(exc=e)``.
+
+        Bad arguments are refused here, inside the task, so the attempt fails with a clear error
+        instead of the retry failing to be written later."""
+        if isinstance(exc, type) and issubclass(exc, BaseException):
+            exc = exc()  # ``retry(exc=ValueError)``: Python would instantiate it when raised, so do we
+        if exc is not None and not isinstance(exc, BaseException):
+            raise TypeError(f"task {self.name!r}: retry(exc=...) must be an exception, got {type(exc).__name__}")
+        if countdown is not None:
+            countdown = check_seconds(self.name, "retry countdown", countdown)
+        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)):
+            raise TypeError(f"task {self.name!r}: retry(max_retries=...) must be an int, got {max_retries!r}")
+        if args is not None and not isinstance(args, list | tuple):
+            raise TypeError(f"task {self.name!r}: retry(args=...) must be a list or tuple, got {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"task {self.name!r}: retry(kwargs=...) must be a dict, got {type(kwargs).__name__}")
+        if args is not None or kwargs is not None:
+            self.prepare_args(list(args or []), dict(kwargs or {}), complete=False)  # JSON-ready, or a clear error
         req = self.request
         if req.called_directly:
             # Outside a worker there is nothing to re-send: surface the error itself.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
 
 import structlog
 
@@ -24,6 +24,7 @@ from tasks_engine.registry import current_request
 from tasks_engine.store import get_broker
 
 log = structlog.get_logger("tasks_engine.results")
+T = TypeVar("T")
 
 
 async def store_state(task_id: str | None, state: str, meta: dict[str, Any] | None, eager: bool = False) -> None:
@@ -57,7 +58,14 @@ def _check_not_in_task() -> None:
 
 # ---------------------------------------------------------------- result objects
 class AsyncResult:
-    """A handle on a task's result by id; works from any process using the same Redis and prefix."""
+    """A handle on a task's result by id; works from any process using the same Redis and prefix.
+
+    Celery's attributes that read the backend are awaitable methods here: ``await r.state()`` (and
+    ``status``), ``await r.result()`` (Celery's ``result`` and ``info``), ``await r.traceback()``.
+    ``parent`` is a plain attribute, as in Celery. ``await r.info()`` is NOT Celery's ``info``: it
+    returns the whole record as a dict (also ``await r.record()``). Celery's ``children`` (tasks
+    started by this one) is not tracked: no record lists them.
+    """
 
     def __init__(
         self,
@@ -90,7 +98,7 @@ class AsyncResult:
 
     status = state
 
-    async def info(self) -> dict[str, Any]:
+    async def record(self) -> dict[str, Any]:
         """Everything recorded: state, result, traceback, retries, date_done, meta, worker, delivered, …"""
         record = await self._record()
         state = record.get("state", states.PENDING)
@@ -113,6 +121,16 @@ class AsyncResult:
             "group_id": record.get("group_id"),
         }
 
+    async def info(self) -> dict[str, Any]:
+        """The whole record, as :meth:`record` (our long-standing meaning; Celery's ``info`` is :meth:`result`)."""
+        return await self.record()
+
+    async def result(self) -> Any:
+        """Celery's ``result`` / ``info``: the return value once SUCCESS, the exception instance after
+        FAILURE, REVOKED or RETRY, the meta dict of a custom state (``update_state``, e.g. PROGRESS),
+        None while PENDING. Never waits and never raises the task's exception."""
+        return _value_of(await self._record())
+
     async def ready(self) -> bool:
         return await self.state() in states.READY_STATES
 
@@ -125,8 +143,22 @@ class AsyncResult:
     async def traceback(self) -> str | None:
         return await get_broker().record_field(self.id, "traceback")
 
-    async def get(self, timeout: float | None = None, propagate: bool = True, interval: float | None = None) -> Any:
-        """Wait for the result. FAILURE/REVOKED raise the task's exception (or return it with ``propagate=False``)."""
+    async def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float | None = None,
+        follow_parents: bool = True,
+    ) -> Any:
+        """Wait for the result. FAILURE/REVOKED raise the task's exception (or return it with ``propagate=False``).
+
+        With ``propagate`` (and ``follow_parents``), the results this one follows are checked first,
+        earliest first, as Celery does: if an earlier step of a chain failed or was revoked, its own
+        exception is raised, and a parent finishing wakes this call, so a chain whose first step was
+        revoked before it ran raises at once instead of waiting out ``timeout``. A chord header
+        (a :class:`GroupResult` parent) is passed through, not checked: a chord's result keeps
+        raising its :class:`ChordError`, where Celery would raise the failed header task's exception.
+        """
         del interval  # accepted for Celery compatibility; we are woken, not polling
         _check_not_in_task()
         if self.ignore_result:
@@ -134,22 +166,35 @@ class AsyncResult:
         broker = get_broker()
         deadline = None if timeout is None else time.monotonic() + timeout
         waiter = broker.waiter
-        while True:
-            fut = waiter.register(self.id)
+        parents = _task_parents(self) if propagate and follow_parents else []
+        watched = [self.id, *(p.id for p in parents if not isinstance(p, EagerResult))]
+
+        async def bounded(step: Awaitable[T]) -> T:
+            # Whatever Redis does (hangs, drops packets), get(timeout) returns within its timeout.
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
             try:
-                await waiter.ensure_listening()
-                record = parse_record(await broker.record(self.id))
+                return await asyncio.wait_for(step, left)
+            except TimeoutError:
+                raise TimeoutError(f"task {self.id} did not finish within {timeout}s (Redis did not answer)") from None
+
+        while True:
+            futs = [(task_id, waiter.register(task_id)) for task_id in watched]
+            try:
+                await bounded(waiter.ensure_listening())
+                # Raised out here: a parent's own TimeoutError must not read as Redis not answering.
+                parent_error = await bounded(_parent_error(parents)) if parents else None
+                if parent_error is not None:
+                    raise parent_error
+                record = parse_record(await bounded(broker.record(self.id)))
                 if record.get("state") in states.READY_STATES:
                     return _outcome(record, propagate)
                 remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if remaining <= 0:
                     raise TimeoutError(f"task {self.id} did not finish within {timeout}s")
-                try:
-                    await asyncio.wait_for(asyncio.shield(fut), remaining)
-                except TimeoutError:
-                    pass
+                await asyncio.wait([fut for _, fut in futs], timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                waiter.unregister(self.id, fut)
+                for task_id, fut in futs:
+                    waiter.unregister(task_id, fut)
 
     wait = get
 
@@ -167,7 +212,91 @@ class AsyncResult:
         await revoke(ids, terminate=terminate)
 
     async def forget(self) -> None:
-        await get_broker().forget([self.id])
+        """Delete this result and those of every result it follows (Celery forgets the parents too):
+        a chain's result forgets each step; a chord header on the way is forgotten whole (its saved
+        group and every member, with a member chain's earlier steps) and the walk goes on past it."""
+        task_ids: list[str] = []
+        group_ids: list[str] = []
+        _lineage([self], task_ids, group_ids)
+        await _forget(task_ids, group_ids)
+
+
+def _task_parents(result: AsyncResult) -> list[AsyncResult]:
+    """The task results ``result`` follows, nearest first: a chain's earlier steps (chord headers skipped)."""
+    out: list[AsyncResult] = []
+    seen: set[int] = set()
+    node = result.parent
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, AsyncResult):
+            out.append(node)
+        node = node.parent
+    return out
+
+
+async def _parent_error(parents: list[AsyncResult]) -> BaseException | None:
+    """The exception of the earliest parent that failed or was revoked (Celery's order), if any.
+
+    A failed chord body (a parent whose own parent is the header group) gives None: the engine is
+    failing the steps after it by a follow-up job, so ``get()`` waits for that instead of returning
+    while those steps still read PENDING.
+    """
+    remote = [p.id for p in parents if not isinstance(p, EagerResult)]
+    broker = get_broker()
+    found = dict(zip(remote, await broker.record_states(remote), strict=True)) if remote else {}
+    for node in reversed(parents):
+        if isinstance(node, EagerResult):
+            if await node.state() in states.PROPAGATE_STATES:
+                error = await node.get(propagate=False)
+                if isinstance(error, BaseException):
+                    return error
+        elif found.get(node.id) in states.PROPAGATE_STATES:
+            if found[node.id] == states.FAILURE and isinstance(node.parent, GroupResult):
+                return None
+            record = parse_record(await broker.record(node.id))
+            if record.get("state") in states.PROPAGATE_STATES:  # not forgotten meanwhile
+                error = _outcome(record, propagate=False)
+                if isinstance(error, BaseException):
+                    return error
+    return None
+
+
+def _lineage(start: list[AsyncResult | GroupResult], task_ids: list[str], group_ids: list[str]) -> None:
+    """Every task and group id reachable from ``start`` through parents and group members."""
+    stack: list[AsyncResult | GroupResult] = list(start)
+    seen: set[tuple[bool, str]] = set()
+    while stack:
+        node = stack.pop()
+        key = (isinstance(node, GroupResult), node.id)
+        if key in seen:
+            continue
+        seen.add(key)
+        if isinstance(node, GroupResult):
+            group_ids.append(node.id)
+            stack.extend(node.results)
+        elif not isinstance(node, EagerResult):  # nothing of an eager result is in Redis
+            task_ids.append(node.id)
+        if node.parent is not None:
+            stack.append(node.parent)
+
+
+async def _forget(task_ids: list[str], group_ids: list[str]) -> None:
+    broker = get_broker()
+    for group_id in group_ids:
+        await broker.forget_group(group_id)
+    await broker.forget(task_ids)
+
+
+def _value_of(record: dict[str, Any]) -> Any:
+    """Celery's ``AsyncResult.result`` from a record (see :meth:`AsyncResult.result`)."""
+    state = record.get("state") or states.PENDING
+    if state == states.SUCCESS:
+        return record.get("result")
+    if state in states.EXCEPTION_STATES:
+        return _outcome(record, propagate=False)
+    if state == states.PENDING:
+        return None
+    return record.get("meta")
 
 
 def _outcome(record: dict[str, Any], propagate: bool) -> Any:
@@ -213,7 +342,7 @@ class EagerResult(AsyncResult):
 
     status = state
 
-    async def info(self) -> dict[str, Any]:
+    async def record(self) -> dict[str, Any]:
         return {
             "task_id": self.id,
             "state": self._state,
@@ -226,10 +355,23 @@ class EagerResult(AsyncResult):
             "date_done": self.date_done,
         }
 
+    async def result(self) -> Any:
+        if self._state == states.SUCCESS:
+            return self._value
+        if self._exc is not None:
+            return self._exc
+        return None if self._state == states.PENDING else self._meta
+
     async def traceback(self) -> str | None:
         return self._traceback
 
-    async def get(self, timeout: float | None = None, propagate: bool = True, interval: float | None = None) -> Any:
+    async def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float | None = None,
+        follow_parents: bool = True,
+    ) -> Any:
         if self._state == states.SUCCESS:
             return self._value
         if self._exc is not None:
@@ -298,9 +440,12 @@ class GroupResult:
         return None if tree is None else cls.from_tree(group_id, tree)
 
     async def forget(self) -> None:
-        broker = get_broker()
-        await broker.forget_group(self.id)
-        await broker.forget([leaf.id for leaf in self.leaves()])
+        """Delete the saved group and every member's result, with a member chain's earlier steps (as
+        Celery forgets each member, which forgets its parents); the group's own parent is kept."""
+        task_ids: list[str] = []
+        group_ids = [self.id]
+        _lineage(list(self.results), task_ids, group_ids)
+        await _forget(task_ids, group_ids)
 
     async def get(
         self, timeout: float | None = None, propagate: bool = True, interval: float | None = None

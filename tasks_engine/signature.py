@@ -253,7 +253,13 @@ class Signature:
         return build_enqueue(self, prefix, ctx)
 
     def errback_call(self, failed_id: str, exc: BaseException | None = None, traceback: str | None = None) -> Signature:
-        """The errback with the failed task's id first, plus exception and traceback if it takes three args."""
+        """The errback with the failed task's id first, plus exception and traceback if it takes three args.
+
+        An immutable errback (``.si()``) gets nothing prepended, as in Celery: it keeps its own arguments."""
+        if self.immutable:
+            out = from_dict(self.to_dict())
+            out.options.pop("task_id", None)
+            return out
         task = registry.get(self.task)
         extra: tuple[Any, ...] = (failed_id,)
         if task is not None and exc is not None:

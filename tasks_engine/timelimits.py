@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Any, TypeVar
 
-from tasks_engine.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from tasks_engine.exceptions import SoftTimeLimitExceeded, TaskExitError, TaskRevokedError, TimeLimitExceeded
 
 T = TypeVar("T")
 
@@ -83,6 +83,9 @@ class _Interruptible:
                 if self.kill:  # it caught the stop and returned: the supervisor already decided
                     raise asyncio.CancelledError from None
                 return stop.value
+            except (SystemExit, KeyboardInterrupt) as exit_:
+                # asyncio lets these two out of the event loop: the task's sys.exit() would end the worker.
+                raise TaskExitError(exit_) from exit_
             finally:
                 _steps.pop(thread, None)
             if dying:
@@ -188,6 +191,8 @@ class LimitedRun:
                 if soft_due:
                     raise SoftTimeLimitExceeded("soft time limit exceeded before the function started")
                 return context.run(fn, *args, **kwargs)
+            except (SystemExit, KeyboardInterrupt) as exit_:  # would escape the event loop when awaited
+                raise TaskExitError(exit_) from exit_
             finally:
                 with self._thread_lock:
                     self._thread_done = True

@@ -20,26 +20,34 @@ import os
 import resource
 import signal
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 import structlog
 
 from tasks_engine.beat import Beat
-from tasks_engine.clock import Backoff, now_iso, now_ms
+from tasks_engine.beat import entries as beat_entries
+from tasks_engine.clock import Backoff
 from tasks_engine.codec import dumps, loads
 from tasks_engine.commit import CommitQueue
-from tasks_engine.completion import decide, rejected
+from tasks_engine.completion import decide, format_error, rejected, settle_failed
 from tasks_engine.config import EngineSettings, get_settings, redacted_url
-from tasks_engine.exceptions import REDIS_UNAVAILABLE, MessageError, NotRegistered, TaskRevokedError
+from tasks_engine.exceptions import (
+    REDIS_UNAVAILABLE,
+    DeliveryLimitExceeded,
+    EngineConfigurationError,
+    MessageError,
+    NotRegistered,
+    TaskRevokedError,
+)
 from tasks_engine.execution import Attempt, run_attempt
 from tasks_engine.messages import Message, decode
 from tasks_engine.registry import Request, TaskDefinition, get_task, registry
-from tasks_engine.store import Broker, SyncHeartbeat, get_broker
-from tasks_engine.timelimits import LimitedRun, current_steps
+from tasks_engine.store import Broker, Completion, get_broker
+from tasks_engine.supervision import HeartbeatThread, LoopHealth, supervised
+from tasks_engine.timelimits import LimitedRun
 
 log = structlog.get_logger("tasks_engine.worker")
 
@@ -68,9 +76,9 @@ class Worker:
         self._stopped = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
         self._idle_wait: asyncio.Future[Any] | None = None
-        self._loop_tick = time.monotonic()
-        self._thread_stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.loop_tick = time.monotonic()
+        self.health = LoopHealth()
+        self._thread: HeartbeatThread | None = None
         self._commits: CommitQueue | None = None
         self._signals = 0
         self._spawned: set[asyncio.Task[Any]] = set()
@@ -96,6 +104,7 @@ class Worker:
         self.broker = get_broker()
         self._commits = CommitQueue(self.broker)
         await self._wait_for_redis()
+        await self._check_eviction()
         log.info(
             "worker starting",
             worker=self.id,
@@ -108,20 +117,22 @@ class Worker:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.handle_signal, sig)
-        self._thread = threading.Thread(target=self._heartbeat_thread, name="tasks-engine-heartbeat", daemon=True)
+        self._thread = HeartbeatThread(self, self.settings)
         self._thread.start()
+        loops: dict[str, Callable[[], Awaitable[None]]] = {
+            "consume": self._consume, "reaper": self._reaper, "control": self._control_listener,
+            "ticker": self._loop_ticker,
+        }  # fmt: skip
+        if self.beat_enabled and beat_entries:
+            loops["beat"] = functools.partial(Beat(self.id).run, lambda: self.stopping)
         self._background = [
-            asyncio.create_task(self._consume(), name="consume"),
-            asyncio.create_task(self._reaper(), name="reaper"),
-            asyncio.create_task(self._control_listener(), name="control"),
-            asyncio.create_task(self._loop_ticker(), name="ticker"),
+            asyncio.create_task(supervised(name, body, self.health, lambda: self.stopping), name=name)
+            for name, body in loops.items()
         ]
         # What is loaded by now lives as long as the process: move it out of the collector's sight, so
         # the full collections that per-job garbage triggers scan only young objects (~15% of a
         # no-op job's CPU went to gc before).
         gc.freeze()
-        if self.beat_enabled:
-            self._background.append(asyncio.create_task(Beat(self.id).run(lambda: self.stopping), name="beat"))
 
     async def _wait_for_redis(self) -> None:
         assert self.broker is not None
@@ -134,6 +145,20 @@ class Worker:
                 delay = backoff.next()
                 log.warning("redis unreachable, retrying", redis=redacted_url(), error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
+
+    async def _check_eviction(self) -> None:
+        """A Redis that may evict keys loses jobs silently: refuse it unless the settings allow it."""
+        assert self.broker is not None
+        policy = await self.broker.eviction_policy()
+        if policy is None:
+            log.warning("cannot read Redis's maxmemory-policy (CONFIG not allowed); make sure it is noeviction")
+        elif policy != "noeviction":
+            if not self.settings.allow_eviction:
+                raise EngineConfigurationError(
+                    f"Redis at {redacted_url()} has maxmemory-policy={policy}: it may evict queued jobs and results "
+                    "without a trace. Set it to noeviction, or TE_ALLOW_EVICTION=true to run anyway."
+                )
+            log.warning("Redis may evict keys (allowed by allow_eviction): jobs can be lost", policy=policy)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, keeping a reference so it is not garbage-collected mid-way."""
@@ -181,7 +206,8 @@ class Worker:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        self._thread_stop.set()
+        if self._thread is not None:
+            self._thread.stopping.set()
         if self.broker is not None:
             try:
                 await self.broker.forget_worker(self.id)
@@ -193,7 +219,7 @@ class Worker:
     async def _requeue(self, ids: list[str]) -> None:
         assert self.broker is not None
         try:
-            log.warning("jobs put back in their queues", ids=await self.broker.requeue(ids))
+            log.warning("jobs put back in their queues", ids=await self.broker.requeue(ids, self.id))
         except REDIS_UNAVAILABLE as exc:
             log.error(
                 "could not put jobs back; their leases will expire and another worker takes them",
@@ -237,8 +263,8 @@ class Worker:
             # time is kept by a local timer, while one BLPOP stays pending across rounds and still wakes
             # us the moment a job is enqueued.
             timeout = 1.0
-            if next_due is not None:
-                timeout = min(timeout, max(0.0, (next_due - now_ms()) / 1000))
+            if next_due is not None:  # ms from now, on Redis's clock
+                timeout = min(timeout, next_due / 1000)
             if self._idle_wait is None:
                 self._idle_wait = asyncio.ensure_future(broker.wait_for_work(self.queues))
             done, _ = await asyncio.wait({self._idle_wait}, timeout=timeout)
@@ -277,83 +303,123 @@ class Worker:
 
     # ------------------------------------------------------------ one job
     async def _process(self, task_id: str, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
+        """Run one delivery and settle it: whatever happens, it ends in a final record, a retry or a dead letter."""
         try:
             msg = decode(raw, expected_id=task_id)
         except MessageError as exc:
-            await self._dead_letter(task_id, raw, str(exc))
+            await self._settle_rejected(task_id, raw, str(exc), None, delivered)
             return
-        bound = structlog.contextvars.bind_contextvars(task_id=msg.id, task_name=msg.task, retries=msg.retries)
-        try:
-            if revoked:
-                await self._complete(msg, None, Attempt("revoked", exc=TaskRevokedError("revoked")))
-                return
-            if msg.expires is not None and time.time() > msg.expires:
-                await self._complete(msg, None, Attempt("revoked", exc=TaskRevokedError("expired")))
-                return
+        with structlog.contextvars.bound_contextvars(task_id=msg.id, task_name=msg.task, retries=msg.retries):
             try:
-                task = get_task(msg.task)
-            except NotRegistered as exc:
-                await self._dead_letter(task_id, raw, str(exc), msg)
-                return
-            if task.options.idempotent and self.broker is not None:
-                # The task id doubles as an idempotency key: a job id that already succeeded never runs again.
-                stored = await self.broker.idempotent_result(msg.id)
-                if stored is not None:
-                    log.info("idempotent task already succeeded under this id; not running it again")
-                    await self._complete(msg, task, Attempt("success", value=loads(stored)))
-                    return
-            soft = msg.soft_time_limit if msg.soft_time_limit is not None else task.soft_time_limit
-            hard = msg.time_limit if msg.time_limit is not None else task.time_limit
-            req = Request(
-                id=msg.id,
-                task=msg.task,
-                args=msg.args,
-                kwargs=msg.kwargs,
-                retries=msg.retries,
-                delivered=delivered,
-                called_directly=False,
-                queue=msg.queue,
-                priority=msg.priority,
-                eta=msg.eta,
-                expires=msg.expires,
-                parent_id=msg.parent_id,
-                root_id=msg.root_id,
-                group_id=msg.group_id,
-                hostname=self.id,
-                time_limit=hard,
-                soft_time_limit=soft,
-                headers=msg.headers,
+                await self._run_and_finish(msg, raw, revoked, delivered, run)
+            except asyncio.CancelledError:
+                raise  # cold shutdown: the job is requeued (or its lease expires)
+            except Exception as exc:  # the engine's own failure: settle the job, never loop
+                log.exception("internal error while processing job; recording it as failed")
+                await self._finish(msg, None, Attempt("failure", exc=exc, traceback=format_error(exc)), delivered)
+
+    async def _run_and_finish(self, msg: Message, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
+        if revoked:
+            await self._finish(msg, None, Attempt("revoked", exc=TaskRevokedError("revoked")), delivered)
+            return
+        if msg.expires is not None and time.time() > msg.expires:
+            await self._finish(msg, None, Attempt("revoked", exc=TaskRevokedError("expired")), delivered)
+            return
+        limit = self.settings.max_deliveries
+        if delivered > limit:
+            reason = (
+                f"delivered {delivered} times without finishing (max_deliveries={limit}): each delivery "
+                "died before its result was written"
             )
-            if delivered > 1:
-                log.warning("job delivered again (a worker died or shut down while running it)", delivered=delivered)
-            started = time.monotonic()
-            attempt = await run_attempt(task, req, soft, hard, run)
-            if attempt.outcome == "failure":
-                log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
-            elif attempt.outcome == "retry":
-                log.warning(
-                    "task will retry", error=repr(attempt.exc), countdown=attempt.retry and attempt.retry.countdown
-                )
-            await self._complete(msg, task, attempt)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("internal error while processing job")
-        finally:
-            del bound
-            structlog.contextvars.unbind_contextvars("task_id", "task_name", "retries")
+            await self._settle_rejected(msg.id, raw, reason, msg, delivered, exc=DeliveryLimitExceeded(reason))
+            return
+        try:
+            task = get_task(msg.task)
+        except NotRegistered as exc:
+            await self._settle_rejected(msg.id, raw, str(exc), msg, delivered)
+            return
+        if task.options.idempotent and self.broker is not None:
+            # The task id doubles as an idempotency key: a job id that already succeeded never runs again.
+            stored = await self.broker.idempotent_result(msg.id)
+            if stored is not None:
+                log.info("idempotent task already succeeded under this id; not running it again")
+                await self._finish(msg, task, Attempt("success", value=loads(stored)), delivered)
+                return
+        soft = msg.soft_time_limit if msg.soft_time_limit is not None else task.soft_time_limit
+        hard = msg.time_limit if msg.time_limit is not None else task.time_limit
+        req = Request(
+            id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, retries=msg.retries, delivered=delivered,
+            called_directly=False, queue=msg.queue, priority=msg.priority, eta=msg.eta, expires=msg.expires,
+            parent_id=msg.parent_id, root_id=msg.root_id, group_id=msg.group_id, hostname=self.id,
+            time_limit=hard, soft_time_limit=soft, headers=msg.headers,
+        )  # fmt: skip
+        if delivered > 1:
+            log.warning("job delivered again (a worker died or shut down while running it)", delivered=delivered)
+        started = time.monotonic()
+        attempt = await run_attempt(task, req, soft, hard, run)
+        if attempt.outcome == "failure":
+            log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
+        elif attempt.outcome == "retry":
+            log.warning("task will retry", error=repr(attempt.exc), countdown=attempt.retry and attempt.retry.countdown)
+        await self._finish(msg, task, attempt, delivered)
 
-    async def _dead_letter(self, task_id: str, raw: bytes, reason: str, msg: Message | None = None) -> None:
+    async def _settle_rejected(
+        self,
+        task_id: str,
+        raw: bytes,
+        reason: str,
+        msg: Message | None,
+        delivered: int,
+        exc: BaseException | None = None,
+    ) -> None:
+        """A message that must not run (undecodable, forged, unknown task, delivered too often): dead letter."""
         log.error("message rejected", task_id=task_id, reason=reason)
-        await self._submit(rejected(task_id, raw, reason, self.id, msg))
+        try:
+            completion = rejected(task_id, raw, reason, self.id, msg, exc)
+        except Exception as error:
+            log.exception("could not plan the rejection; quarantining the job")
+            await self._quarantine(task_id, f"{reason}; then: {error!r}")
+            return
+        await self._write(completion, delivered, raw)
 
-    async def _complete(self, msg: Message, task: TaskDefinition | None, attempt: Attempt) -> None:
+    async def _finish(self, msg: Message, task: TaskDefinition | None, attempt: Attempt, delivered: int) -> None:
         """Record the outcome and move the workflow on, all in one transaction with the ack."""
-        await self._submit(decide(msg, task, attempt, self.id))
+        try:
+            completion = decide(msg, task, attempt, self.id)
+        except Exception as exc:
+            log.exception("could not finish the job (callbacks or workflow data); recording it as failed")
+            completion = settle_failed(msg, exc, self.id)
+        await self._write(completion, delivered, None, msg)
 
-    async def _submit(self, completion: Any) -> None:
+    async def _write(self, completion: Completion, delivered: int, raw: bytes | None, msg: Message | None = None,
+                     ) -> None:  # fmt: skip
         assert self._commits is not None
-        await self._commits.submit(completion)
+        completion.token, completion.worker = delivered, self.id
+        try:
+            outcome = await self._commits.submit(completion)
+        except Exception as exc:
+            log.exception("could not write the job's completion; recording it as failed")
+            try:
+                fallback = settle_failed(msg, exc, self.id) if msg is not None else completion
+                fallback.token, fallback.worker = delivered, self.id
+                outcome = await self._commits.submit(fallback)
+            except Exception as again:  # noqa: BLE001 - nothing can be written for it: take it off the books
+                await self._quarantine(completion.task_id, f"its completion cannot be written: {again!r}")
+                return
+        if outcome == "stale":
+            log.warning(
+                "result dropped: this worker no longer holds the job (it was paused or cut off past its "
+                "lease and another worker took the job over)"
+            )
+        elif outcome == "final":
+            log.warning("result dropped: another delivery had already finished this job")
+
+    async def _quarantine(self, task_id: str, reason: str) -> None:
+        assert self.broker is not None
+        try:
+            await self.broker.quarantine(task_id, reason)
+        except Exception:
+            log.exception("could not quarantine the job", task_id=task_id, reason=reason)
 
     # ------------------------------------------------------------ background duties
     async def _reaper(self) -> None:
@@ -380,75 +446,28 @@ class Worker:
         """Broadcast commands: ``terminate`` cancels a running job here if we have it."""
         assert self.broker is not None
         while True:
-            pubsub = self.broker.redis.pubsub()
             try:
-                await pubsub.subscribe(self.broker.keys.control_channel)
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    command = loads(message["data"])
-                    if command.get("action") == "terminate":
-                        for task_id in command.get("ids", []):
-                            entry = self.running.get(task_id)
-                            if entry is not None:
-                                log.warning("terminating running job (revoked)", task_id=task_id)
-                                entry[1].terminate()
+                async for data in self.broker.control_messages():
+                    self._on_command(data)
             except REDIS_UNAVAILABLE:
                 await asyncio.sleep(1.0)
-            finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _on_command(self, data: bytes) -> None:
+        try:
+            command = loads(data)
+            ids = command.get("ids", []) if isinstance(command, dict) and command.get("action") == "terminate" else []
+        except ValueError:
+            ids = None
+        if not isinstance(ids, list):
+            log.warning("ignored a control message that is not one of ours", message=data[:200])
+            return
+        for task_id in ids:
+            entry = self.running.get(task_id) if isinstance(task_id, str) else None
+            if entry is not None:
+                log.warning("terminating running job (revoked)", task_id=task_id)
+                entry[1].terminate()
 
     async def _loop_ticker(self) -> None:
         while True:
-            self._loop_tick = time.monotonic()
+            self.loop_tick = time.monotonic()
             await asyncio.sleep(0.1)
-
-    def _heartbeat_thread(self) -> None:
-        """Renew leases and advertise this worker from a thread, so a blocked loop cannot lose its jobs;
-        also the watchdog that names the task blocking the loop."""
-        heartbeat = SyncHeartbeat(self.settings)
-        interval = self.settings.heartbeat_seconds
-        reported_stall = False
-        next_beat = 0.0
-        while not self._thread_stop.wait(0.25):
-            stalled = time.monotonic() - self._loop_tick
-            if stalled > self.settings.blocked_loop_seconds:
-                if not reported_stall:
-                    # The task whose step holds the loop (the engine steps every async task itself).
-                    culprit = max(current_steps(), key=lambda step: step[1], default=(None, 0.0))[0]
-                    log.error(
-                        "event loop blocked: a task runs sync code without awaiting; use a def task "
-                        "(runs in a thread) or await",
-                        task_id=culprit,
-                        blocked_seconds=round(stalled, 2),
-                        running=list(self.running),
-                    )
-                    reported_stall = True
-            else:
-                reported_stall = False
-            if time.monotonic() < next_beat:
-                continue
-            next_beat = time.monotonic() + interval
-            try:
-                ids = tuple(self.running)
-                heartbeat.beat(
-                    self.id,
-                    ids,
-                    now_ms() + int(self.settings.lease_seconds * 1000),
-                    {
-                        "id": self.id,
-                        "queues": self.queues,
-                        "running": len(ids),
-                        "pid": os.getpid(),
-                        "host": socket.gethostname(),
-                        "processed": self.processed,
-                        "max_jobs": self.max_jobs,
-                        "seen": now_iso(),
-                    },
-                    ttl=max(3, int(self.settings.lease_seconds)),
-                )
-            except REDIS_UNAVAILABLE:
-                next_beat = time.monotonic() + 0.5
-            except RuntimeError:  # interpreter shutting down
-                next_beat = time.monotonic() + 0.5
-        heartbeat.close()

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "embedded": 0,
     # L1: the vocabulary: messages, arguments, task definitions and routing, grammars, record format
     "arguments": 1,
+    "validation": 1,
     "registry": 1,
     "ratelimit": 1,
     "retries": 1,
@@ -47,6 +48,7 @@ LAYERS: dict[str, int] = {
     "task": 3,
     # L4: completion decision, engine tasks, beat, operations, the worker
     "completion": 4,
+    "supervision": 4,
     "commit": 4,
     "builtins": 4,
     "beat": 4,
@@ -197,4 +199,4 @@ def test_lua_scripts_ship_as_package_data() -> None:
     on_disk = {p.stem for p in (PACKAGE / "store" / "lua").glob("*.lua")} - {"lib"}
     assert on_disk == set(SCRIPTS)
     assert "local function te_enqueue" in lua("enqueue")  # the shared library is prepended
-    assert "uses: lib" not in lua("claim")
+    assert "local function te_enqueue" not in lua("purge")  # only where a script asks for it

@@ -592,9 +592,12 @@ async def test_redelivered_parent_step_plans_its_chord_and_link_once(engine):
 
 
 @pytest.mark.slow
-async def test_chord_body_once_when_a_paused_worker_finishes_a_redelivered_header(engine, spawn_worker, prefix):
+async def test_chord_body_once_when_a_paused_worker_finishes_a_redelivered_header(
+    engine, spawn_worker, prefix, tmp_path
+):
     """The worker running header "a" is paused (SIGSTOP); its lease runs out, another worker runs "a" again
-    and the body fires; then the paused worker resumes and completes its copy too. The body runs once."""
+    and the body fires; then the paused worker resumes and finishes its copy too. The body runs once, and
+    the stale copy's completion is dropped: the record still names the worker that ran "a" again."""
     slow = spawn_worker("-j", "4", "-Q", "slow", wait=False, env=FAST_LEASE)
     await wait_until(lambda: _workers_up(prefix, [slow]), timeout=20)
     header = [t.slow_once.si("hdr", "a", 2.0).set(queue="slow"), t.record.si("hdr", "b").set(queue="slow")]
@@ -612,12 +615,18 @@ async def test_chord_body_once_when_a_paused_worker_finishes_a_redelivered_heade
     finally:
         os.kill(slow.pid, signal.SIGCONT)
     try:
-        await wait_until(lambda: _worker_is(a.id, slow.pid), timeout=10)  # the paused one completed its copy
+        # The paused one finishes its copy and tries to complete it: fenced off, it writes nothing.
+        await wait_until(lambda: _logged(tmp_path, "result dropped: this worker no longer holds the job"), timeout=10)
         await asyncio.sleep(0.5)
     finally:
         await other.stop(grace=1)
     assert [e.split("|")[1] for e in await log_of("hdr")].count("a") == 2
     assert len(await log_of("body")) == 1
+    assert (await a.info())["worker"] == other.id and not await _worker_is(a.id, slow.pid)
+
+
+async def _logged(directory: Any, text: str) -> bool:
+    return any(text in path.read_text(errors="replace") for path in directory.glob("worker-*.log"))
 
 
 async def _worker_is(task_id: str, pid: int) -> bool:

@@ -11,23 +11,27 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import redis as sync_redis
+import structlog
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, ResponseError
 
 from tasks_engine.clock import Backoff, now_iso, now_ms
 from tasks_engine.codec import dumps, loads
 from tasks_engine.config import EngineSettings, get_settings, redacted_url
 from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConnectionError
-from tasks_engine.store.keys import DEAD_LETTERS_KEPT, Keys
+from tasks_engine.store.keys import Keys
 from tasks_engine.store.scripts import SCRIPTS, lua
 from tasks_engine.store.views import Views
-from tasks_engine.store.waiter import ResultWaiter
+from tasks_engine.store.waiter import ResultWaiter, messages
 from tasks_engine.store.writes import ChordPart, Completion, Enqueue, Writes
+
+log = structlog.get_logger("tasks_engine.store")
 
 T = TypeVar("T")
 _EXC_FIELDS = ("exc_type", "exc_module", "exc_message", "exc_args", "traceback")
@@ -50,6 +54,7 @@ class Broker(Views):
             settings.redis_url.get_secret_value(),
             max_connections=200,
             socket_connect_timeout=5,
+            socket_timeout=settings.redis_socket_timeout,  # a hung Redis is an outage, not a hang
             health_check_interval=30,
         )
         self.scripts: dict[str, AsyncScript] = {name: self.redis.register_script(lua(name)) for name in SCRIPTS}
@@ -135,67 +140,59 @@ class Broker(Views):
         self, count: int, lease_ms: int, worker_id: str, rate_limits_json: str, queues: Sequence[str]
     ) -> tuple[list[tuple[str, bytes, bool, int]], int | None]:
         """Take up to ``count`` jobs (best priority first across ``queues``): ``(id, raw, revoked, delivered)``
-        each, and the next deferred due time (ms) if any."""
-        now = now_ms()
-        jobs, next_due = await self.scripts["claim"](
-            args=[self.prefix, now, count, now + lease_ms, worker_id, rate_limits_json, *queues]
+        each, and how many ms until the next deferred job is due (None: nothing deferred)."""
+        jobs, next_due, redis_now = await self.scripts["claim"](
+            args=[
+                self.prefix,
+                count,
+                lease_ms,
+                worker_id,
+                rate_limits_json,
+                now_iso(),
+                self.settings.result_expires,
+                *queues,
+            ]
         )
-        out = [(tid.decode(), raw, bool(revoked), int(delivered)) for tid, raw, revoked, delivered in jobs]
-        return out, int(next_due) if next_due else None
+        out = []
+        for tid, raw, revoked, delivered in jobs:
+            try:
+                out.append((tid.decode(), raw, bool(revoked), int(delivered)))
+            except UnicodeDecodeError:  # no message of ours has such an id: take it off the books
+                await self.quarantine(tid, "job id is not valid UTF-8")
+        return out, max(0, int(next_due) - int(redis_now)) if next_due else None
+
+    async def quarantine(self, task_id: str | bytes, reason: str) -> None:
+        """Take a job off the books for good: a dead letter and a FAILURE record with ``reason``."""
+        log.error("job quarantined", task_id=repr(task_id) if isinstance(task_id, bytes) else task_id, reason=reason)
+        await self.scripts["quarantine"](args=[self.prefix, task_id, reason, now_iso(), self.settings.result_expires])
 
     def wait_for_work(self, queues: Sequence[str], timeout: int = 1) -> Awaitable[Any]:
         """Block until a job is enqueued on one of ``queues`` (or ``timeout`` seconds)."""
         return awaited(self.redis.blpop([self.keys.wake(q) for q in queues], timeout=timeout))
 
-    async def requeue(self, ids: Sequence[str]) -> list[str]:
-        """Put running jobs back in their queues at their place, without counting a retry."""
-        back = await self.scripts["requeue"](args=[self.prefix, now_ms(), "ids", *ids])
+    async def requeue(self, ids: Sequence[str], worker_id: str) -> list[str]:
+        """Put this worker's running jobs back in their queues at their place, without counting a retry."""
+        back = await self.scripts["requeue"](
+            args=[self.prefix, worker_id, "ids", now_iso(), self.settings.result_expires, *ids]
+        )
         return [b.decode() for b in back]
 
     async def reap_expired(self) -> list[str]:
-        """Requeue jobs whose lease ran out (their worker died)."""
-        back = await self.scripts["requeue"](args=[self.prefix, now_ms(), "expired"])
+        """Requeue jobs whose lease ran out on Redis's clock (their worker died or was paused)."""
+        back = await self.scripts["requeue"](args=[self.prefix, "", "expired", now_iso(), self.settings.result_expires])
         return [b.decode() for b in back]
 
     async def idempotent_result(self, task_id: str) -> bytes | None:
         return cast("bytes | None", await self.redis.get(self.keys.idempotent(task_id)))
 
+    def control_messages(self) -> AsyncIterator[bytes]:
+        """Broadcast commands to workers (JSON), as they are published."""
+        return messages(self.redis, self.keys.control_channel)
+
     async def forget_worker(self, worker_id: str) -> None:
         await self.redis.delete(self.keys.worker(worker_id))
 
     # ------------------------------------------------------------ completions
-    async def add_completion(self, pipe: Any, c: Completion) -> None:
-        """Queue one completion on ``pipe``: result record, ack, next steps, chord parts, wake-ups."""
-        ttl = self.settings.result_expires
-        k = self.keys
-        if c.dead_letter is not None:
-            pipe.lpush(k.dead, c.dead_letter)
-            pipe.ltrim(k.dead, 0, DEAD_LETTERS_KEPT - 1)
-        key = k.result(c.task_id)
-        if c.record is None:
-            pipe.delete(key)
-        elif c.record:
-            if c.clear_exception:
-                pipe.hdel(key, *_EXC_FIELDS)
-            pipe.hset(key, mapping=c.record)
-            pipe.expire(key, ttl)
-        for other_id, other in c.failed_later:
-            pipe.hset(k.result(other_id), mapping=other)
-            pipe.expire(k.result(other_id), ttl)
-            pipe.set(k.revoked(other_id), "1", ex=ttl)  # they must never start now
-            pipe.publish(k.done_channel, other_id)
-        pipe.zrem(k.active, c.task_id)
-        pipe.hdel(k.inflight, c.task_id)
-        if c.final:
-            pipe.delete(k.message(c.task_id))
-        await self.add_writes(pipe, c.writes)
-        for part in c.chord_parts:
-            await self.add_chord_part(pipe, part)
-        if c.final:
-            pipe.publish(k.done_channel, c.task_id)
-        if c.idempotent_value is not None:
-            pipe.set(k.idempotent(c.task_id), c.idempotent_value, ex=ttl)
-
     async def add_chord_part(self, pipe: Any, part: ChordPart) -> None:
         await self.scripts["chord_part"](
             args=[
@@ -214,26 +211,36 @@ class Broker(Views):
             client=pipe,
         )
 
-    async def commit(self, batch: Sequence[Completion]) -> list[BaseException | None]:
-        """Write ``batch`` in one MULTI (each completion all-or-nothing); one error (or None) per entry.
+    async def commit(self, batch: Sequence[Completion]) -> list[str | BaseException]:
+        """Write ``batch`` in one MULTI, one ``complete.lua`` call per completion (each all-or-nothing and
+        fenced). Per entry: ``'ok'``, ``'stale'`` (not the lease holder: nothing written), ``'final'``
+        (already finished by another delivery: only acknowledged) or the error for that entry.
 
         Raises what Redis raised when the whole transaction failed (the caller retries or splits)."""
-        spans: list[tuple[int, int]] = []
-        failed: dict[int, BaseException] = {}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for index, completion in enumerate(batch):
-                first = len(pipe.command_stack)
-                try:
-                    await self.add_completion(pipe, completion)
-                except Exception as exc:  # noqa: BLE001 - one job's bad data must not sink the batch
-                    del pipe.command_stack[first:]
-                    failed[index] = exc
-                spans.append((first, len(pipe.command_stack)))
-            replies = await pipe.execute(raise_on_error=False) if pipe.command_stack else []
-        return [
-            failed.get(i) or next((r for r in replies[a:b] if isinstance(r, Exception)), None)
-            for i, (a, b) in enumerate(spans)
-        ]
+        script = self.scripts["complete"]
+        head: list[Any] = [self.prefix, self.settings.result_expires, now_ms(), now_iso()]
+        out: list[str | BaseException | None] = [None] * len(batch)
+        payloads: list[bytes | None] = [None] * len(batch)
+        for index, completion in enumerate(batch):
+            try:
+                payloads[index] = completion.payload()
+            except Exception as exc:  # noqa: BLE001 - one job's bad data must not sink the batch
+                out[index] = exc
+        todo = [i for i, payload in enumerate(payloads) if payload is not None]
+        for _ in range(2):  # a second round only after Redis lost its script cache (restart, flush)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for i in todo:
+                    pipe.evalsha(script.sha, 0, *head, payloads[i])  # type: ignore[arg-type]
+                replies = await pipe.execute(raise_on_error=False) if todo else []
+            missing = [i for i, r in zip(todo, replies, strict=True) if isinstance(r, NoScriptError)]
+            for i, reply in zip(todo, replies, strict=True):
+                if not isinstance(reply, NoScriptError):
+                    out[i] = reply if isinstance(reply, BaseException) else reply.decode()
+            if not missing:
+                break
+            await self.redis.script_load(script.script)
+            todo = missing
+        return [r if r is not None else NoScriptError("script not loaded") for r in out]
 
     async def write_failed_later(
         self, failed: list[tuple[str, dict[str, Any]]], writes: Writes, part: ChordPart | None
@@ -281,6 +288,15 @@ class Broker(Views):
         """Delete every ready job of a queue with its message, atomically."""
         return int(await self.scripts["purge"](args=[self.prefix, queue]))
 
+    async def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy``, or None where CONFIG is not allowed (managed services)."""
+        try:
+            reply = await self.redis.config_get("maxmemory-policy")
+        except ResponseError:
+            return None
+        value = reply.get(b"maxmemory-policy", reply.get("maxmemory-policy"))
+        return value.decode() if isinstance(value, bytes) else value
+
     # ------------------------------------------------------------ beat
     async def beat_tick(self, entry: str, tick_ms: int, ttl: int, item: Enqueue) -> bool:
         """Claim one periodic tick and enqueue its job, atomically; False if another worker had it."""
@@ -292,7 +308,10 @@ class Broker(Views):
 
     async def beat_last(self, entry: str) -> int | None:
         raw = await self.redis.get(self.keys.beat_last(entry))
-        return None if raw is None else int(raw)
+        try:
+            return None if raw is None else int(raw)
+        except ValueError:  # not ours: the entry starts afresh
+            return None
 
     async def set_beat_last(self, entry: str, tick_ms: int, only_if_missing: bool = False) -> None:
         await self.redis.set(self.keys.beat_last(entry), tick_ms, nx=only_if_missing)
@@ -377,17 +396,17 @@ class SyncHeartbeat:
     """The heartbeat thread's own (blocking) client: lease renewals and the worker's advertisement."""
 
     def __init__(self, settings: EngineSettings) -> None:
-        self.client = sync_redis.Redis.from_url(settings.redis_url.get_secret_value(), socket_timeout=5)
+        self.client = sync_redis.Redis.from_url(
+            settings.redis_url.get_secret_value(), socket_timeout=min(5.0, settings.redis_socket_timeout)
+        )
         self.keys = Keys(settings.key_prefix)
+        self.renew = self.client.register_script(lua("renew"))
 
-    def beat(
-        self, worker_id: str, running: Sequence[str], lease_deadline_ms: int, info: dict[str, Any], ttl: int
-    ) -> None:
-        pipe = self.client.pipeline(transaction=False)
+    def beat(self, worker_id: str, running: Sequence[str], lease_ms: int, info: dict[str, Any], ttl: int) -> None:
+        """Renew the leases this worker still holds (on Redis's clock) and advertise the worker."""
         if running:
-            pipe.zadd(self.keys.active, dict.fromkeys(running, lease_deadline_ms), xx=True)
-        pipe.set(self.keys.worker(worker_id), dumps(info), ex=ttl)
-        pipe.execute()
+            self.renew(args=[self.keys.prefix, worker_id, lease_ms, *running])
+        self.client.set(self.keys.worker(worker_id), dumps(info), ex=ttl)
 
     def close(self) -> None:
         self.client.close()

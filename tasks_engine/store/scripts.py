@@ -31,4 +31,7 @@ SCRIPTS = (
     "replan_rate_limit",
     "sweep_orphans",
     "purge",
+    "complete",
+    "renew",
+    "quarantine",
 )

@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 log = structlog.get_logger("tasks_engine.store")
+
+
+async def messages(redis: Redis, channel: str, ready: asyncio.Event | None = None) -> AsyncIterator[bytes]:
+    """The payloads published on ``channel``, for as long as the connection lives.
+
+    Reads with a short timeout of its own rather than ``listen()``: an idle subscription must not
+    trip the client's ``socket_timeout`` (which bounds every other command).
+    """
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    try:
+        await pubsub.subscribe(channel)
+        if ready is not None:
+            ready.set()
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None and message.get("type") == "message":
+                yield message["data"]
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 class ResultWaiter:
@@ -30,14 +50,9 @@ class ResultWaiter:
         await self._ready.wait()
 
     async def _listen(self, ready: asyncio.Event) -> None:
-        pubsub = self.redis.pubsub()
         try:
-            await pubsub.subscribe(self.channel)
-            ready.set()
-            async for message in pubsub.listen():
-                if message.get("type") != "message":
-                    continue
-                for fut in self.waiters.pop(message["data"].decode(), ()):
+            async for data in messages(self.redis, self.channel, ready):
+                for fut in self.waiters.pop(data.decode(errors="replace"), ()):
                     if not fut.done():
                         fut.set_result(None)
         except (ConnectionError, OSError, RedisError) as exc:
@@ -50,7 +65,6 @@ class ResultWaiter:
                     if not fut.done():
                         fut.set_result(None)
             self.waiters.clear()
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def register(self, task_id: str) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

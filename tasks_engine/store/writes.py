@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 
 @dataclass(frozen=True)
 class Enqueue:
@@ -23,6 +25,10 @@ class Enqueue:
     def stored(self) -> list[Any]:
         """The form kept inside a chord record until the chord fires (always ``nx``)."""
         return [self.id, self.raw.decode(), self.queue, str(self.priority), str(self.eta_ms), "1"]
+
+    def stored_nx(self) -> list[Any]:
+        """As :meth:`stored`, keeping this enqueue's own ``nx``."""
+        return [self.id, self.raw.decode(), self.queue, str(self.priority), str(self.eta_ms), "1" if self.nx else "0"]
 
 
 @dataclass
@@ -67,6 +73,8 @@ class Completion:
     ``record`` is merged into the result hash (None: the result is not kept and the hash is deleted);
     ``final`` deletes the message and announces the id on the ``done`` channel; ``failed_later`` are
     result records of steps that will never run (they are marked revoked so they never start).
+    ``token`` is the delivery it finishes (the ``delivered`` count its claim returned) and ``worker``
+    the lease holder: the store drops the completion when either no longer matches (a stale worker).
     """
 
     task_id: str
@@ -78,3 +86,39 @@ class Completion:
     chord_parts: list[ChordPart] = field(default_factory=list)
     idempotent_value: str | None = None
     dead_letter: bytes | None = None
+    token: int | None = None
+    worker: str = ""
+
+    def payload(self) -> bytes:
+        """The JSON ``lua/complete.lua`` reads (every record value as a string)."""
+
+        def fields(record: dict[str, Any]) -> dict[str, str]:
+            return {k: v if isinstance(v, str) else str(v) for k, v in record.items()}
+
+        return orjson.dumps(
+            {
+                "id": self.task_id,
+                "token": self.token,
+                "worker": self.worker,
+                "record": None if self.record is None else fields(self.record),
+                "clear": self.clear_exception,
+                "final": self.final,
+                "later": [[i, fields(r)] for i, r in self.failed_later],
+                "chords": [
+                    [ch.id, ch.total, _json([e.stored() for e in ch.body]), _json([e.stored() for e in ch.on_error])]
+                    for ch in self.writes.chords
+                ],
+                "groups": [[g, tree.decode()] for g, tree in self.writes.groups],
+                "enqueues": [e.stored_nx() for e in self.writes.enqueues],
+                "parts": [
+                    [c.chord_id, c.task_id, c.index, "1" if c.ok else "0", c.result_json, c.error_text, c.traceback]
+                    for c in self.chord_parts
+                ],
+                "idempotent": self.idempotent_value,
+                "dead": None if self.dead_letter is None else self.dead_letter.decode(errors="replace"),
+            }
+        )
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()

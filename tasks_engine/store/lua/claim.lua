@@ -1,18 +1,29 @@
--- ARGV: prefix, now_ms, n, lease_deadline_ms, worker_id, rate_limits_json, queue...
--- Returns {{id, msg, revoked, delivered}, ...} and the next deferred due time (ms) or ''.
-local p, now, n, lease, wid = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local limits = cjson.decode(ARGV[6])
+-- uses: lib
+-- ARGV: prefix, n, lease_ms, worker_id, rate_limits_json, now_iso, result_ttl, queue...
+-- Returns {{id, msg, revoked, delivered}, ...}, the next deferred due time (ms) or '', and Redis's now (ms).
+-- Leases and due times use Redis's clock, never the worker's. An entry the script cannot read (bad
+-- bookkeeping, a lost message, a key of the wrong type) is quarantined: it must never stop every claim.
+local p, n, lease_ms, wid = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local limits = cjson.decode(ARGV[5])
+local iso, ttl = ARGV[6], ARGV[7]
 local queues = {}
-for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
+for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
+local rnow = te_time_ms()
+local now = rnow
+local lease = string.format('%d', rnow + lease_ms)
 -- Due deferred jobs join their queue at the score they got when enqueued: their priority's place.
 local due = redis.call('zrangebyscore', p .. ':delayed', '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
-  redis.call('zrem', p .. ':delayed', id)
   local info = redis.call('hget', p .. ':dq', id)
-  if info then
-    local sep = string.find(info, '|', 1, true)
+  local q, score = te_place(info, false)
+  if q then
+    redis.call('zrem', p .. ':delayed', id)
     redis.call('hdel', p .. ':dq', id)
-    redis.call('zadd', p .. ':q:' .. string.sub(info, 1, sep - 1), string.sub(info, sep + 1), id)
+    redis.call('zadd', p .. ':q:' .. q, score, id)
+  elseif info then
+    te_quarantine(p, id, 'unreadable deferred-job entry: ' .. tostring(info), iso, ttl)
+  else
+    redis.call('zrem', p .. ':delayed', id)
   end
 end
 local function park(id, q, score, at)
@@ -37,8 +48,6 @@ end
 --    the rate at most, and no 1-second window exceeds the limit.
 -- The runtime override hash ``rate-limits`` (control.set_rate_limit) wins over the limits the worker
 -- declares in ARGV; a limit is {emission interval ms, burst tolerance ms}.
-local clock = redis.call('time')
-local rnow = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local function rate_limited(id, q, score, task, rl, msg)
   local pass = p .. ':rl-pass:' .. task
   local reserved = redis.call('srem', pass, id) == 1
@@ -47,7 +56,7 @@ local function rate_limited(id, q, score, task, rl, msg)
   local at = nil
   if not reserved then
     local key = p .. ':rl:' .. task
-    local tat = math.max(tonumber(redis.call('get', key) or '0'), rnow)
+    local tat = math.max(tonumber(redis.call('get', key) or '0') or 0, rnow)
     local allow_at = tat - rl[2]
     if allow_at > rnow and exp and exp < allow_at then
       park(id, q, score, exp + 1)  -- %d truncates: +1 so it is due only once expired
@@ -93,21 +102,36 @@ while taken < n do
   end
   if not bid then break end
   redis.call('zrem', p .. ':q:' .. bq, bid)
-  local msg = redis.call('get', p .. ':msg:' .. bid)
-  if msg then
+  local got, msg = pcall(redis.call, 'get', p .. ':msg:' .. bid)
+  if not got then
+    te_quarantine(p, bid, 'message key holds a value of the wrong type', iso, ttl)
+  elseif not msg then
+    if not te_final(redis.call('hget', p .. ':res:' .. bid, 'state')) then
+      te_quarantine(p, bid, 'message lost while queued (evicted or deleted)', iso, ttl)
+    end
+  else
     local revoked = redis.call('exists', p .. ':revoked:' .. bid)
     local deferred = false
     local task = string.match(msg, '"task":"(.-)"')
     if revoked == 0 and task then
       local o = redis.call('hget', p .. ':rate-limits', task)
-      local rl = nil
-      if o then rl = cjson.decode(o) else rl = limits[task] end
+      local rl = limits[task]
+      if o then
+        local parsed, value = pcall(cjson.decode, o)
+        if parsed and type(value) == 'table' and tonumber(value[1]) and tonumber(value[2]) then
+          rl = value
+        else
+          redis.call('hdel', p .. ':rate-limits', task)  -- unreadable runtime limit: the declared one applies
+        end
+      end
       if rl and rl[1] > 0 then deferred = rate_limited(bid, bq, bs, task, rl, msg) end
     end
     if not deferred then
       redis.call('zadd', p .. ':active', lease, bid)
       redis.call('hset', p .. ':inflight', bid, bq .. '|' .. bs .. '|' .. wid)
       local rkey = p .. ':res:' .. bid
+      local t = redis.call('type', rkey)['ok']
+      if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end  -- the store keeps only what it can read
       local delivered = redis.call('hincrby', rkey, 'delivered', 1)
       if revoked == 0 then
         redis.call('hset', rkey, 'state', 'STARTED', 'worker', wid, 'date_started', string.format('%d', rnow))
@@ -123,4 +147,4 @@ elseif taken == 0 then
   for _, q in ipairs(queues) do redis.call('del', p .. ':wake:' .. q) end
 end
 local nxt = redis.call('zrange', p .. ':delayed', 0, 0, 'WITHSCORES')
-return {out, nxt[2] or ''}
+return {out, nxt[2] or '', rnow}

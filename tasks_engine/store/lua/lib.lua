@@ -1,10 +1,91 @@
 -- Shared helpers, prepended to the scripts that start with '-- uses: lib'.
+-- Numbers are formatted with %d: Redis converts Lua numbers with %.14g.
+
+-- Redis's own clock in ms: one clock for every host (leases, due times, rate limits).
+local function te_time_ms()
+  local t = redis.call('time')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function te_final(state)
+  return state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED'
+end
+
+-- 'queue|score' (dq) or 'queue|score|worker' (inflight), read from the right: the score and the
+-- worker id never contain '|', so a queue name that does (refused at enqueue since) still parses.
+local function te_place(info, with_worker)
+  if type(info) ~= 'string' then return nil end
+  local worker = nil
+  if with_worker then
+    local w = string.match(info, '|([^|]*)$')
+    if not w then return nil end
+    worker = w
+    info = string.sub(info, 1, #info - #w - 1)
+  end
+  local q, score = string.match(info, '^(.+)|([^|]+)$')
+  if not q or not tonumber(score) then return nil end
+  return q, score, worker
+end
+
+-- True when s is valid UTF-8: cjson copies bytes as they are, and the engine's readers need JSON text.
+local function te_utf8(s)
+  local i, n = 1, #s
+  while i <= n do
+    local c, len = string.byte(s, i), 0
+    if c < 128 then len = 1
+    elseif c >= 194 and c <= 223 then len = 2
+    elseif c >= 224 and c <= 239 then len = 3
+    elseif c >= 240 and c <= 244 then len = 4
+    else return false end
+    for j = i + 1, i + len - 1 do
+      local d = string.byte(s, j)
+      if not d or d < 128 or d > 191 then return false end
+    end
+    i = i + len
+  end
+  return true
+end
+
+-- s as text fit for a JSON document: itself, without a character cut in half at the end, or its hex.
+local function te_text(s)
+  for cut = 0, 3 do
+    local head = string.sub(s, 1, #s - cut)
+    if te_utf8(head) then return head end
+  end
+  return 'hex:' .. (string.gsub(s, '.', function(ch) return string.format('%02x', string.byte(ch)) end))
+end
+
+-- A job the engine cannot handle (bad bookkeeping, lost message): it leaves every structure, gets a
+-- FAILURE record naming the reason, a dead letter keeps what is known, and waiters are woken.
+local function te_quarantine(p, id, reason, iso, ttl)
+  local mkey = p .. ':msg:' .. id
+  local ok, msg = pcall(redis.call, 'get', mkey)
+  if not ok or type(msg) ~= 'string' then msg = '' end
+  redis.call('zrem', p .. ':delayed', id)
+  redis.call('hdel', p .. ':dq', id)
+  redis.call('zrem', p .. ':active', id)
+  redis.call('hdel', p .. ':inflight', id)
+  redis.call('del', mkey)
+  redis.call('lpush', p .. ':dead', cjson.encode({id = te_text(id), reason = te_text(reason), at = iso,
+    raw = te_text(string.sub(msg, 1, 4096))}))
+  redis.call('ltrim', p .. ':dead', 0, 9999)
+  local rkey = p .. ':res:' .. id
+  local t = redis.call('type', rkey)['ok']
+  if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end
+  if not te_final(redis.call('hget', rkey, 'state')) then
+    redis.call('hset', rkey, 'state', 'FAILURE', 'exc_type', 'MessageError', 'exc_module', 'tasks_engine.exceptions',
+      'exc_message', te_text(reason), 'exc_args', cjson.encode({te_text(reason)}), 'traceback', '', 'date_done', iso)
+    redis.call('expire', rkey, ttl)
+    redis.call('publish', p .. ':done', id)
+  end
+end
+
 local function te_enqueue(p, id, msg, q, prio, eta, now, nx)
   local mkey = p .. ':msg:' .. id
   if nx == '1' then
     if redis.call('exists', mkey) == 1 then return 0 end
     local st = redis.call('hget', p .. ':res:' .. id, 'state')
-    if st == 'SUCCESS' or st == 'FAILURE' or st == 'REVOKED' then return 0 end
+    if te_final(st) then return 0 end
   end
   local seq = redis.call('incr', p .. ':seq')
   local score = string.format('%d', tonumber(prio) * 1000000000000 + seq)
@@ -20,4 +101,50 @@ local function te_enqueue(p, id, msg, q, prio, eta, now, nx)
     redis.call('ltrim', p .. ':wake:' .. q, 0, 999)
   end
   return 1
+end
+
+-- One chord header part: count a result (the last one dispatches the body, once) or fail the chord
+-- (the body is recorded FAILURE with ChordError and the chord's on_error jobs are enqueued).
+local function te_chord_part(p, cid, tid, index, ok, result_json, exc_message, traceback, now_ms, now_iso, ttl)
+  local ckey = p .. ':chord:' .. cid
+  if redis.call('exists', ckey) == 0 then return 'unknown' end
+  if redis.call('sadd', ckey .. ':done', tid) == 0 then return 'dup' end
+  redis.call('expire', ckey .. ':done', ttl)
+  local function run_writes(raw, results)
+    for _, w in ipairs(cjson.decode(raw)) do
+      local msg = w[2]
+      if results then
+        local s, e = string.find(msg, '"__te_chord_results__"', 1, true)
+        if s then msg = string.sub(msg, 1, s - 1) .. results .. string.sub(msg, e + 1) end
+      end
+      te_enqueue(p, w[1], msg, w[3], w[4], w[5], now_ms, '1')
+    end
+  end
+  if ok == '1' then
+    redis.call('hset', ckey .. ':r', index, result_json)
+    redis.call('expire', ckey .. ':r', ttl)
+    local count = redis.call('hincrby', ckey, 'count', 1)
+    local total = tonumber(redis.call('hget', ckey, 'total'))
+    if count >= total and redis.call('hexists', ckey, 'failed') == 0
+        and redis.call('hsetnx', ckey, 'dispatched', tid) == 1 then
+      local parts = {}
+      for i = 0, total - 1 do parts[#parts + 1] = redis.call('hget', ckey .. ':r', tostring(i)) or 'null' end
+      run_writes(redis.call('hget', ckey, 'body'), '[' .. table.concat(parts, ',') .. ']')
+      redis.call('expire', ckey, ttl)
+      return 'fired'
+    end
+    return 'counted'
+  end
+  if redis.call('hsetnx', ckey, 'failed', tid) == 1 then
+    local body_id = redis.call('hget', ckey, 'body_id')
+    local rkey = p .. ':res:' .. body_id
+    redis.call('hset', rkey, 'state', 'FAILURE', 'exc_type', 'ChordError', 'exc_module', 'tasks_engine.exceptions',
+      'exc_message', exc_message, 'traceback', traceback, 'date_done', now_iso)
+    redis.call('expire', rkey, ttl)
+    redis.call('publish', p .. ':done', body_id)
+    run_writes(redis.call('hget', ckey, 'on_error'), nil)
+    redis.call('expire', ckey, ttl)
+    return 'failed'
+  end
+  return 'counted'
 end

@@ -1,24 +1,34 @@
--- ARGV: prefix, now_ms, mode ('expired' = reap leases past now; 'ids' = the given ids), ids...
-local p, now = ARGV[1], ARGV[2]
+-- uses: lib
+-- ARGV: prefix, worker_id ('' for the reaper), mode ('expired' = leases past Redis's clock; 'ids'), now_iso,
+-- ttl, ids... Puts jobs back in their queue at their place, without counting a retry. In 'ids' mode only
+-- jobs this worker holds are put back (a worker paused past its lease must not take a job back from the
+-- worker that runs it now). A job whose bookkeeping cannot be read is quarantined, never left to stop us.
+local p, wid, iso, ttl = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 local ids = {}
 if ARGV[3] == 'expired' then
-  ids = redis.call('zrangebyscore', p .. ':active', '-inf', now, 'LIMIT', 0, 500)
+  ids = redis.call('zrangebyscore', p .. ':active', '-inf', te_time_ms(), 'LIMIT', 0, 500)
 else
-  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+  for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
 local back = {}
 for _, id in ipairs(ids) do
   local info = redis.call('hget', p .. ':inflight', id)
-  redis.call('zrem', p .. ':active', id)
-  redis.call('hdel', p .. ':inflight', id)
-  if info and redis.call('exists', p .. ':msg:' .. id) == 1 then
-    local a = string.find(info, '|', 1, true)
-    local b = string.find(info, '|', a + 1, true)
-    local q = string.sub(info, 1, a - 1)
-    redis.call('zadd', p .. ':q:' .. q, string.sub(info, a + 1, b - 1), id)
-    redis.call('lpush', p .. ':wake:' .. q, '1')
-    redis.call('hset', p .. ':res:' .. id, 'state', 'PENDING')
-    back[#back + 1] = id
+  local q, score, owner = te_place(info, true)
+  if ARGV[3] == 'ids' and owner ~= wid then
+    -- not ours (any more): leave it alone
+  elseif info and not q then
+    te_quarantine(p, id, 'unreadable running-job entry: ' .. tostring(info), iso, ttl)
+  else
+    redis.call('zrem', p .. ':active', id)
+    redis.call('hdel', p .. ':inflight', id)
+    if q and redis.call('exists', p .. ':msg:' .. id) == 1 then
+      redis.call('zadd', p .. ':q:' .. q, score, id)
+      redis.call('lpush', p .. ':wake:' .. q, '1')
+      redis.call('hset', p .. ':res:' .. id, 'state', 'PENDING')
+      back[#back + 1] = id
+    elseif q and not te_final(redis.call('hget', p .. ':res:' .. id, 'state')) then
+      te_quarantine(p, id, 'message lost while running (evicted or deleted)', iso, ttl)
+    end
   end
 end
 return back

@@ -1,3 +1,4 @@
+-- uses: lib
 -- ARGV: prefix, now_iso, ids...
 local p = ARGV[1]
 local moved = {}
@@ -10,7 +11,7 @@ for i = 3, #ARGV do
     local waiting = redis.call('zscore', p .. ':delayed', id) or redis.call('zscore', p .. ':active', id)
     if not queued and not waiting then
       redis.call('lpush', p .. ':dead', cjson.encode({id = id, reason = 'orphaned message: in no queue', at = ARGV[2],
-        raw = string.sub(msg, 1, 4096)}))
+        raw = te_text(string.sub(msg, 1, 4096))}))
       redis.call('del', p .. ':msg:' .. id)
       moved[#moved + 1] = id
     end
