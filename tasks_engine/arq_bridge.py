@@ -97,6 +97,9 @@ def worker_settings(
         "redis_settings": arq_redis_settings(settings.redis_url.get_secret_value()),
         "queue_name": f"{settings.key_prefix}:arq",
         "health_check_key": f"{settings.key_prefix}:arq:health-check",
+        # arq writes this key every interval with a TTL one second longer: short, so `arq ... --check`
+        # fails within seconds of the worker process dying (arq's default keeps it an hour).
+        "health_check_interval": max(2, int(settings.lease_seconds)),
         "job_serializer": arq_job_serializer,
         "job_deserializer": arq_job_deserializer,
         "poll_delay": 1.0,

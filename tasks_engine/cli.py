@@ -14,29 +14,19 @@ from typing import Annotated, Any
 import structlog
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from tasks_engine import beat, control
+from tasks_engine import cli_ops, control
+from tasks_engine.cli_ops import load_app
 from tasks_engine.config import configure, get_settings
 from tasks_engine.embedded import ensure_redis
 from tasks_engine.exceptions import EngineConfigurationError
 from tasks_engine.logs import configure_logging
-from tasks_engine.results import AsyncResult
-from tasks_engine.store import get_broker
+from tasks_engine.metrics import cluster_exposition, prometheus, serve
 from tasks_engine.worker import Worker
 
 app = typer.Typer(help="Celery's task model on asyncio, arq and Redis.", no_args_is_help=True)
 console = Console()
-
-
-def _load_app(app_module: str | None, imports: list[str]) -> None:
-    """Import the application's settings module (configures the engine) and task modules."""
-    sys.path.insert(0, os.getcwd())
-    module = app_module if app_module is not None else ("settings" if os.path.exists("settings.py") else None)
-    if module and module != "none":
-        importlib.import_module(module)
-    for name in imports:
-        importlib.import_module(name)
+cli_ops.register(app)
 
 
 def _run(coro: Any) -> Any:
@@ -48,7 +38,7 @@ def _run(coro: Any) -> Any:
         return asyncio.run(coro)
 
 
-AppOpt = Annotated[str | None, typer.Option("--app", "-A", help="settings module to import (default: ./settings.py)")]
+AppOpt = cli_ops.AppOpt
 ImportsOpt = Annotated[list[str] | None, typer.Option("--imports", "-I", help="task modules to import")]
 
 
@@ -63,6 +53,9 @@ def worker(
     max_jobs: Annotated[int | None, typer.Option("--max-jobs", "-j", help="concurrent jobs per process")] = None,
     max_tasks_per_child: Annotated[int | None, typer.Option(help="recycle a process after N jobs")] = None,
     max_memory_per_child: Annotated[int | None, typer.Option(help="recycle a process above this RSS (KiB)")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="serve /metrics, /healthz, /readyz here (with -c N: port, port+1, …)")
+    ] = None,
     beat: Annotated[bool, typer.Option(help="also schedule periodic jobs (safe on every worker)")] = True,
     child: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
@@ -70,13 +63,15 @@ def worker(
     if concurrency is not None and not child:
         _supervise(concurrency, sys.argv[1:])
         return
-    _load_app(app_module, imports or [])
+    load_app(app_module, imports or [])
 
     overrides: dict[str, Any] = {}
     if max_tasks_per_child is not None:
         overrides["max_tasks_per_child"] = max_tasks_per_child
     if max_memory_per_child is not None:
         overrides["max_memory_per_child_kb"] = max_memory_per_child
+    if metrics_port is not None:
+        overrides["metrics_port"] = metrics_port + int(os.environ.get("TASKS_ENGINE_CHILD_INDEX", "0"))
     if overrides:
         configure(get_settings(), **overrides)
     configure_logging()
@@ -129,8 +124,14 @@ def _supervise(count: int, argv: list[str]) -> None:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for _ in range(count):
-        children.append(subprocess.Popen(command))  # noqa: S603 - our own argv
+
+    def start_child(index: int) -> subprocess.Popen[bytes]:
+        # The index tells a child which metrics port is its own (--metrics-port + index).
+        env = {**os.environ, "TASKS_ENGINE_CHILD_INDEX": str(index)}
+        return subprocess.Popen(command, env=env)  # noqa: S603 - our own argv
+
+    for index in range(count):
+        children.append(start_child(index))
         started.append(time.monotonic())
     log.info("supervisor started", processes=count, pids=[p.pid for p in children])
     while True:
@@ -154,40 +155,10 @@ def _supervise(count: int, argv: list[str]) -> None:
                 due[index] = time.monotonic() + delay
             if time.monotonic() >= due[index]:
                 del due[index]
-                children[index] = subprocess.Popen(command)  # noqa: S603
+                children[index] = start_child(index)
                 started[index] = time.monotonic()
         if stopping["count"] and all(p.poll() is not None for p in children):
             return
-
-
-@app.command()
-def status(app_module: AppOpt = None) -> None:
-    """Queues (ready jobs, consumers), workers, periodic entries with their next run, dead letters."""
-    _load_app(app_module, [])
-
-    async def show() -> None:
-
-        table = Table("queue", "ready", "consumers")
-        for row in await control.queue_stats():
-            consumers = ", ".join(row["consumers"]) or "[red]nobody consumes this queue[/red]"
-            table.add_row(row["queue"], str(row["ready"]), consumers)
-        console.print(table)
-        counts = await control.totals()
-        console.print(f"deferred: {counts['deferred']}  running: {counts['running']}  dead letters: {counts['dead']}")
-        wt = Table("worker", "queues", "running", "processed", "loops", "seen")
-        for w in await control.workers():
-            loops = w.get("loops") or {}
-            failing = {name: state for name, state in loops.items() if state != "ok"}
-            health = "ok" if not failing else "[red]" + "; ".join(f"{k}: {v}" for k, v in failing.items()) + "[/red]"
-            wt.add_row(w["id"], ",".join(w["queues"]), str(w["running"]), str(w["processed"]), health, w["seen"])
-        console.print(wt)
-        bt = Table("periodic entry", "task", "schedule", "next run")
-        for e in beat.view():
-            bt.add_row(e["name"], e["task"], e["schedule"], e["next_run"])
-        console.print(bt)
-        await get_broker().close()
-
-    asyncio.run(show())
 
 
 @app.command()
@@ -197,7 +168,7 @@ def revoke(
     app_module: AppOpt = None,
 ) -> None:
     """Revoke jobs by id."""
-    _load_app(app_module, [])
+    load_app(app_module, [])
 
     removed = asyncio.run(control.revoke(task_ids, terminate=terminate))
     console.print(f"revoked {len(task_ids)} id(s); {removed} were waiting and will never run")
@@ -206,7 +177,7 @@ def revoke(
 @app.command("revoke-matching")
 def revoke_matching(pattern: str, app_module: AppOpt = None) -> None:
     """Drop every queued or deferred job whose task name matches a glob (e.g. 'report.*')."""
-    _load_app(app_module, [])
+    load_app(app_module, [])
 
     console.print(f"revoked {asyncio.run(control.revoke_matching(pattern))} queued job(s) matching {pattern!r}")
 
@@ -219,7 +190,7 @@ def rate_limit(
     app_module: AppOpt = None,
 ) -> None:
     """Set a task's cluster-wide rate limit now ('10/m', '5/s', '0' = unlimited, 'default' = as declared)."""
-    _load_app(app_module, [])
+    load_app(app_module, [])
 
     try:
         released = asyncio.run(control.set_rate_limit(task, None if rate == "default" else rate, burst))
@@ -230,19 +201,25 @@ def rate_limit(
 
 
 @app.command()
-def purge(queue: str, app_module: AppOpt = None) -> None:
-    """Delete the ready jobs of a queue."""
-    _load_app(app_module, [])
+def metrics(
+    port: Annotated[int, typer.Option(help="port to serve the cluster's /metrics on")] = 9808,
+    host: Annotated[str, typer.Option(help="address to bind")] = "0.0.0.0",
+    app_module: AppOpt = None,
+) -> None:
+    """Serve cluster-wide Prometheus metrics (queues, oldest job age, consumers, dead letters) from Redis."""
+    load_app(app_module, [])
+    configure_logging()
 
-    console.print(f"purged {asyncio.run(control.purge(queue))} job(s) from {queue!r}")
+    async def scrape() -> tuple[int, str, bytes]:
+        return prometheus(await cluster_exposition())
 
+    async def main() -> None:
+        server = await serve(host, port, {"/metrics": scrape})
+        console.print(f"cluster metrics on http://{host}:{port}/metrics", highlight=False)
+        async with server:
+            await server.serve_forever()
 
-@app.command()
-def result(task_id: str, app_module: AppOpt = None) -> None:
-    """Show a task's result record."""
-    _load_app(app_module, [])
-
-    console.print(asyncio.run(AsyncResult(task_id).info()))
+    _run(main())
 
 
 @app.command("redis")
@@ -257,7 +234,7 @@ def demo(app_module: AppOpt = None) -> None:
     """Start Redis if needed, a worker, enqueue the demo jobs and print each result with its state."""
 
     ensure_redis()
-    _load_app(app_module, [])
+    load_app(app_module, [])
     demo_module = importlib.import_module("jobs.demo")
     _run(demo_module.main())
 

@@ -31,6 +31,7 @@ from tasks_engine.signature import from_dict
 from tasks_engine.store import ChordPart, Completion, Enqueue
 
 log = structlog.get_logger("tasks_engine.worker")
+DEAD_RAW_KEPT = 65_536
 
 
 def _base_record(msg: Message, worker_id: str) -> dict[str, Any]:
@@ -196,6 +197,7 @@ def decide(
         failure = exception_fields(error, attempt.traceback or "")
         record = {**base, "state": state, **failure, "date_done": now_iso()}
         if outcome == "failure":
+            record.update(replayable(msg))
             _plan_errbacks(msg, error, attempt.traceback, plan, failed_later)
         for later_id in leaf_ids_of(msg.chain):
             failed_later.append((later_id, {"state": state, **failure, "date_done": now_iso(), "parent_id": msg.id}))
@@ -218,7 +220,15 @@ def decide(
         writes=plan.writes(),
         chord_parts=chord_parts,
         idempotent_value=result_json if idempotent else None,
+        failed=outcome == "failure",
     )
+
+
+def replayable(msg: Message) -> dict[str, Any]:
+    """What a failed job's record keeps so ``tasks-engine retry`` can send it again (Celery's
+    ``result_extended``): its arguments, queue and priority."""
+    return {"args": dumps(msg.args).decode(), "kwargs": dumps(msg.kwargs).decode(), "queue": msg.queue,
+            "priority": msg.priority}  # fmt: skip
 
 
 def settle_failed(msg: Message, exc: BaseException, worker_id: str) -> Completion:
@@ -237,7 +247,8 @@ def settle_failed(msg: Message, exc: BaseException, worker_id: str) -> Completio
     if msg.chord is not None:
         text = f"Dependency {msg.id} raised {type(exc).__name__}({str(exc)!r})"
         parts.append(ChordPart(msg.chord.id, msg.id, msg.chord.index, ok=False, error_text=text))
-    return Completion(task_id=msg.id, record=record, final=True, failed_later=failed, chord_parts=parts)
+    record.update(replayable(msg))
+    return Completion(task_id=msg.id, record=record, final=True, failed_later=failed, chord_parts=parts, failed=True)
 
 
 def rejected(
@@ -253,7 +264,9 @@ def rejected(
             "id": task_id,
             "reason": reason,
             "at": now_iso(),
-            "raw": raw[:4096].decode(errors="replace"),
+            # Whole when small, so ``tasks-engine dead requeue`` can send it again; else its start only.
+            "raw": raw[:DEAD_RAW_KEPT].decode(errors="replace"),
+            "truncated": len(raw) > DEAD_RAW_KEPT,
             "peek_id": peek_id(raw),
             "task": msg.task if msg else None,
         }

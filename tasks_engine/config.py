@@ -40,6 +40,10 @@ class EngineSettings(BaseSettings):
     max_deliveries: int = Field(
         default=5, ge=1, description="Deliveries of one attempt that never finish before it is dead-lettered."
     )
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve /metrics, /healthz and /readyz on this port (worker)."
+    )
+    metrics_host: str = "0.0.0.0"
     allow_eviction: bool = Field(
         default=False, description="Start even if Redis may evict keys (maxmemory-policy other than noeviction)."
     )

@@ -82,6 +82,8 @@ class Advertised(Protocol):
     running: dict[str, Any]
     health: LoopHealth
     loop_tick: float
+    started_at: str
+    task_names: list[str]
 
 
 class HeartbeatThread(threading.Thread):
@@ -122,7 +124,8 @@ class HeartbeatThread(threading.Thread):
         info = {
             "id": w.id, "queues": w.queues, "running": len(ids), "pid": os.getpid(), "host": socket.gethostname(),
             "processed": w.processed, "max_jobs": w.max_jobs, "seen": now_iso(),
-            "loops": dict(w.health.states), "healthy": w.health.healthy,
+            "loops": dict(w.health.states), "healthy": w.health.healthy, "started": w.started_at,
+            "tasks": w.task_names,
         }  # fmt: skip
         lease_ms = int(self.settings.lease_seconds * 1000)
         heartbeat.beat(w.id, ids, lease_ms, info, ttl=max(3, int(self.settings.lease_seconds)))

@@ -27,9 +27,10 @@ from typing import Any
 
 import structlog
 
+from tasks_engine import states
 from tasks_engine.beat import Beat
 from tasks_engine.beat import entries as beat_entries
-from tasks_engine.clock import Backoff
+from tasks_engine.clock import Backoff, now_iso
 from tasks_engine.codec import dumps, loads
 from tasks_engine.commit import CommitQueue
 from tasks_engine.completion import decide, format_error, rejected, settle_failed
@@ -44,12 +45,15 @@ from tasks_engine.exceptions import (
 )
 from tasks_engine.execution import Attempt, run_attempt
 from tasks_engine.messages import Message, decode
+from tasks_engine.metrics import WorkerMetrics, serve_worker_probes
 from tasks_engine.registry import Request, TaskDefinition, get_task, registry
 from tasks_engine.store import Broker, Completion, get_broker
 from tasks_engine.supervision import HeartbeatThread, LoopHealth, supervised
 from tasks_engine.timelimits import LimitedRun
 
 log = structlog.get_logger("tasks_engine.worker")
+OUTCOME_STATES = {"success": states.SUCCESS, "failure": states.FAILURE, "retry": states.RETRY,
+                  "revoked": states.REVOKED}  # fmt: skip
 
 
 class Worker:
@@ -78,6 +82,10 @@ class Worker:
         self._idle_wait: asyncio.Future[Any] | None = None
         self.loop_tick = time.monotonic()
         self.health = LoopHealth()
+        self.started_at = now_iso()
+        self.task_names = sorted(registry)
+        self.metrics: WorkerMetrics | None = None
+        self._metrics_server: asyncio.Server | None = None
         self._thread: HeartbeatThread | None = None
         self._commits: CommitQueue | None = None
         self._signals = 0
@@ -105,6 +113,8 @@ class Worker:
         self._commits = CommitQueue(self.broker)
         await self._wait_for_redis()
         await self._check_eviction()
+        if self.settings.metrics_port:
+            await self._serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         log.info(
             "worker starting",
             worker=self.id,
@@ -145,6 +155,15 @@ class Worker:
                 delay = backoff.next()
                 log.warning("redis unreachable, retrying", redis=redacted_url(), error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
+
+    async def _serve_metrics(self, host: str, port: int) -> None:
+        assert self.broker is not None
+        self.metrics = WorkerMetrics(lambda: len(self.running), lambda: self.health.healthy)
+
+        def problem() -> str | None:
+            return "stopping" if self.stopping else None if self.health.healthy else str(self.health.states)
+
+        self._metrics_server = await serve_worker_probes(host, port, self.metrics, self.broker.redis.ping, problem)
 
     async def _check_eviction(self) -> None:
         """A Redis that may evict keys loses jobs silently: refuse it unless the settings allow it."""
@@ -208,6 +227,8 @@ class Worker:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._thread is not None:
             self._thread.stopping.set()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         if self.broker is not None:
             try:
                 await self.broker.forget_worker(self.id)
@@ -361,7 +382,7 @@ class Worker:
             log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
         elif attempt.outcome == "retry":
             log.warning("task will retry", error=repr(attempt.exc), countdown=attempt.retry and attempt.retry.countdown)
-        await self._finish(msg, task, attempt, delivered)
+        await self._finish(msg, task, attempt, delivered, time.monotonic() - started)
 
     async def _settle_rejected(
         self,
@@ -382,14 +403,18 @@ class Worker:
             return
         await self._write(completion, delivered, raw)
 
-    async def _finish(self, msg: Message, task: TaskDefinition | None, attempt: Attempt, delivered: int) -> None:
+    async def _finish(self, msg: Message, task: TaskDefinition | None, attempt: Attempt, delivered: int,
+                      seconds: float | None = None) -> None:  # fmt: skip
         """Record the outcome and move the workflow on, all in one transaction with the ack."""
         try:
             completion = decide(msg, task, attempt, self.id)
-        except Exception as exc:
+        except Exception as exc:  # finishing failed: the job is a FAILURE with that error (logged)
             log.exception("could not finish the job (callbacks or workflow data); recording it as failed")
             completion = settle_failed(msg, exc, self.id)
         await self._write(completion, delivered, None, msg)
+        if self.metrics is not None:
+            state = (completion.record or {}).get("state") or OUTCOME_STATES[attempt.outcome]
+            self.metrics.finished(msg.task, str(state), seconds)
 
     async def _write(self, completion: Completion, delivered: int, raw: bytes | None, msg: Message | None = None,
                      ) -> None:  # fmt: skip

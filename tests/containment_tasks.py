@@ -90,3 +90,12 @@ if os.environ.get("CONTAINMENT_BEAT") == "1":
             "healthy": {"task": "bad.tick", "schedule": 1.0, "args": ["healthy-ticks"]},
         }
     )
+
+
+@shared_task(name="bad.fail_once")
+async def fail_once(key: str, value: int) -> int:
+    """Fails the first time it runs under ``key`` (no retry), succeeds afterwards."""
+    broker = get_broker()
+    if await broker.redis.incr(broker.key("count", key)) == 1:
+        raise RuntimeError("first run fails")
+    return value

@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     # L4: completion decision, engine tasks, beat, operations, the worker
     "completion": 4,
     "supervision": 4,
+    "metrics": 4,
     "commit": 4,
     "builtins": 4,
     "beat": 4,
@@ -56,6 +57,7 @@ LAYERS: dict[str, int] = {
     "worker": 4,
     # L5: entry points
     "arq_bridge": 5,
+    "cli_ops": 5,
     "cli": 5,
     "__init__": 5,
     "__main__": 5,

@@ -284,6 +284,17 @@ class Broker(Views):
             if batch < 1000:
                 return released
 
+    async def requeue_dead(self, items: Sequence[tuple[bytes, Enqueue]]) -> int:
+        """Take dead letters off the list and enqueue their messages again, atomically per batch;
+        ``items`` are (the stored entry, the message to enqueue). Returns how many were requeued."""
+        requeued = 0
+        for start in range(0, len(items), 200):
+            argv: list[Any] = [self.prefix, now_ms()]
+            for entry, item in items[start : start + 200]:
+                argv += [entry, item.id, item.raw, item.queue, item.priority]
+            requeued += int(await self.scripts["dead_requeue"](args=argv))
+        return requeued
+
     async def purge(self, queue: str) -> int:
         """Delete every ready job of a queue with its message, atomically."""
         return int(await self.scripts["purge"](args=[self.prefix, queue]))

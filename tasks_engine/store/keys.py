@@ -29,6 +29,7 @@ Layout under ``<prefix>`` (``te`` by default, so two apps can share one Redis):
 ``beat:<entry>:<tick>`` claim of one periodic tick (SET NX): one job per tick cluster-wide.
 ``beat-last:<entry>``   the last tick sent (ms), for catching up after downtime.
 ``dead``                list of dead letters (JSON), newest first, capped.
+``failed``              zset id -> time (ms) of jobs that failed for good: the last 10,000 within the TTL.
 ``jobs:…``              the application's own keys (``Keys.app``), under the same prefix.
 """
 
@@ -113,6 +114,10 @@ class Keys:
     @property
     def dead(self) -> str:
         return self._k("dead")
+
+    @property
+    def failed(self) -> str:
+        return self._k("failed")
 
     @property
     def done_channel(self) -> str:

@@ -34,4 +34,5 @@ SCRIPTS = (
     "complete",
     "renew",
     "quarantine",
+    "dead_requeue",
 )

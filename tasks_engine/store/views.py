@@ -126,3 +126,116 @@ class Views:
             pipe.llen(self.keys.dead)
             deferred, running, dead = await pipe.execute()
         return {"deferred": int(deferred), "running": int(running), "dead": int(dead)}
+
+    # ------------------------------------------------------------ inspection (the operations CLI)
+    async def _messages(self, ids: Sequence[str]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for start in range(0, len(ids), 500):
+            out += await self.redis.mget([self.keys.message(i) for i in ids[start : start + 500]])
+        return out
+
+    async def running_jobs(self) -> list[dict[str, Any]]:
+        """Every leased job: id, queue, worker, lease deadline (ms), its message and start time (ms)."""
+        inflight = await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.inflight))
+        ids = [k.decode(errors="replace") for k in inflight]
+        raws = await self._messages(ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.zscore(self.keys.active, task_id)
+                pipe.hget(self.keys.result(task_id), "date_started")
+            answers = await pipe.execute(raise_on_error=False)
+        out = []
+        for index, (raw_id, info) in enumerate(inflight.items()):
+            place = info.decode(errors="replace").rsplit("|", 2)  # queue|score|worker, read from the right
+            lease, started = answers[2 * index], answers[2 * index + 1]
+            out.append({
+                "id": raw_id.decode(errors="replace"), "queue": place[0] if len(place) == 3 else "?",
+                "worker": place[-1], "lease_deadline_ms": int(lease) if isinstance(lease, float) else None,
+                "started_ms": int(started) if isinstance(started, bytes) and started.isdigit() else None,
+                "message": raws[index],
+            })  # fmt: skip
+        return out
+
+    async def scheduled_jobs(self, limit: int) -> list[dict[str, Any]]:
+        """Deferred jobs (countdown, eta, retries waiting, rate-limited), soonest first: id, due (ms), queue."""
+        due = await self.redis.zrange(self.keys.delayed, 0, limit - 1, withscores=True)
+        ids = [i.decode(errors="replace") for i, _ in due]
+        raws = await self._messages(ids)
+        places = (
+            await cast("Awaitable[list[bytes | None]]", self.redis.hmget(self.keys.deferred_places, ids)) if ids else []
+        )
+        return [
+            {"id": task_id, "due_ms": int(score), "queue": (place or b"?|").decode(errors="replace").rsplit("|", 1)[0],
+             "message": raw}
+            for (task_id, (_, score), raw, place) in zip(ids, due, raws, places, strict=True)
+        ]  # fmt: skip
+
+    async def ready_jobs(self, queue: str, limit: int) -> list[dict[str, Any]]:
+        """The next jobs a worker will take from ``queue``, in order."""
+        ids = [i.decode(errors="replace") for i in await self.redis.zrange(self.keys.queue(queue), 0, limit - 1)]
+        raws = await self._messages(ids)
+        return [{"id": i, "queue": queue, "message": raw} for i, raw in zip(ids, raws, strict=True)]
+
+    async def oldest_ready_ms(self, queue: str) -> int | None:
+        """When the longest-waiting ready job of ``queue`` was sent (the first of each priority band)."""
+        heads = []
+        for priority in range(10):
+            low, high = priority * 1_000_000_000_000, (priority + 1) * 1_000_000_000_000 - 1
+            heads += await self.redis.zrangebyscore(self.keys.queue(queue), low, high, start=0, num=1)
+        oldest = None
+        for raw in await self._messages([h.decode(errors="replace") for h in heads]):
+            sent = _sent_at(raw)
+            if sent is not None and (oldest is None or sent < oldest):
+                oldest = sent
+        return oldest
+
+    async def deferred_by_queue(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        async for _, place in self.redis.hscan_iter(self.keys.deferred_places, count=1000):
+            queue = place.decode(errors="replace").rsplit("|", 1)[0]
+            counts[queue] = counts.get(queue, 0) + 1
+        return counts
+
+    # ------------------------------------------------------------ dead letters and failed jobs
+    async def dead_letters(self, limit: int = 10_000) -> list[tuple[bytes, dict[str, Any]]]:
+        """Dead letters, newest first: the stored entry (to remove it exactly) and its fields."""
+        out = []
+        for raw in await cast("Awaitable[list[bytes]]", self.redis.lrange(self.keys.dead, 0, limit - 1)):
+            try:
+                entry = loads(raw)
+            except ValueError:
+                entry = {
+                    "id": None,
+                    "reason": "unreadable dead-letter entry",
+                    "raw": raw[:200].decode(errors="replace"),
+                }
+            out.append((raw, entry if isinstance(entry, dict) else {"raw": str(entry)}))
+        return out
+
+    async def drop_dead(self, entries: Sequence[bytes]) -> int:
+        removed = 0
+        for raw in entries:
+            removed += int(await cast("Awaitable[int]", self.redis.lrem(self.keys.dead, 1, raw)))  # type: ignore[arg-type]
+        return removed
+
+    async def failed_since(self, since_ms: int) -> list[str]:
+        """Ids of jobs that failed for good since ``since_ms``, oldest first (the bounded ``failed`` index)."""
+        found = await self.redis.zrangebyscore(self.keys.failed, since_ms, "+inf")
+        return [i.decode() for i in found]
+
+    async def mark_retried(self, old_id: str, new_id: str) -> None:
+        await cast("Awaitable[int]", self.redis.hset(self.keys.result(old_id), "retried_as", new_id))
+
+
+def _sent_at(raw: bytes | None) -> int | None:
+    """``sent_at`` (ms) of a message, read without decoding it whole."""
+    if not raw:
+        return None
+    marker = raw.rfind(b'"sent_at":')
+    if marker < 0:
+        return None
+    digits = raw[marker + 10 :].split(b"}", 1)[0].split(b",", 1)[0]
+    try:
+        return int(float(digits) * 1000)
+    except ValueError:
+        return None

@@ -88,6 +88,7 @@ class Completion:
     dead_letter: bytes | None = None
     token: int | None = None
     worker: str = ""
+    failed: bool = False  # a FAILURE for good: indexed under ``failed`` (findable by time)
 
     def payload(self) -> bytes:
         """The JSON ``lua/complete.lua`` reads (every record value as a string)."""
@@ -116,6 +117,7 @@ class Completion:
                 ],
                 "idempotent": self.idempotent_value,
                 "dead": None if self.dead_letter is None else self.dead_letter.decode(errors="replace"),
+                "failed": self.failed,
             }
         )
 

@@ -72,6 +72,13 @@ end
 for _, part in ipairs(c.parts) do
   te_chord_part(p, part[1], part[2], part[3], part[4], part[5], part[6], part[7], now_ms, iso, ttl)
 end
+if c.failed then
+  -- Failed for good: findable by time without scanning records (bounded: the last 10,000, within the TTL).
+  local fkey = p .. ':failed'
+  redis.call('zadd', fkey, now_ms, id)
+  redis.call('zremrangebyscore', fkey, '-inf', string.format('%d', tonumber(now_ms) - tonumber(ttl) * 1000))
+  redis.call('zremrangebyrank', fkey, 0, -10001)
+end
 if c.final then redis.call('publish', p .. ':done', id) end
 if c.idempotent ~= null then
   redis.call('set', p .. ':done:' .. id, c.idempotent, 'EX', ttl)
