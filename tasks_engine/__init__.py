@@ -11,10 +11,13 @@ from tasks_engine import (
     states,
 )
 from tasks_engine.arq_bridge import worker_settings
+from tasks_engine.beat import configure_beat
 from tasks_engine.canvas import Signature, chain, chord, group, signature
 from tasks_engine.config import EngineSettings, configure, get_settings
+from tasks_engine.context import worker_context
 from tasks_engine.exceptions import (
     ChordError,
+    EngineConnectionError,
     MaxRetriesExceededError,
     NotRegistered,
     Retry,
@@ -43,6 +46,7 @@ __all__ = [
     "AsyncResult",
     "ChordError",
     "EagerResult",
+    "EngineConnectionError",
     "EngineSettings",
     "GroupResult",
     "MaxRetriesExceededError",
@@ -57,6 +61,7 @@ __all__ = [
     "chain",
     "chord",
     "configure",
+    "configure_beat",
     "crontab",
     "get_settings",
     "group",
@@ -64,5 +69,6 @@ __all__ = [
     "shared_task",
     "signature",
     "states",
+    "worker_context",
     "worker_settings",
 ]

@@ -18,9 +18,17 @@ from arq.connections import RedisSettings
 from redis.connection import parse_url
 
 from tasks_engine.config import get_settings
+from tasks_engine.context import Hook
+from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.logs import configure_logging
 from tasks_engine.messages import arq_job_deserializer, arq_job_serializer
 from tasks_engine.worker import Worker
+
+#: arq settings the engine sets itself: overriding one would leave a worker that runs no job.
+ENGINE_OWNED = frozenset({
+    "functions", "queue_name", "job_serializer", "job_deserializer", "startup", "shutdown", "cron_jobs",
+    "handle_signals", "health_check_key",
+})  # fmt: skip
 
 
 def arq_redis_settings(url: str) -> RedisSettings:
@@ -55,17 +63,30 @@ def worker_settings(
     queue: str | None = None,
     queues: list[str] | None = None,
     max_jobs: int | None = None,
+    on_startup: Hook | None = None,
+    on_shutdown: Hook | None = None,
     **extra: Any,
 ) -> type:
-    """A class arq's CLI runs: ``WorkerSettings = worker_settings(imports=["jobs"], queue="default")``."""
+    """A class arq's CLI runs: ``WorkerSettings = worker_settings(imports=["jobs"], queue="default")``.
+
+    ``on_startup(ctx)`` / ``on_shutdown(ctx)`` run *in addition to* the engine's own start-up and
+    shutdown: before the first job, after the last one drained; ``ctx`` is the worker context tasks
+    read with :func:`tasks_engine.worker_context`. Other arq settings pass through, except those the
+    engine relies on (refused with the reason)."""
+    refused = sorted(set(extra) & ENGINE_OWNED)
+    if refused:
+        raise TaskDefinitionError(
+            f"worker_settings(): {', '.join(refused)} cannot be set: the engine runs the jobs itself and needs "
+            "arq's own queue, serializer and hooks as it sets them (use on_startup/on_shutdown, queues, max_jobs)"
+        )
     for module in imports or []:
         importlib.import_module(module)
     settings = get_settings()
     consumed = queues or [queue or settings.default_queue]
 
-    async def on_startup(ctx: dict[str, Any]) -> None:
+    async def engine_startup(ctx: dict[str, Any]) -> None:
         configure_logging()
-        worker = Worker(queues=consumed, max_jobs=max_jobs)
+        worker = Worker(queues=consumed, max_jobs=max_jobs, on_startup=on_startup, on_shutdown=on_shutdown)
         arq_main = asyncio.current_task()
         ctx["tasks_engine_worker"] = worker
         await worker.start(handle_signals=False)
@@ -85,15 +106,15 @@ def worker_settings(
         for sig in (signal.SIGINT, signal.SIGTERM):  # replaces arq's handler: we drain first
             loop.add_signal_handler(sig, on_signal, sig)
 
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
+    async def engine_shutdown(ctx: dict[str, Any]) -> None:
         worker = ctx.get("tasks_engine_worker")
         if worker is not None and not worker.stopped:
             await worker.stop()
 
     attrs: dict[str, Any] = {
         "functions": [_arq_ping],
-        "on_startup": on_startup,
-        "on_shutdown": on_shutdown,
+        "on_startup": engine_startup,
+        "on_shutdown": engine_shutdown,
         "redis_settings": arq_redis_settings(settings.redis_url.get_secret_value()),
         "queue_name": f"{settings.key_prefix}:arq",
         "health_check_key": f"{settings.key_prefix}:arq:health-check",

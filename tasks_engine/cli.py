@@ -63,8 +63,11 @@ def worker(
     if concurrency is not None and not child:
         _supervise(concurrency, sys.argv[1:])
         return
-    load_app(app_module, imports or [])
-
+    app = load_app(app_module, imports or [])
+    if app is None and not imports:
+        typer.echo("tasks-engine worker: no app found (no ./settings.py): pass -A your_settings_module or "
+                   "-I your.tasks.module, or it would run only the engine's built-in tasks", err=True)  # fmt: skip
+        raise typer.Exit(2)
     overrides: dict[str, Any] = {}
     if max_tasks_per_child is not None:
         overrides["max_tasks_per_child"] = max_tasks_per_child
@@ -77,7 +80,8 @@ def worker(
     configure_logging()
     names = [q.strip() for q in queues.split(",") if q.strip()] if queues else None
     try:
-        _run(Worker(queues=names, max_jobs=max_jobs, beat=beat).run())
+        hooks = {name: getattr(app, name, None) for name in ("on_startup", "on_shutdown")}
+        _run(Worker(queues=names, max_jobs=max_jobs, beat=beat, **hooks).run())
     except EngineConfigurationError as exc:
         typer.echo(f"tasks-engine worker: {exc}", err=True)
         raise typer.Exit(2) from None

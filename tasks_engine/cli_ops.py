@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
+from types import ModuleType
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -38,14 +39,16 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confir
 TaskOpt = Annotated[str | None, typer.Option("--task", "-t", help="only jobs of this task name")]
 
 
-def load_app(app_module: str | None, imports: list[str]) -> None:
-    """Import the application's settings module (configures the engine) and task modules."""
+def load_app(app_module: str | None, imports: list[str]) -> ModuleType | None:
+    """Import the application's settings module (configures the engine) and task modules; returns the
+    app module (None with ``--app none`` or when there is no ./settings.py). It may define
+    ``on_startup(ctx)`` / ``on_shutdown(ctx)`` hooks for ``tasks-engine worker``."""
     sys.path.insert(0, os.getcwd())
     module = app_module if app_module is not None else ("settings" if os.path.exists("settings.py") else None)
-    if module and module != "none":
-        importlib.import_module(module)
+    app = importlib.import_module(module) if module and module != "none" else None
     for name in imports:
         importlib.import_module(name)
+    return app
 
 
 def run(app_module: str | None, op: Callable[[], Awaitable[T]]) -> T:

@@ -8,6 +8,7 @@ from typing import Any, overload
 from pydantic import ValidationError
 
 from tasks_engine.canvas import chunks, group
+from tasks_engine.context import worker_context
 from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.registry import Request, TaskDefinition, TaskOptions, current_request, register, registry
 from tasks_engine.results import AsyncResult, EagerResult, store_state
@@ -77,6 +78,11 @@ class Task(TaskDefinition):
         """Record a custom state (e.g. PROGRESS) and its meta, visible through ``AsyncResult.info()``."""
         req = self.request
         await store_state(task_id or req.id, state or "PROGRESS", meta, eager=req.is_eager)
+
+    @property
+    def worker_ctx(self) -> dict[str, Any]:
+        """The worker context (what the worker's ``on_startup`` hook created): ``self.worker_ctx["pool"]``."""
+        return worker_context()
 
     # -- at-least-once delivery: make effects happen once --
     async def effect_done(self, key: str) -> bool:

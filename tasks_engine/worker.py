@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import inspect
 import os
 import resource
 import signal
@@ -27,33 +28,25 @@ from typing import Any
 
 import structlog
 
-from tasks_engine import states
 from tasks_engine.beat import Beat
 from tasks_engine.beat import entries as beat_entries
 from tasks_engine.clock import Backoff, now_iso
 from tasks_engine.codec import dumps, loads
 from tasks_engine.commit import CommitQueue
-from tasks_engine.completion import decide, format_error, rejected, settle_failed
 from tasks_engine.config import EngineSettings, get_settings, redacted_url
+from tasks_engine.context import Hook, current_worker_context
+from tasks_engine.delivery import Deliveries
 from tasks_engine.exceptions import (
     REDIS_UNAVAILABLE,
-    DeliveryLimitExceeded,
     EngineConfigurationError,
-    MessageError,
-    NotRegistered,
-    TaskRevokedError,
 )
-from tasks_engine.execution import Attempt, run_attempt
-from tasks_engine.messages import Message, decode
 from tasks_engine.metrics import WorkerMetrics, serve_worker_probes
-from tasks_engine.registry import Request, TaskDefinition, get_task, registry
-from tasks_engine.store import Broker, Completion, get_broker
+from tasks_engine.registry import registry
+from tasks_engine.store import Broker, get_broker
 from tasks_engine.supervision import HeartbeatThread, LoopHealth, supervised
 from tasks_engine.timelimits import LimitedRun
 
 log = structlog.get_logger("tasks_engine.worker")
-OUTCOME_STATES = {"success": states.SUCCESS, "failure": states.FAILURE, "retry": states.RETRY,
-                  "revoked": states.REVOKED}  # fmt: skip
 
 
 class Worker:
@@ -66,8 +59,12 @@ class Worker:
         settings: EngineSettings | None = None,
         beat: bool | None = None,
         max_tasks: int | None = None,
+        on_startup: Hook | None = None,
+        on_shutdown: Hook | None = None,
     ) -> None:
         self.settings = settings or get_settings()
+        self.ctx: dict[str, Any] = {}  # the worker context its tasks see (worker_context())
+        self.on_startup, self.on_shutdown = on_startup, on_shutdown
         self.queues = list(queues or [self.settings.default_queue])
         self.max_jobs = max_jobs or self.settings.max_jobs
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -88,6 +85,7 @@ class Worker:
         self._metrics_server: asyncio.Server | None = None
         self._thread: HeartbeatThread | None = None
         self._commits: CommitQueue | None = None
+        self.deliveries: Deliveries | None = None
         self._signals = 0
         self._spawned: set[asyncio.Task[Any]] = set()
         self.broker: Broker | None = None
@@ -111,8 +109,12 @@ class Worker:
     async def start(self, handle_signals: bool = True) -> None:
         self.broker = get_broker()
         self._commits = CommitQueue(self.broker)
+        self.deliveries = Deliveries(self.id, self.settings, self.broker, self._commits, lambda: self.metrics)
         await self._wait_for_redis()
         await self._check_eviction()
+        current_worker_context.set(self.ctx)  # every loop and job started from here on sees it
+        if self.on_startup is not None:
+            await _call_hook(self.on_startup, self.ctx)  # before the first job; an error stops the start
         if self.settings.metrics_port:
             await self._serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         log.info(
@@ -234,6 +236,11 @@ class Worker:
                 await self.broker.forget_worker(self.id)
             except REDIS_UNAVAILABLE:
                 pass
+        if self.on_shutdown is not None:
+            try:
+                await _call_hook(self.on_shutdown, self.ctx)  # after the last job drained
+            except Exception:  # logged: the worker still stops cleanly
+                log.exception("on_shutdown hook failed")
         log.info("worker stopped", worker=self.id, processed=self.processed)
         self._stopped.set()
 
@@ -324,127 +331,8 @@ class Worker:
 
     # ------------------------------------------------------------ one job
     async def _process(self, task_id: str, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
-        """Run one delivery and settle it: whatever happens, it ends in a final record, a retry or a dead letter."""
-        try:
-            msg = decode(raw, expected_id=task_id)
-        except MessageError as exc:
-            await self._settle_rejected(task_id, raw, str(exc), None, delivered)
-            return
-        with structlog.contextvars.bound_contextvars(task_id=msg.id, task_name=msg.task, retries=msg.retries):
-            try:
-                await self._run_and_finish(msg, raw, revoked, delivered, run)
-            except asyncio.CancelledError:
-                raise  # cold shutdown: the job is requeued (or its lease expires)
-            except Exception as exc:  # the engine's own failure: settle the job, never loop
-                log.exception("internal error while processing job; recording it as failed")
-                await self._finish(msg, None, Attempt("failure", exc=exc, traceback=format_error(exc)), delivered)
-
-    async def _run_and_finish(self, msg: Message, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
-        if revoked:
-            await self._finish(msg, None, Attempt("revoked", exc=TaskRevokedError("revoked")), delivered)
-            return
-        if msg.expires is not None and time.time() > msg.expires:
-            await self._finish(msg, None, Attempt("revoked", exc=TaskRevokedError("expired")), delivered)
-            return
-        limit = self.settings.max_deliveries
-        if delivered > limit:
-            reason = (
-                f"delivered {delivered} times without finishing (max_deliveries={limit}): each delivery "
-                "died before its result was written"
-            )
-            await self._settle_rejected(msg.id, raw, reason, msg, delivered, exc=DeliveryLimitExceeded(reason))
-            return
-        try:
-            task = get_task(msg.task)
-        except NotRegistered as exc:
-            await self._settle_rejected(msg.id, raw, str(exc), msg, delivered)
-            return
-        if task.options.idempotent and self.broker is not None:
-            # The task id doubles as an idempotency key: a job id that already succeeded never runs again.
-            stored = await self.broker.idempotent_result(msg.id)
-            if stored is not None:
-                log.info("idempotent task already succeeded under this id; not running it again")
-                await self._finish(msg, task, Attempt("success", value=loads(stored)), delivered)
-                return
-        soft = msg.soft_time_limit if msg.soft_time_limit is not None else task.soft_time_limit
-        hard = msg.time_limit if msg.time_limit is not None else task.time_limit
-        req = Request(
-            id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, retries=msg.retries, delivered=delivered,
-            called_directly=False, queue=msg.queue, priority=msg.priority, eta=msg.eta, expires=msg.expires,
-            parent_id=msg.parent_id, root_id=msg.root_id, group_id=msg.group_id, hostname=self.id,
-            time_limit=hard, soft_time_limit=soft, headers=msg.headers,
-        )  # fmt: skip
-        if delivered > 1:
-            log.warning("job delivered again (a worker died or shut down while running it)", delivered=delivered)
-        started = time.monotonic()
-        attempt = await run_attempt(task, req, soft, hard, run)
-        if attempt.outcome == "failure":
-            log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
-        elif attempt.outcome == "retry":
-            log.warning("task will retry", error=repr(attempt.exc), countdown=attempt.retry and attempt.retry.countdown)
-        await self._finish(msg, task, attempt, delivered, time.monotonic() - started)
-
-    async def _settle_rejected(
-        self,
-        task_id: str,
-        raw: bytes,
-        reason: str,
-        msg: Message | None,
-        delivered: int,
-        exc: BaseException | None = None,
-    ) -> None:
-        """A message that must not run (undecodable, forged, unknown task, delivered too often): dead letter."""
-        log.error("message rejected", task_id=task_id, reason=reason)
-        try:
-            completion = rejected(task_id, raw, reason, self.id, msg, exc)
-        except Exception as error:
-            log.exception("could not plan the rejection; quarantining the job")
-            await self._quarantine(task_id, f"{reason}; then: {error!r}")
-            return
-        await self._write(completion, delivered, raw)
-
-    async def _finish(self, msg: Message, task: TaskDefinition | None, attempt: Attempt, delivered: int,
-                      seconds: float | None = None) -> None:  # fmt: skip
-        """Record the outcome and move the workflow on, all in one transaction with the ack."""
-        try:
-            completion = decide(msg, task, attempt, self.id)
-        except Exception as exc:  # finishing failed: the job is a FAILURE with that error (logged)
-            log.exception("could not finish the job (callbacks or workflow data); recording it as failed")
-            completion = settle_failed(msg, exc, self.id)
-        await self._write(completion, delivered, None, msg)
-        if self.metrics is not None:
-            state = (completion.record or {}).get("state") or OUTCOME_STATES[attempt.outcome]
-            self.metrics.finished(msg.task, str(state), seconds)
-
-    async def _write(self, completion: Completion, delivered: int, raw: bytes | None, msg: Message | None = None,
-                     ) -> None:  # fmt: skip
-        assert self._commits is not None
-        completion.token, completion.worker = delivered, self.id
-        try:
-            outcome = await self._commits.submit(completion)
-        except Exception as exc:
-            log.exception("could not write the job's completion; recording it as failed")
-            try:
-                fallback = settle_failed(msg, exc, self.id) if msg is not None else completion
-                fallback.token, fallback.worker = delivered, self.id
-                outcome = await self._commits.submit(fallback)
-            except Exception as again:  # noqa: BLE001 - nothing can be written for it: take it off the books
-                await self._quarantine(completion.task_id, f"its completion cannot be written: {again!r}")
-                return
-        if outcome == "stale":
-            log.warning(
-                "result dropped: this worker no longer holds the job (it was paused or cut off past its "
-                "lease and another worker took the job over)"
-            )
-        elif outcome == "final":
-            log.warning("result dropped: another delivery had already finished this job")
-
-    async def _quarantine(self, task_id: str, reason: str) -> None:
-        assert self.broker is not None
-        try:
-            await self.broker.quarantine(task_id, reason)
-        except Exception:
-            log.exception("could not quarantine the job", task_id=task_id, reason=reason)
+        assert self.deliveries is not None
+        await self.deliveries.process(task_id, raw, revoked, delivered, run)
 
     # ------------------------------------------------------------ background duties
     async def _reaper(self) -> None:
@@ -496,3 +384,9 @@ class Worker:
         while True:
             self.loop_tick = time.monotonic()
             await asyncio.sleep(0.1)
+
+
+async def _call_hook(hook: Hook, ctx: dict[str, Any]) -> None:
+    result = hook(ctx)
+    if inspect.isawaitable(result):
+        await result

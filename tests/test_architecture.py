@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "states": 0,
     "logs": 0,
     "ids": 0,
+    "context": 0,
     "embedded": 0,
     # L1: the vocabulary: messages, arguments, task definitions and routing, grammars, record format
     "arguments": 1,
@@ -51,6 +52,7 @@ LAYERS: dict[str, int] = {
     "supervision": 4,
     "metrics": 4,
     "commit": 4,
+    "delivery": 4,
     "builtins": 4,
     "beat": 4,
     "control": 4,
@@ -58,6 +60,7 @@ LAYERS: dict[str, int] = {
     # L5: entry points
     "arq_bridge": 5,
     "cli_ops": 5,
+    "dashboard": 5,
     "cli": 5,
     "__init__": 5,
     "__main__": 5,

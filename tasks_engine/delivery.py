@@ -1,0 +1,166 @@
+"""One delivery, from claimed message to written completion — whatever happens, it settles.
+
+The worker hands every claimed job to :meth:`Deliveries.process`: decode (a bad message is a dead
+letter), the checks before running (revoked, expired, delivered too often, unknown task,
+idempotent replay), the attempt itself, then :func:`tasks_engine.completion.decide` and the group
+commit. Any failure on the way still ends in a final record, a retry or a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from tasks_engine import states
+from tasks_engine.codec import loads
+from tasks_engine.commit import CommitQueue
+from tasks_engine.completion import decide, format_error, rejected, settle_failed
+from tasks_engine.config import EngineSettings
+from tasks_engine.exceptions import DeliveryLimitExceeded, MessageError, NotRegistered, TaskRevokedError
+from tasks_engine.execution import Attempt, run_attempt
+from tasks_engine.messages import Message, decode
+from tasks_engine.metrics import WorkerMetrics
+from tasks_engine.registry import Request, TaskDefinition, get_task
+from tasks_engine.store import Broker, Completion
+from tasks_engine.timelimits import LimitedRun
+
+log = structlog.get_logger("tasks_engine.worker")
+OUTCOME_STATES = {"success": states.SUCCESS, "failure": states.FAILURE, "retry": states.RETRY,
+                  "revoked": states.REVOKED}  # fmt: skip
+
+
+class Deliveries:
+    """Runs and settles the jobs of one worker."""
+
+    def __init__(self, worker_id: str, settings: EngineSettings, broker: Broker, commits: CommitQueue,
+                 metrics: Callable[[], WorkerMetrics | None]) -> None:  # fmt: skip
+        self.id = worker_id
+        self.settings = settings
+        self.broker = broker
+        self.commits = commits
+        self.metrics = metrics
+
+    async def process(self, task_id: str, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
+        """Run one delivery and settle it: whatever happens, it ends in a final record, a retry or a dead letter."""
+        try:
+            msg = decode(raw, expected_id=task_id)
+        except MessageError as exc:
+            await self._settle_rejected(task_id, raw, str(exc), None, delivered)
+            return
+        with structlog.contextvars.bound_contextvars(task_id=msg.id, task_name=msg.task, retries=msg.retries):
+            try:
+                await self._run_and_finish(msg, raw, revoked, delivered, run)
+            except asyncio.CancelledError:
+                raise  # cold shutdown: the job is requeued (or its lease expires)
+            except Exception as exc:  # the engine's own failure: settle the job, never loop
+                log.exception("internal error while processing job; recording it as failed")
+                await self._finish(msg, None, Attempt("failure", exc=exc, traceback=format_error(exc)), delivered)
+
+    async def _run_and_finish(self, msg: Message, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
+        if revoked:
+            await self._finish(msg, None, Attempt("revoked", exc=TaskRevokedError("revoked")), delivered)
+            return
+        if msg.expires is not None and time.time() > msg.expires:
+            await self._finish(msg, None, Attempt("revoked", exc=TaskRevokedError("expired")), delivered)
+            return
+        limit = self.settings.max_deliveries
+        if delivered > limit:
+            reason = (
+                f"delivered {delivered} times without finishing (max_deliveries={limit}): each delivery "
+                "died before its result was written"
+            )
+            await self._settle_rejected(msg.id, raw, reason, msg, delivered, exc=DeliveryLimitExceeded(reason))
+            return
+        try:
+            task = get_task(msg.task)
+        except NotRegistered as exc:
+            await self._settle_rejected(msg.id, raw, str(exc), msg, delivered)
+            return
+        if task.options.idempotent and self.broker is not None:
+            # The task id doubles as an idempotency key: a job id that already succeeded never runs again.
+            stored = await self.broker.idempotent_result(msg.id)
+            if stored is not None:
+                log.info("idempotent task already succeeded under this id; not running it again")
+                await self._finish(msg, task, Attempt("success", value=loads(stored)), delivered)
+                return
+        soft = msg.soft_time_limit if msg.soft_time_limit is not None else task.soft_time_limit
+        hard = msg.time_limit if msg.time_limit is not None else task.time_limit
+        req = Request(
+            id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, retries=msg.retries, delivered=delivered,
+            called_directly=False, queue=msg.queue, priority=msg.priority, eta=msg.eta, expires=msg.expires,
+            parent_id=msg.parent_id, root_id=msg.root_id, group_id=msg.group_id, hostname=self.id,
+            time_limit=hard, soft_time_limit=soft, headers=msg.headers,
+        )  # fmt: skip
+        if delivered > 1:
+            log.warning("job delivered again (a worker died or shut down while running it)", delivered=delivered)
+        started = time.monotonic()
+        attempt = await run_attempt(task, req, soft, hard, run)
+        if attempt.outcome == "failure":
+            log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
+        elif attempt.outcome == "retry":
+            log.warning("task will retry", error=repr(attempt.exc), countdown=attempt.retry and attempt.retry.countdown)
+        await self._finish(msg, task, attempt, delivered, time.monotonic() - started)
+
+    async def _settle_rejected(
+        self,
+        task_id: str,
+        raw: bytes,
+        reason: str,
+        msg: Message | None,
+        delivered: int,
+        exc: BaseException | None = None,
+    ) -> None:
+        """A message that must not run (undecodable, forged, unknown task, delivered too often): dead letter."""
+        log.error("message rejected", task_id=task_id, reason=reason)
+        try:
+            completion = rejected(task_id, raw, reason, self.id, msg, exc)
+        except Exception as error:
+            log.exception("could not plan the rejection; quarantining the job")
+            await self._quarantine(task_id, f"{reason}; then: {error!r}")
+            return
+        await self._write(completion, delivered, raw)
+
+    async def _finish(self, msg: Message, task: TaskDefinition | None, attempt: Attempt, delivered: int,
+                      seconds: float | None = None) -> None:  # fmt: skip
+        """Record the outcome and move the workflow on, all in one transaction with the ack."""
+        try:
+            completion = decide(msg, task, attempt, self.id)
+        except Exception as exc:  # finishing failed: the job is a FAILURE with that error (logged)
+            log.exception("could not finish the job (callbacks or workflow data); recording it as failed")
+            completion = settle_failed(msg, exc, self.id)
+        await self._write(completion, delivered, None, msg)
+        metrics = self.metrics()
+        if metrics is not None:
+            state = (completion.record or {}).get("state") or OUTCOME_STATES[attempt.outcome]
+            metrics.finished(msg.task, str(state), seconds)
+
+    async def _write(self, completion: Completion, delivered: int, raw: bytes | None, msg: Message | None = None,
+                     ) -> None:  # fmt: skip
+        completion.token, completion.worker = delivered, self.id
+        try:
+            outcome = await self.commits.submit(completion)
+        except Exception as exc:
+            log.exception("could not write the job's completion; recording it as failed")
+            try:
+                fallback = settle_failed(msg, exc, self.id) if msg is not None else completion
+                fallback.token, fallback.worker = delivered, self.id
+                outcome = await self.commits.submit(fallback)
+            except Exception as again:  # noqa: BLE001 - nothing can be written for it: take it off the books
+                await self._quarantine(completion.task_id, f"its completion cannot be written: {again!r}")
+                return
+        if outcome == "stale":
+            log.warning(
+                "result dropped: this worker no longer holds the job (it was paused or cut off past its "
+                "lease and another worker took the job over)"
+            )
+        elif outcome == "final":
+            log.warning("result dropped: another delivery had already finished this job")
+
+    async def _quarantine(self, task_id: str, reason: str) -> None:
+        try:
+            await self.broker.quarantine(task_id, reason)
+        except Exception:
+            log.exception("could not quarantine the job", task_id=task_id, reason=reason)
