@@ -18,7 +18,7 @@ from tasks_engine.task import Task, shared_task
 async def starmap(task_name: str, items: list[list[Any]]) -> list[Any]:
     """Call ``task_name`` once per argument list, in this worker, and return the results in order."""
     task = get_task(task_name)
-    return [await task(*args) for args in items]
+    return [await task.call(*args) for args in items]
 
 
 async def _collect(results: list[Any]) -> list[Any]:

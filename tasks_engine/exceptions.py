@@ -46,7 +46,23 @@ class Retry(TasksEngineError):  # noqa: N818 - Celery's name
 
 
 class MaxRetriesExceededError(TasksEngineError):
-    """The task asked for a retry after its ``max_retries`` were used up, without an ``exc``."""
+    """The task asked for a retry after its ``max_retries`` were used up, without an ``exc``.
+
+    ``task_args`` (a tuple) and ``task_kwargs`` (a dict) are the arguments the refused retry would have
+    run with, as in Celery. They are kept in ``args`` too (``(message, ..., task_args, task_kwargs)``), so the
+    error read back from a result record is rebuilt with them; ``str()`` is the message alone.
+    """
+
+    def __init__(self, *args: Any, task_args: Any = None, task_kwargs: Any = None) -> None:
+        rebuilt = len(args) >= 3 and isinstance(args[-2], list | tuple) and isinstance(args[-1], dict)
+        if task_args is None and task_kwargs is None and rebuilt:
+            args, task_args, task_kwargs = args[:-2], args[-2], args[-1]  # read back from a result record
+        self.task_args: tuple[Any, ...] = tuple(task_args or ())
+        self.task_kwargs: dict[str, Any] = dict(task_kwargs or {})
+        super().__init__(*(args or ("",)), list(self.task_args), self.task_kwargs)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class SoftTimeLimitExceeded(TasksEngineError):  # noqa: N818 - Celery's name

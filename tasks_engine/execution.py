@@ -63,6 +63,7 @@ async def _attempt(task: TaskDefinition, req: Request, soft: float | None, hard:
                    ) -> Attempt:  # fmt: skip
     run.label = req.id or task.name  # what the blocked-loop watchdog reports
     req.requested_retry = None  # eager retries reuse the request
+    req.override_max_retries = None
     token = current_request.set(req)
     try:
         try:
@@ -106,7 +107,9 @@ def _after_error(task: TaskDefinition, exc: Exception) -> Attempt:
     """``autoretry_for``/``dont_autoretry_for`` (checked first), with backoff, as in Celery.
 
     The backoff countdown is computed before ``retry()`` checks ``max_retries`` (Celery does the
-    same), so the last, refused retry still "asks" for the next countdown in the sequence.
+    same), so the last, refused retry still "asks" for the next countdown in the sequence. When the body
+    itself called ``self.retry(max_retries=n)`` (and the error came out of that call), ``n`` is the
+    limit here too, over ``retry_kwargs`` and the task's own (Celery #6436).
     """
     opts = task.options
     if matches(exc, opts.dont_autoretry_for) or not matches(exc, opts.autoretry_for):
@@ -116,6 +119,9 @@ def _after_error(task: TaskDefinition, exc: Exception) -> Attempt:
         retry_kwargs["countdown"] = backoff_countdown(
             backoff_factor(opts.retry_backoff), task.request.retries, opts.retry_backoff_max, opts.retry_jitter
         )
+    override = task.request.override_max_retries
+    if override is not None:
+        retry_kwargs["max_retries"] = override
     try:
         task.retry(exc=exc, **retry_kwargs)
     except Retry as retry:

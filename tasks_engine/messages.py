@@ -6,16 +6,32 @@ refuses unsigned or altered ones.
 
 JSON cannot carry NaN or ±Infinity; orjson and pydantic would quietly write ``null`` instead, so
 :func:`encode` and :func:`dumps` refuse such values with a ``TypeError`` rather than lose them.
+
+Compression (``compression="gzip"``, ``"zlib"`` or ``"bzip2"``, as in Celery) turns the message into a
+small JSON envelope that stays readable by the Lua scripts (they look for ``task``, ``queue`` and
+``expires``)::
+
+    {"compression":"gzip","id":"…","task":"…","queue":"…","priority":5,"expires":null,"body":"<base64>",
+     "sent_at":1700000000.0}
+
+``body`` is the whole message, compressed, then base64 (the store keeps messages as text, like Celery's
+Redis transport). A chord body is never compressed: Redis writes the header results into its first
+argument. Signing covers the envelope; :func:`decode` checks the envelope against the message inside
+and never inflates a body past ``max_payload_bytes``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bz2
 import hashlib
 import hmac
 import json
 import time
+import zlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,6 +49,20 @@ CHORD_RESULTS = CHORD_PLACEHOLDER.strip('"')
 
 _SIGNED_MARK = b"te-sig1:"
 _ARGS_OPEN = ',"args":['
+_ENVELOPE_MARK = b'{"compression":'
+_M = TypeVar("_M", bound=BaseModel)
+
+Compression = Literal["gzip", "zlib", "bzip2"]
+#: Compression methods and the content types Celery (kombu) names them by; both spellings are accepted.
+COMPRESSIONS: dict[str, Compression] = {
+    "gzip": "gzip",
+    "application/x-gzip": "gzip",
+    "zlib": "zlib",
+    "application/x-zlib": "zlib",
+    "bzip2": "bzip2",
+    "application/x-bz2": "bzip2",
+}
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "zlib": zlib.MAX_WBITS}
 
 
 class ChordRef(BaseModel):
@@ -72,6 +102,53 @@ class Message(BaseModel):
     chord: ChordRef | None = None
     headers: dict[str, Any] = Field(default_factory=dict)
     sent_at: float = Field(default_factory=time.time)
+    compression: Compression | None = None  # written only when set: plain messages keep their old form
+
+
+class Envelope(BaseModel):
+    """A compressed message as stored: what the Lua scripts read, in plain JSON, and the compressed rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compression: Compression  # first: a plain message starts with "id", so the two never look alike
+    id: str
+    task: str
+    queue: str
+    priority: int
+    expires: float | None = None
+    body: str
+    sent_at: float  # last, as in a message: read from the end by the queue-wait view
+
+
+def compression_of(task: str, value: Any) -> Compression | None:
+    """A compression option (``"gzip"``, or kombu's ``"application/x-gzip"``, …) as its method, or None."""
+    if value is None:
+        return None
+    method = COMPRESSIONS.get(value) if isinstance(value, str) else None
+    if method is None:
+        raise ValueError(f"task {task!r}: compression must be one of 'gzip', 'zlib', 'bzip2' or None, got {value!r}")
+    return method
+
+
+def _compress(method: Compression, data: bytes) -> bytes:
+    if method == "bzip2":
+        return bz2.compress(data)
+    packer = zlib.compressobj(6, zlib.DEFLATED, _WBITS[method])
+    return packer.compress(data) + packer.flush()
+
+
+def _decompress(method: Compression, data: bytes, limit: int) -> bytes:
+    """``data`` inflated, refusing anything that would grow past ``limit`` bytes (a decompression bomb)."""
+    unpacker: Any = bz2.BZ2Decompressor() if method == "bzip2" else zlib.decompressobj(_WBITS[method])
+    try:
+        out: bytes = unpacker.decompress(data, limit + 1)
+    except (OSError, ValueError, zlib.error, EOFError) as exc:
+        raise MessageError(f"compressed message body is corrupt ({method}: {exc})") from None
+    if len(out) > limit:
+        raise MessageError(f"compressed message body inflates past max_payload_bytes={limit}; refused")
+    if not unpacker.eof or unpacker.unused_data:
+        raise MessageError(f"compressed message body is truncated or has trailing data ({method})")
+    return out
 
 
 def _signature(body: bytes, key: bytes) -> bytes:
@@ -112,12 +189,18 @@ def _locate(message: Message, bad: Callable[[Any, str], str | None]) -> str | No
 
 
 def encode(message: Message) -> bytes:
-    """Serialize (and sign when a key is configured).
+    """Serialize (compress when the message asks for it, sign when a key is configured).
 
     Values JSON cannot carry (objects, NaN/Infinity, ...) raise ``TypeError`` naming task and argument.
     """
+    return encode_sized(message)[0]
+
+
+def encode_sized(message: Message) -> tuple[bytes, int]:
+    """:func:`encode`, and the size of the message's JSON before compression (what a worker holds)."""
+    exclude = None if message.compression else {"compression"}
     try:
-        body = message.model_dump_json(exclude_defaults=False).encode()
+        body = message.model_dump_json(exclude_defaults=False, exclude=exclude).encode()
     except PydanticSerializationError as exc:
         place = _locate(message, _unserializable) or f"task {message.task!r}: the message"
         raise TypeError(
@@ -127,10 +210,24 @@ def encode(message: Message) -> bytes:
         where = _locate(message, non_finite_path)
         if where is not None:
             raise TypeError(f"{where} is NaN or Infinity, which JSON cannot carry; pass a finite number or None")
+    size = len(body)
+    chord_body = bool(message.args) and message.args[0] == CHORD_RESULTS  # Redis rewrites it: keep it plain
+    if message.compression and not chord_body:
+        envelope = Envelope(
+            compression=message.compression,
+            id=message.id,
+            task=message.task,
+            queue=message.queue,
+            priority=message.priority,
+            expires=message.expires,
+            body=base64.b64encode(_compress(message.compression, body)).decode(),
+            sent_at=message.sent_at,
+        )
+        body = envelope.model_dump_json().encode()
     key = get_settings().signing_key
     if key is None:
-        return body
-    return _SIGNED_MARK + _signature(body, key.get_secret_value().encode()) + b":" + body
+        return body, size
+    return _SIGNED_MARK + _signature(body, key.get_secret_value().encode()) + b":" + body, size
 
 
 def _with_chord_placeholder(body: bytes) -> bytes | None:
@@ -192,15 +289,35 @@ def _decode(raw: bytes | str, expected_id: str | None) -> Message:
         data = body
     elif key is not None:
         raise MessageError("unsigned message rejected: message signing is on")
+    envelope = _envelope(data) if data.startswith(_ENVELOPE_MARK) else None
+    if envelope is not None:
+        try:
+            packed = base64.b64decode(envelope.body, validate=True)
+        except (binascii.Error, ValueError):
+            raise MessageError("compressed message body is not base64") from None
+        data = _decompress(envelope.compression, packed, get_settings().max_payload_bytes)
+    message = _validated(Message, data)
+    if envelope is not None:
+        outside = (envelope.id, envelope.task, envelope.queue, envelope.priority, envelope.expires, envelope.sent_at)
+        inside = (message.id, message.task, message.queue, message.priority, message.expires, message.sent_at)
+        if outside != inside:
+            raise MessageError("compressed message: its envelope does not match the message inside")
+    if expected_id is not None and message.id != expected_id:
+        raise MessageError(f"message id {message.id!r} does not match the id it was queued under ({expected_id!r})")
+    return message
+
+
+def _validated(model: type[_M], data: bytes) -> _M:
     try:
-        message = Message.model_validate_json(data)
+        return model.model_validate_json(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "message"
         raise MessageError(f"invalid message ({where}: {first.get('msg')})") from None
-    if expected_id is not None and message.id != expected_id:
-        raise MessageError(f"message id {message.id!r} does not match the id it was queued under ({expected_id!r})")
-    return message
+
+
+def _envelope(data: bytes) -> Envelope:
+    return _validated(Envelope, data)
 
 
 def peek_id(raw: bytes | str) -> str | None:

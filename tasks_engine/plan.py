@@ -16,13 +16,38 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tasks_engine.codec import dumps
 from tasks_engine.config import get_settings
 from tasks_engine.ids import own_id
-from tasks_engine.messages import CHORD_RESULTS, ChordRef, Message, encode
+from tasks_engine.messages import CHORD_RESULTS, ChordRef, Message, compression_of, encode_sized
 from tasks_engine.registry import check_time_limits, get_task, registry, route_queue
 from tasks_engine.store import ChordRecord, Enqueue, Writes, get_broker
 from tasks_engine.validation import check_count, check_name, check_queue, check_seconds, check_task_name
 
 if TYPE_CHECKING:
     from tasks_engine.results import GroupResult
+
+
+#: Call options accepted for Celery compatibility that deliberately change nothing (their type is still checked).
+INERT_CALL_OPTIONS: dict[str, str] = {
+    "exchange": "Redis has no exchanges here: a call is routed by queue (or routing_key, read as the queue name)",
+    "shadow": "Celery's other name for logs and monitoring; the task's own name is logged and stored",
+    "retry": "publishing always retries while Redis is unreachable, up to the enqueue_wait_seconds setting",
+    "retry_policy": "see 'retry': the enqueue_wait_seconds setting bounds how long publishing waits",
+}
+_RETRY_POLICY_KEYS = frozenset({"max_retries", "interval_start", "interval_step", "interval_max", "retry_errors"})
+
+
+def check_inert_options(task: str, opts: dict[str, Any]) -> None:
+    """The serializer must be JSON (the only one, no pickle); the inert options must at least be well-formed."""
+    serializer = opts.get("serializer")
+    if serializer is not None and serializer not in ("json", "application/json"):
+        raise ValueError(f"task {task!r}: serializer {serializer!r} is not available; messages are JSON only")
+    for name in ("exchange", "shadow"):
+        if opts.get(name) is not None and not isinstance(opts[name], str):
+            raise TypeError(f"task {task!r}: {name} must be a str, got {type(opts[name]).__name__}")
+    if "retry" in opts and not isinstance(opts["retry"], bool):
+        raise TypeError(f"task {task!r}: retry must be True or False, got {opts['retry']!r}")
+    policy = opts.get("retry_policy")
+    if policy is not None and (not isinstance(policy, dict) or set(policy) - _RETRY_POLICY_KEYS):
+        raise ValueError(f"task {task!r}: retry_policy must be a dict with keys among {sorted(_RETRY_POLICY_KEYS)}")
 
 
 class Call(Protocol):
@@ -176,6 +201,9 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
     headers = opts.get("headers") or {}
     if not isinstance(headers, dict):
         raise TypeError(f"task {call.task!r}: headers must be a dict, got {type(headers).__name__}")
+    check_inert_options(call.task, opts)
+    # The call's compression, else the task's (as Celery: a false call option falls back to the task's).
+    compression = compression_of(call.task, opts.get("compression") or (task.options.compression if task else None))
     message = Message(
         id=task_id,
         task=call.task,
@@ -197,11 +225,13 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
         chain=[s.to_dict() for s in ctx.chain_rest],
         chord=ctx.chord,
         headers=dict(headers),
+        compression=compression,
     )
-    raw = encode(message)
-    if len(raw) > settings.max_payload_bytes:
+    raw, size = encode_sized(message)
+    # Compressed or not, the worker holds the whole message: its size before compression counts too.
+    if max(len(raw), size) > settings.max_payload_bytes:
         raise ValueError(
-            f"task {call.task!r}: message is {len(raw)} bytes, over max_payload_bytes="
+            f"task {call.task!r}: message is {max(len(raw), size)} bytes, over max_payload_bytes="
             f"{settings.max_payload_bytes}; pass IDs, not data"
         )
     if task is None and ctx.require_registered:

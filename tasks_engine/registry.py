@@ -38,8 +38,24 @@ def check_time_limits(soft: float | None, hard: float | None) -> None:
         raise ValueError(f"soft_time_limit ({soft}) must not exceed time_limit ({hard})")
 
 
+#: Options accepted for Celery compatibility that deliberately change nothing, and why.
+INERT_TASK_OPTIONS: dict[str, str] = {
+    "track_started": (
+        "accepted, deliberately inert: STARTED is always recorded, by the same Lua call that takes the lease "
+        "(at no cost); Celery's default (False) leaves a running task PENDING"
+    ),
+    "acks_late": (
+        "accepted, deliberately inert: every job is acknowledged only when it finishes (leases), so a job whose "
+        "worker dies runs again; Celery's default (False) acknowledges on receipt and loses such a job"
+    ),
+}
+
+
 class TaskOptions(BaseModel):
-    """Every option ``@shared_task`` accepts (the guide's, plus a few of ours); unknown ones are errors."""
+    """Every option ``@shared_task`` accepts (the guide's, plus a few of ours); unknown ones are errors.
+
+    ``track_started`` and ``acks_late`` are accepted but change nothing (see :data:`INERT_TASK_OPTIONS`).
+    """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
 
@@ -52,8 +68,8 @@ class TaskOptions(BaseModel):
     autoretry_for: tuple[type[BaseException], ...] = ()
     dont_autoretry_for: tuple[type[BaseException], ...] = ()
     retry_kwargs: dict[str, Any] = Field(default_factory=dict)
-    retry_backoff: bool | int = False
-    retry_backoff_max: int = 600
+    retry_backoff: bool | int | float = False  # a number is the factor, floored to an int >= 1 (Celery)
+    retry_backoff_max: int = 600  # a float is truncated to an int, as Celery's int() does
     retry_jitter: bool = True
     rate_limit: str | int | float | None = None
     rate_limit_burst: int = Field(default=1, ge=1)
@@ -64,9 +80,9 @@ class TaskOptions(BaseModel):
     routing_key: str | None = None
     priority: int | None = Field(default=None, ge=0, le=9)
     expires: float | datetime | None = None
-    acks_late: bool = True
+    acks_late: bool = Field(default=True, description=INERT_TASK_OPTIONS["acks_late"])
     idempotent: bool = False
-    track_started: bool = True
+    track_started: bool = Field(default=True, description=INERT_TASK_OPTIONS["track_started"])
 
     @field_validator("autoretry_for", "dont_autoretry_for", mode="before")
     @classmethod
@@ -76,6 +92,22 @@ class TaskOptions(BaseModel):
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
                 raise ValueError(f"{kind!r} is not an exception class")
         return kinds
+
+    @field_validator("retry_backoff", mode="before")
+    @classmethod
+    def _valid_backoff(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value is None:
+            return bool(value)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"retry_backoff must be a bool or a finite number, got {value!r}")
+        return value
+
+    @field_validator("retry_backoff_max", mode="before")
+    @classmethod
+    def _valid_backoff_max(cls, value: Any) -> Any:
+        if isinstance(value, float) and math.isfinite(value):
+            return int(value)  # Celery: int(retry_backoff_max)
+        return value
 
     @field_validator("rate_limit", mode="before")  # before: pydantic would turn True into 1
     @classmethod
@@ -122,6 +154,9 @@ class Request:
     headers: dict[str, Any] = field(default_factory=dict)
     # A retry asked for with ``retry(throw=False)``: Celery sends it whether or not it is raised.
     requested_retry: Retry | None = field(default=None, repr=False)
+    # ``retry(max_retries=n)`` called by the body: an ``autoretry_for`` retry of the error it raises uses
+    # the same limit (Celery's ``override_max_retries``, issue #6436).
+    override_max_retries: int | None = field(default=None, repr=False)
 
 
 current_request: ContextVar[Request | None] = ContextVar("tasks_engine_request", default=None)
@@ -168,12 +203,20 @@ class TaskDefinition:
             return req
         return Request(task=self.name)
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the body here and now; nothing is stored (like calling a Celery task directly)."""
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the body here and now; nothing is stored (like calling a Celery task directly).
+
+        A plain ``def`` task returns its value; an ``async def`` task returns its coroutine (await it).
+        """
         call_args = (self, *args) if self.options.bind else args
-        if self.is_async:
-            return await self.fn(*call_args, **kwargs)
         return self.fn(*call_args, **kwargs)
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        """The direct call's value, whatever kind of function the task is (awaits a coroutine)."""
+        value = self(*args, **kwargs)
+        if inspect.isawaitable(value):
+            return await value
+        return value
 
     def prepare_args(self, args: list[Any], kwargs: dict[str, Any], complete: bool) -> tuple[list[Any], dict[str, Any]]:
         """Validate a call's arguments and return JSON-ready copies (see :class:`ArgumentSpec`)."""
@@ -213,6 +256,8 @@ class TaskDefinition:
         if args is not None or kwargs is not None:
             self.prepare_args(list(args or []), dict(kwargs or {}), complete=False)  # JSON-ready, or a clear error
         req = self.request
+        if max_retries is not None and not req.called_directly:
+            req.override_max_retries = max_retries
         if req.called_directly:
             # Outside a worker there is nothing to re-send: surface the error itself.
             raise exc if exc is not None else Retry("retry() called outside a worker", exc=exc)
@@ -220,8 +265,13 @@ class TaskDefinition:
         if limit is not None and req.retries >= limit:
             if exc is not None:
                 raise exc
+            task_args = list(req.args if args is None else args)
+            task_kwargs = dict(req.kwargs if kwargs is None else kwargs)
             raise MaxRetriesExceededError(
-                f"task {self.name!r} ({req.id}) exceeded max_retries={limit} (args={req.args!r})"
+                f"task {self.name!r} ({req.id}) exceeded max_retries={limit} "
+                f"(args={task_args!r}, kwargs={task_kwargs!r})",
+                task_args=task_args,
+                task_kwargs=task_kwargs,
             )
         if countdown is None and eta is None:
             countdown = self.default_retry_delay
@@ -266,8 +316,9 @@ def route_queue(name: str, explicit: str | None) -> str:
     if explicit:
         return explicit
     task = registry.get(name)
-    if task is not None and task.options.queue:
-        return task.options.queue
+    if task is not None and (task.options.queue or task.options.routing_key):
+        # A routing key names its queue: every queue is bound by its own name (Celery's default routing).
+        return task.options.queue or task.options.routing_key or ""
     settings = get_settings()
     for pattern, queue in settings.task_routes.items():
         if fnmatch.fnmatchcase(name, pattern):

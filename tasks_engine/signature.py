@@ -241,7 +241,7 @@ class Signature:
 
     async def __call__(self, *args: Any, **kwargs: Any) -> Any:
         merged = self.merged(args, kwargs)
-        return await get_task(self.task)(*merged.args, **merged.kwargs)
+        return await get_task(self.task).call(*merged.args, **merged.kwargs)
 
     # -- planning and eager running (one simple task) --
     def plan_into(self, prefix: list[Any], ctx: Context, plan: Plan) -> None:
