@@ -26,9 +26,12 @@ from tasks_engine.exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
+from tasks_engine.logs import route_to_stdlib
 from tasks_engine.results import AsyncResult, EagerResult, GroupResult
 from tasks_engine.schedules import crontab
 from tasks_engine.task import Task, shared_task
+
+route_to_stdlib()  # engine lines go to the host's logging (stderr without handlers), never to stdout
 
 
 async def send_task(

@@ -62,6 +62,9 @@ class EngineSettings(BaseSettings):
     # Logging and security.
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
+    log_configure_root: bool = Field(
+        default=True, description="A worker sets up the root logger; false: only the engine's own loggers."
+    )
     signing_key: SecretStr | None = Field(
         default=None, description="HMAC key; when set, unsigned messages are rejected."
     )

@@ -2,6 +2,12 @@
 
 Lines logged inside a task carry ``task_id``, ``task_name`` and ``retries`` (bound through
 contextvars by the worker), whichever logger the task uses — stdlib ``logging`` included.
+
+Who owns what: a worker (or the CLI) owns its process and sets up the root logger
+(:func:`configure_logging`; ``log_configure_root=false`` keeps it to the engine's own loggers). In a
+host application — a web service that enqueues jobs — importing the engine touches nothing of the
+host's logging: engine lines go through stdlib ``logging`` (``tasks_engine.*`` loggers) to whatever
+handlers the host has, and to stderr when it has none, never to stdout.
 """
 
 from __future__ import annotations
@@ -13,16 +19,51 @@ import structlog
 
 from tasks_engine.config import EngineSettings, get_settings
 
+SHARED: list[structlog.types.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def route_to_stdlib() -> None:
+    """At import: unless the host already configured structlog, send structlog lines (the engine's) to
+    stdlib ``logging`` — structlog's own default prints to stdout, which a CLI's output must not get.
+    With no handler anywhere, the engine's own logger gets one on stderr (warnings and errors)."""
+    if not structlog.is_configured():
+        structlog.configure(
+            processors=[
+                *SHARED,
+                structlog.processors.format_exc_info,
+                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+            ],
+            logger_factory=structlog.stdlib.LoggerFactory(),
+            wrapper_class=structlog.stdlib.BoundLogger,
+        )
+    engine = logging.getLogger("tasks_engine")
+    if not logging.getLogger().handlers and not engine.handlers:
+        fallback = _handler(structlog.dev.ConsoleRenderer(colors=False))
+        fallback.setLevel(logging.WARNING)
+        engine.addHandler(fallback)
+
+
+def _handler(renderer: structlog.types.Processor) -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=SHARED, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+        )
+    )
+    return handler
+
 
 def configure_logging(settings: EngineSettings | None = None) -> None:
+    """For a process the engine owns (a worker, the CLI): console or JSON lines on stderr, at ``log_level``,
+    on the root logger — or only on the engine's loggers with ``log_configure_root=false``."""
     settings = settings or get_settings()
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    shared = SHARED
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if settings.log_format == "json"
@@ -38,14 +79,11 @@ def configure_logging(settings: EngineSettings | None = None) -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared, processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    handler = _handler(renderer)
+    target = logging.getLogger() if settings.log_configure_root else logging.getLogger("tasks_engine")
+    target.handlers[:] = [handler]
+    target.setLevel(level)
+    if not settings.log_configure_root:
+        target.propagate = False  # the host's root handlers would print the same line again
     for noisy in ("asyncio", "arq"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
