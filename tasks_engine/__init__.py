@@ -30,6 +30,7 @@ from tasks_engine.logs import route_to_stdlib
 from tasks_engine.results import AsyncResult, EagerResult, GroupResult
 from tasks_engine.schedules import crontab
 from tasks_engine.task import Task, shared_task
+from tasks_engine.version import __version__ as __version__
 
 route_to_stdlib()  # engine lines go to the host's logging (stderr without handlers), never to stdout
 

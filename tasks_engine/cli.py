@@ -22,11 +22,27 @@ from tasks_engine.embedded import ensure_redis
 from tasks_engine.exceptions import EngineConfigurationError
 from tasks_engine.logs import configure_logging
 from tasks_engine.metrics import cluster_exposition, prometheus, serve
+from tasks_engine.version import __version__
 from tasks_engine.worker import Worker
 
 app = typer.Typer(help="Celery's task model on asyncio, arq and Redis.", no_args_is_help=True)
 console = Console()
 cli_ops.register(app)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tasks-engine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Celery's task model on asyncio, arq and Redis."""
 
 
 def _run(coro: Any) -> Any:

@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "logs": 0,
     "ids": 0,
     "context": 0,
+    "version": 0,
     "embedded": 0,
     # L1: the vocabulary: messages, arguments, task definitions and routing, grammars, record format
     "arguments": 1,
