@@ -9,12 +9,14 @@ commit. Any failure on the way still ends in a final record, a retry or a dead l
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
-from tasks_engine import states
+from tasks_engine import signals, states
 from tasks_engine.codec import loads
 from tasks_engine.commit import CommitQueue
 from tasks_engine.completion import decide, format_error, rejected, settle_failed
@@ -96,6 +98,8 @@ class Deliveries:
         )  # fmt: skip
         if delivered > 1:
             log.warning("job delivered again (a worker died or shut down while running it)", delivered=delivered)
+        if signals.task_prerun.receivers:
+            await signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
         started = time.monotonic()
         attempt = await run_attempt(task, req, soft, hard, run)
         if attempt.outcome == "failure":
@@ -103,6 +107,7 @@ class Deliveries:
         elif attempt.outcome == "retry":
             log.warning("task will retry", error=repr(attempt.exc), countdown=attempt.retry and attempt.retry.countdown)
         await self._finish(msg, task, attempt, delivered, time.monotonic() - started)
+        await announce(task, msg, req, attempt)
 
     async def _settle_rejected(
         self,
@@ -164,3 +169,43 @@ class Deliveries:
             await self.broker.quarantine(task_id, reason)
         except Exception:
             log.exception("could not quarantine the job", task_id=task_id, reason=reason)
+
+
+_NO_HANDLER = {name: getattr(TaskDefinition, name) for name in ("on_success", "on_failure", "on_retry", "after_return")}
+
+
+async def announce(task: TaskDefinition, msg: Message, req: Request, attempt: Attempt) -> None:
+    """After the outcome is stored: the task's handler methods (``base=`` classes) and Celery's signals.
+    Their errors are logged; the job's outcome is already settled and stays as it is."""
+    state = OUTCOME_STATES[attempt.outcome]
+    args, kwargs, einfo = msg.args, msg.kwargs, attempt.traceback
+    retval = attempt.value if attempt.outcome == "success" else attempt.exc
+    if attempt.outcome == "success":
+        await _handler(task, "on_success", attempt.value, msg.id, args, kwargs)
+        if signals.task_success.receivers:
+            await signals.task_success.send(sender=task, result=attempt.value)
+    elif attempt.outcome == "failure":
+        await _handler(task, "on_failure", attempt.exc, msg.id, args, kwargs, einfo)
+        if signals.task_failure.receivers:
+            await signals.task_failure.send(sender=task, task_id=msg.id, exception=attempt.exc, args=args,
+                                            kwargs=kwargs, traceback=einfo, einfo=einfo)  # fmt: skip
+    elif attempt.outcome == "retry":
+        await _handler(task, "on_retry", attempt.exc, msg.id, args, kwargs, einfo)
+        if signals.task_retry.receivers:
+            await signals.task_retry.send(sender=task, request=req, reason=attempt.exc, einfo=einfo)
+    await _handler(task, "after_return", state, retval, msg.id, args, kwargs, einfo)
+    if signals.task_postrun.receivers:
+        await signals.task_postrun.send(sender=task, task_id=msg.id, task=task, args=args, kwargs=kwargs,
+                                        retval=retval, state=state)  # fmt: skip
+
+
+async def _handler(task: TaskDefinition, name: str, *args: Any) -> None:
+    method = getattr(type(task), name)
+    if method is _NO_HANDLER[name]:
+        return  # the common case costs nothing
+    try:
+        result = getattr(task, name)(*args)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:  # a handler's bug is logged, never turned into the job's outcome
+        log.exception("task handler failed", handler=name)

@@ -83,6 +83,7 @@ class TaskOptions(BaseModel):
     acks_late: bool = Field(default=True, description=INERT_TASK_OPTIONS["acks_late"])
     idempotent: bool = False
     track_started: bool = Field(default=True, description=INERT_TASK_OPTIONS["track_started"])
+    base: type | None = Field(default=None, description="A Task subclass with on_success/on_failure/... handlers")
 
     @field_validator("autoretry_for", "dont_autoretry_for", mode="before")
     @classmethod
@@ -202,6 +203,25 @@ class TaskDefinition:
         if req is not None and req.task == self.name:
             return req
         return Request(task=self.name)
+
+    # -- Celery's handler methods: override them in a ``base=`` class (sync or async) --
+    def on_success(self, retval: Any, task_id: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Called in the worker after the task succeeded and its result was stored."""
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: list[Any], kwargs: dict[str, Any], einfo: str | None
+    ) -> Any:
+        """Called in the worker after the task failed for good (``einfo``: the traceback text)."""
+
+    def on_retry(
+        self, exc: BaseException, task_id: str, args: list[Any], kwargs: dict[str, Any], einfo: str | None
+    ) -> Any:
+        """Called in the worker when a retry of the task has been scheduled."""
+
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: list[Any], kwargs: dict[str, Any], einfo: str | None
+    ) -> Any:
+        """Called in the worker after every attempt, whatever its outcome."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the body here and now; nothing is stored (like calling a Celery task directly).

@@ -113,7 +113,10 @@ def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Task | 
                 for e in exc.errors()
             )
             raise TaskDefinitionError(f"task {label!r}: {problems}") from None
-        task = Task(func, opts)
+        cls = opts.base or Task
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TaskDefinitionError(f"task {label!r}: base must be a subclass of tasks_engine.Task, got {cls!r}")
+        task = cls(func, opts)
         register(task)
         return task
 

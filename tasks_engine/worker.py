@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from tasks_engine import signals
 from tasks_engine.beat import Beat
 from tasks_engine.beat import entries as beat_entries
 from tasks_engine.clock import Backoff, now_iso
@@ -145,6 +146,8 @@ class Worker:
         # the full collections that per-job garbage triggers scan only young objects (~15% of a
         # no-op job's CPU went to gc before).
         gc.freeze()
+        if signals.worker_ready.receivers:
+            await signals.worker_ready.send(sender=self)
 
     async def _wait_for_redis(self) -> None:
         assert self.broker is not None
@@ -236,6 +239,8 @@ class Worker:
                 await self.broker.forget_worker(self.id)
             except REDIS_UNAVAILABLE:
                 pass
+        if signals.worker_shutdown.receivers:
+            await signals.worker_shutdown.send(sender=self)
         if self.on_shutdown is not None:
             try:
                 await _call_hook(self.on_shutdown, self.ctx)  # after the last job drained
