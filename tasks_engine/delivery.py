@@ -28,6 +28,7 @@ from tasks_engine.metrics import WorkerMetrics
 from tasks_engine.registry import Request, TaskDefinition, get_task
 from tasks_engine.store import Broker, Completion
 from tasks_engine.timelimits import LimitedRun
+from tasks_engine.tracing import consumer_span
 
 log = structlog.get_logger("tasks_engine.worker")
 OUTCOME_STATES = {"success": states.SUCCESS, "failure": states.FAILURE, "retry": states.RETRY,
@@ -100,13 +101,16 @@ class Deliveries:
             log.warning("job delivered again (a worker died or shut down while running it)", delivered=delivered)
         if signals.task_prerun.receivers:
             await signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
-        started = time.monotonic()
-        attempt = await run_attempt(task, req, soft, hard, run)
-        if attempt.outcome == "failure":
-            log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
-        elif attempt.outcome == "retry":
-            log.warning("task will retry", error=repr(attempt.exc), countdown=attempt.retry and attempt.retry.countdown)
-        await self._finish(msg, task, attempt, delivered, time.monotonic() - started)
+        with consumer_span(msg.task, msg.id, msg.retries, msg.headers) as traced:
+            started = time.monotonic()
+            attempt = await run_attempt(task, req, soft, hard, run)
+            if attempt.outcome == "failure":
+                log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
+            elif attempt.outcome == "retry":
+                log.warning("task will retry", error=repr(attempt.exc),
+                            countdown=attempt.retry and attempt.retry.countdown)  # fmt: skip
+            await self._finish(msg, task, attempt, delivered, time.monotonic() - started)
+            traced(OUTCOME_STATES[attempt.outcome], attempt.exc)
         await announce(task, msg, req, attempt)
 
     async def _settle_rejected(

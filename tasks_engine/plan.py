@@ -19,6 +19,7 @@ from tasks_engine.ids import own_id
 from tasks_engine.messages import CHORD_RESULTS, ChordRef, Message, compression_of, encode_sized
 from tasks_engine.registry import check_time_limits, get_task, registry, route_queue
 from tasks_engine.store import ChordRecord, Enqueue, Writes, get_broker
+from tasks_engine.tracing import producer_span
 from tasks_engine.validation import check_count, check_name, check_queue, check_seconds, check_task_name
 
 if TYPE_CHECKING:
@@ -204,7 +205,9 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
     check_inert_options(call.task, opts)
     # The call's compression, else the task's (as Celery: a false call option falls back to the task's).
     compression = compression_of(call.task, opts.get("compression") or (task.options.compression if task else None))
-    message = Message(
+    headers = dict(headers)
+    with producer_span(call.task, task_id, queue, headers):  # its trace context goes into the headers
+        return _message_enqueue(call, ctx, settings, task, Message(
         id=task_id,
         task=call.task,
         args=args,
@@ -224,9 +227,14 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
         link_errors=errbacks,
         chain=[s.to_dict() for s in ctx.chain_rest],
         chord=ctx.chord,
-        headers=dict(headers),
+        headers=headers,
         compression=compression,
-    )
+    ))  # fmt: skip
+
+
+def _message_enqueue(call: Call, ctx: Context, settings: Any, task: Any, message: Message) -> Enqueue:
+    """Encode (and size-check) one built message."""
+    task_id, queue, priority, eta = message.id, message.queue, message.priority, message.eta
     raw, size = encode_sized(message)
     # Compressed or not, the worker holds the whole message: its size before compression counts too.
     if max(len(raw), size) > settings.max_payload_bytes:

@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "messages": 1,
     "records": 1,
     "signals": 1,
+    "tracing": 1,
     # L2: the store, the only code that talks to Redis
     "store": 2,
     # L3: running one attempt, results, planning, the canvas, the client-facing Task

@@ -1,0 +1,64 @@
+"""OpenTelemetry, when ``opentelemetry-api`` is installed (``pip install tasks-engine[otel]``).
+
+A producer span per message sent (its context travels in the message's ``traceparent`` header), and
+a consumer span per attempt in the worker, child of the producer's, with the task's name, id,
+retries and final state. Without the package (or without an SDK configured) this costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError:  # the optional extra is not installed
+    trace = None  # type: ignore[assignment]
+
+TRACER_NAME = "tasks_engine"
+
+
+def _active() -> bool:
+    """True once an SDK tracer provider is installed: until then spans are skipped, not just no-ops."""
+    if trace is None:
+        return False
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+@contextmanager
+def producer_span(task: str, task_id: str, queue: str, headers: dict[str, Any]) -> Iterator[None]:
+    """Around building one message: the span's context is written into ``headers`` (W3C ``traceparent``)."""
+    if not _active():
+        yield
+        return
+    tracer = trace.get_tracer(TRACER_NAME)
+    attributes = {"messaging.system": "tasks_engine", "messaging.destination.name": queue,
+                  "messaging.message.id": task_id, "tasks_engine.task": task}  # fmt: skip
+    with tracer.start_as_current_span(f"send {task}", kind=SpanKind.PRODUCER, attributes=attributes):
+        propagate.inject(headers)
+        yield
+
+
+@contextmanager
+def consumer_span(task: str, task_id: str, retries: int, headers: dict[str, Any]) -> Iterator[Any]:
+    """Around one attempt in the worker; yields a callable that records the outcome's state."""
+    if not _active():
+        yield lambda state, exc=None: None
+        return
+    tracer = trace.get_tracer(TRACER_NAME)
+    parent = propagate.extract({k: v for k, v in headers.items() if isinstance(v, str)})
+    attributes: dict[str, str | int] = {"messaging.system": "tasks_engine", "messaging.message.id": task_id,
+                                        "tasks_engine.task": task,
+                  "tasks_engine.retries": retries}  # fmt: skip
+    with tracer.start_as_current_span(f"run {task}", context=parent, kind=SpanKind.CONSUMER,
+                                      attributes=attributes) as span:  # fmt: skip
+
+        def outcome(state: str, exc: BaseException | None = None) -> None:
+            span.set_attribute("tasks_engine.state", state)
+            if exc is not None and state == "FAILURE":
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+        yield outcome
