@@ -21,7 +21,6 @@ from tasks_engine.config import configure, get_settings
 from tasks_engine.embedded import ensure_redis
 from tasks_engine.exceptions import EngineConfigurationError
 from tasks_engine.logs import configure_logging
-from tasks_engine.metrics import cluster_exposition, prometheus, serve
 from tasks_engine.version import __version__
 from tasks_engine.worker import Worker
 
@@ -227,6 +226,11 @@ def metrics(
     app_module: AppOpt = None,
 ) -> None:
     """Serve cluster-wide Prometheus metrics (queues, oldest job age, consumers, dead letters) from Redis."""
+    try:
+        from tasks_engine.metrics import cluster_exposition, prometheus, serve
+    except ImportError:
+        typer.echo("tasks-engine metrics: prometheus_client is missing: pip install 'tasks-engine[metrics]'", err=True)
+        raise typer.Exit(2) from None
     load_app(app_module, [])
     configure_logging()
 
@@ -240,6 +244,29 @@ def metrics(
             await server.serve_forever()
 
     _run(main())
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int | None, typer.Option(help="port (default 5555)")] = None,
+    host: Annotated[str | None, typer.Option(help="address (default 127.0.0.1)")] = None,
+    read_only: Annotated[bool | None, typer.Option("--read-only/--read-write")] = None,
+    app_module: AppOpt = None,
+    imports: ImportsOpt = None,
+) -> None:
+    """Serve the web dashboard (Flower's place); credentials come from TE_DASHBOARD_* settings."""
+    load_app(app_module, imports or [])
+    try:  # the optional `dashboard` extra
+        from tasks_engine.dashboard.app import main
+        from tasks_engine.dashboard.settings import DashboardConfigError
+    except ImportError as exc:
+        typer.echo(f"tasks-engine dashboard: {exc}: pip install 'tasks-engine[dashboard]'", err=True)
+        raise typer.Exit(2) from None
+    try:
+        main(host, port, read_only=read_only)
+    except DashboardConfigError as exc:
+        typer.echo(f"tasks-engine dashboard: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("redis")

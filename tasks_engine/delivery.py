@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -24,11 +24,13 @@ from tasks_engine.config import EngineSettings
 from tasks_engine.exceptions import DeliveryLimitExceeded, MessageError, NotRegistered, TaskRevokedError
 from tasks_engine.execution import Attempt, run_attempt
 from tasks_engine.messages import Message, decode
-from tasks_engine.metrics import WorkerMetrics
 from tasks_engine.registry import Request, TaskDefinition, get_task
 from tasks_engine.store import Broker, Completion
 from tasks_engine.timelimits import LimitedRun
 from tasks_engine.tracing import consumer_span
+
+if TYPE_CHECKING:
+    from tasks_engine.metrics import WorkerMetrics
 
 log = structlog.get_logger("tasks_engine.worker")
 OUTCOME_STATES = {"success": states.SUCCESS, "failure": states.FAILURE, "retry": states.RETRY,

@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,11 +41,13 @@ from tasks_engine.exceptions import (
     REDIS_UNAVAILABLE,
     EngineConfigurationError,
 )
-from tasks_engine.metrics import WorkerMetrics, serve_worker_probes
 from tasks_engine.registry import registry
 from tasks_engine.store import Broker, get_broker
 from tasks_engine.supervision import HeartbeatThread, LoopHealth, supervised
 from tasks_engine.timelimits import LimitedRun
+
+if TYPE_CHECKING:
+    from tasks_engine.metrics import WorkerMetrics
 
 log = structlog.get_logger("tasks_engine.worker")
 
@@ -82,7 +84,7 @@ class Worker:
         self.health = LoopHealth()
         self.started_at = now_iso()
         self.task_names = sorted(registry)
-        self.metrics: WorkerMetrics | None = None
+        self.metrics: WorkerMetrics | None = None  # with metrics_port
         self._metrics_server: asyncio.Server | None = None
         self._thread: HeartbeatThread | None = None
         self._commits: CommitQueue | None = None
@@ -163,6 +165,9 @@ class Worker:
 
     async def _serve_metrics(self, host: str, port: int) -> None:
         assert self.broker is not None
+        # Imported here: prometheus_client is the optional `metrics` extra, needed only with a metrics port.
+        from tasks_engine.metrics import WorkerMetrics, serve_worker_probes
+
         self.metrics = WorkerMetrics(lambda: len(self.running), lambda: self.health.healthy)
 
         def problem() -> str | None:
