@@ -48,5 +48,5 @@ async def signup(body: Signup) -> dict[str, str]:
 @app.get("/tasks/{task_id}")
 async def task_status(task_id: str) -> dict[str, Any]:
     """As Celery: an id nobody knows (yet) is PENDING."""
-    record = await AsyncResult(task_id).info()
+    record = await AsyncResult(task_id).record()
     return {"task_id": task_id, "state": record["state"], "result": record["result"], "error": record["exc_message"]}

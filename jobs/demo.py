@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +32,7 @@ from jobs.reports import generate_report_task
 from jobs.seed import seed
 from tasks_engine import AsyncResult, states
 from tasks_engine.config import redacted_url
+from tasks_engine.embedded import started_here
 from tasks_engine.logs import configure_logging
 from tasks_engine.store import get_broker
 from tasks_engine.worker import Worker
@@ -69,6 +71,11 @@ async def main() -> None:
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.rule("[bold]tasks_engine demo: email, reports, batch, maintenance")
     console.print(f"Redis {redacted_url()} (key prefix [bold]{settings.key_prefix}[/bold])")
+    port = urlparse(settings.redis_url.get_secret_value()).port or 6379
+    embedded = started_here(port)
+    if embedded is not None:
+        console.print(f"  an embedded Redis started by this project serves it: data in {os.path.relpath(embedded)}, "
+                      f"stop it with: redis-cli -p {port} shutdown")  # fmt: skip
 
     sink: SmtpSink | None = None
     if _listening(settings.smtp_host, settings.smtp_port):
@@ -166,7 +173,7 @@ async def run_jobs(console: Console, admin: str, sink: SmtpSink | None) -> None:
 
 async def _row(label: str, expected: str, handle: AsyncResult, note: str = "") -> tuple[str, str, str, str, str]:
     value = await handle.get(timeout=120, propagate=False)
-    info = await handle.info()
+    info = await handle.record()
     text = describe(value)
     if info.get("retries"):
         text += f" (after {info['retries']} retries)"

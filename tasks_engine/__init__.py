@@ -6,6 +6,8 @@ Flow: :mod:`task` / :mod:`canvas` (what to call) → :mod:`plan` (options → :m
 The layers and their rules are in the README ("How it works").
 """
 
+from typing import Any
+
 from tasks_engine import (
     builtins,  # noqa: F401 - registers the engine's own tasks
     states,
@@ -40,9 +42,9 @@ async def send_task(
     args: list[object] | tuple[object, ...] | None = None,
     kwargs: dict[str, object] | None = None,
     **options: object,
-) -> AsyncResult:
+) -> AsyncResult[Any]:
     """Enqueue a task by name, for services that don't import the task's code."""
-    result: AsyncResult = await Signature(name, args, kwargs, dict(options)).apply_async()
+    result: AsyncResult[Any] = await Signature(name, args, kwargs, dict(options)).apply_async()
     return result
 
 

@@ -50,5 +50,5 @@ async def _chord_unwind(
     await broker.write_failed_later(failed, plan.writes(), part)
 
 
-collect: Task = shared_task(name=COLLECT_TASK)(_collect)
-chord_unwind: Task = shared_task(name=UNWIND_TASK, ignore_result=True)(_chord_unwind)
+collect: Task[Any, Any] = shared_task(name=COLLECT_TASK)(_collect)
+chord_unwind: Task[Any, Any] = shared_task(name=UNWIND_TASK, ignore_result=True)(_chord_unwind)

@@ -9,10 +9,14 @@ chord parts are counted by a Lua script that dedupes by task id and dispatches t
 once. The same plan runs in-process for ``apply()``.
 
 Options given to a whole workflow are pushed down to the calls that carry them (as Celery does):
-a chain's ``link_error`` goes on every step and its ``link`` on the last, a group's on every
-member, a chord's on its body; other call options go to a chain's first step, a group's members,
-a chord's header. Each message thus carries only its own callbacks, and nothing leaks from one
-step to the next.
+a chain's ``link_error`` goes on every step and its ``link`` on the last, a group's ``link_error``
+on every member and its ``link`` (immutable) on its first member only, a chord's on its body;
+other call options go to a chain's first step, a group's members, a chord's header. Each message
+thus carries only its own callbacks, and nothing leaks from one step to the next.
+
+Shapes follow Celery's: nested groups are flattened (into a chord header too), a group followed by
+a step in a chain becomes a chord with that step as body (``chain(g1, g2, t)`` is
+``chord(g1, chord(g2, t))``), empty groups between steps are dropped, a group of one is its member.
 """
 
 from __future__ import annotations
@@ -47,29 +51,36 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
     def __init__(self, *tasks: Any, **options: Any) -> None:
         flat: list[Signature] = []
         items = tasks[0] if len(tasks) == 1 and not isinstance(tasks[0], Signature) else tasks
-        for t in items:
+        for item in items:
+            t = as_signature(item)
+            if isinstance(t, _chain | group) and t.options:  # its own link/link_error/options go inside first
+                t = t.copy()
+                t.push_down()
             if isinstance(t, _chain):
-                if t.options:  # its own link/link_error/options go onto its steps first
-                    t = t.copy()
-                    assert isinstance(t, _chain)
-                    t.push_down()
                 flat.extend(t.tasks)
-            elif isinstance(t, group) and len(t.tasks) == 1 and not t.options:
-                flat.append(t.tasks[0])  # a group of one inside a chain is unrolled (Celery)
+            elif isinstance(t, group) and len(t.tasks) == 1:
+                flat.append(t.tasks[0])  # a group of one inside a chain is unrolled (Celery's maybe_unroll_group)
             else:
-                flat.append(as_signature(t))
-        # A group followed by anything becomes a chord (Celery's rule).
+                flat.append(t)
+        # Celery's prepare_steps, from the last step back: an empty group between steps is dropped, and a
+        # group followed by a step becomes a chord whose body is that step (itself maybe such a chord), so
+        # chain(g1, g2, t) == chord(g1, chord(g2, t)).
         steps: list[Signature] = []
-        i = 0
-        while i < len(flat):
-            if isinstance(flat[i], group) and i + 1 < len(flat):
-                steps.append(chord(flat[i], flat[i + 1]))
-                i += 2
-            else:
-                steps.append(flat[i])
-                i += 1
+        for t in reversed(flat):
+            if isinstance(t, group) and not t.tasks and len(flat) > 1:
+                continue
+            steps.append(chord(t, steps.pop()) if isinstance(t, group) and steps else t)
         super().__init__("celery.chain", (), {}, options)
-        self.tasks: list[Signature] = steps
+        self.tasks: list[Signature] = steps[::-1]
+        self._result_id: str | None = None
+
+    @property
+    def id(self) -> str | None:
+        """Celery's ``chain.id``: set by ``freeze`` and by an apply — the last step's id."""
+        return self.options.get("task_id") or self._result_id
+
+    def remember(self, result: Any) -> None:
+        self._result_id = result.id if result is not None else None
 
     def __repr__(self) -> str:
         return " | ".join(repr(t) for t in self.tasks)
@@ -100,13 +111,14 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
         for part in self.tasks:
             part.check_waiting()
 
-    def freeze(self, parent: Any = None) -> Any:
+    def freeze_under(self, parent: Any) -> Any:
         own = self.options.pop("task_id", None)
         if own and self.tasks:  # a chain's id is its last step's
             self.tasks[-1].assign_result_id(own)
         result = parent
         for step in self.tasks:
-            result = step.freeze(result)
+            result = step.freeze_under(result)
+        self.remember(result if self.tasks else None)
         return result
 
     def push_down(self) -> None:
@@ -127,7 +139,7 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
         return chain(self.tasks[0].merged(args, kwargs), *(t.copy() for t in self.tasks[1:]), **copy_options(self))
 
     def plan_into(self, prefix: list[Any], ctx: Context, plan: Plan) -> None:
-        self.freeze()  # no-op when already frozen; gives ids to unfrozen callback chains
+        self.freeze_under(None)  # no-op when already frozen; gives ids to unfrozen callback chains
         self.push_down()
         if not self.tasks:
             return
@@ -145,8 +157,9 @@ class _chain(Signature):  # noqa: N801 - Celery's spelling
             result = await step.run_eager(lead, result)
             value = await result.get(propagate=False)
             if isinstance(value, BaseException):
+                cause = result.cause if isinstance(result, EagerResult) else None
                 for later in self.tasks[index + 1 :]:
-                    result = failed_results(later, value, result)
+                    result = failed_results(later, value, result, cause)
                 return result
             lead = [value]
         return result
@@ -165,12 +178,42 @@ class group(Signature):  # noqa: N801 - Celery's spelling
     def __init__(self, *tasks: Any, **options: Any) -> None:
         items = tasks[0] if len(tasks) == 1 and not isinstance(tasks[0], Signature) else tasks
         super().__init__("celery.group", (), {}, options)
-        self.tasks: list[Signature] = [as_signature(t) for t in items]
+        self.tasks: list[Signature] = []
+        for item in items:
+            t = as_signature(item)
+            if isinstance(t, group):  # nested groups are flattened (Celery unrolls them): group(a, group(b, c))
+                if t.options:
+                    t = t.copy()
+                    t.push_down()
+                self.tasks.extend(t.tasks)
+            else:
+                self.tasks.append(t)
+
+    def link(self, callback: Signature) -> Any:
+        """As Celery's ``group.link``: linked to the first member only, as an immutable clone, so it runs
+        once, when that member succeeds, with nothing prepended (use a chord to wait for every member)."""
+        if not self.tasks:
+            raise ValueError("cannot link a callback to an empty group; use a chord")
+        return self.tasks[0].link(as_signature(callback, "group link").clone(immutable=True))
+
+    def link_error(self, errback: Signature) -> Any:
+        """As Celery's ``group.link_error``: a copy on every member, so it runs once per failing member."""
+        errback = as_signature(errback, "group link_error")
+        return tuple(member.link_error(errback.clone()) for member in self.tasks)
+
+    async def apply_async(
+        self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        if options.get("link") is not None:  # Celery's refusals
+            raise TypeError("Cannot add link to group: use a chord")
+        if options.get("link_error") is not None:
+            raise TypeError("Cannot add link to group: do that on individual tasks")
+        return await super().apply_async(args, kwargs, **options)
 
     def __repr__(self) -> str:
         return f"group({', '.join(repr(t) for t in self.tasks)})"
 
-    def copy(self) -> Signature:
+    def copy(self) -> group:
         return group([t.copy() for t in self.tasks], **copy_options(self))
 
     def __or__(self, other: Signature) -> Signature:
@@ -196,16 +239,16 @@ class group(Signature):  # noqa: N801 - Celery's spelling
         for part in self.tasks:
             part.check_waiting()
 
-    def freeze(self, parent: Any = None) -> GroupResult:
-        return GroupResult(own_id(self.options), [t.freeze() for t in self.tasks], parent=parent)
+    def freeze_under(self, parent: Any) -> GroupResult:
+        return GroupResult(own_id(self.options), [t.freeze_under(None) for t in self.tasks], parent=parent)
 
     def push_down(self) -> None:
         links, errbacks, call = pop_workflow_options(self)
+        for callback in links if self.tasks else []:  # a link option (set, or from a chain or chord): group.link
+            self.link(fresh(callback))
         for member in self.tasks:
             for errback in errbacks:
                 member.link_error(errback.copy())
-            for callback in links:  # each member's own result goes to its own copy of the callback
-                member.link(fresh(callback))
             if call:
                 member.set(**call)
 
@@ -224,7 +267,7 @@ class group(Signature):  # noqa: N801 - Celery's spelling
             collect = Signature(COLLECT_TASK, options={"task_id": derived_id(own_id(self.options), "collect")})
             chord(self, collect).plan_into(prefix, ctx, plan)
             return
-        result = self.freeze()
+        result = self.freeze_under(None)
         plan.groups.append(result)
         for t in self.tasks:
             t.plan_into(prefix, replace(ctx, group_id=result.id), plan)
@@ -291,13 +334,13 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
             raise ValueError("chord has no body: use chord(header)(body) or chord(header, body)")
         return self.body
 
-    def freeze(self, parent: Any = None) -> Any:
+    def freeze_under(self, parent: Any) -> Any:
         body = self._need_body()
         own = self.options.pop("task_id", None)
         if own:  # a chord's id is its body's
             body.assign_result_id(own)
-        header = self.header.freeze(parent)
-        return body.freeze(header)
+        header = self.header.freeze_under(parent)
+        return body.freeze_under(header)
 
     def push_down(self) -> None:
         links, errbacks, call = pop_workflow_options(self)
@@ -316,16 +359,20 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
 
     def plan_into(self, prefix: list[Any], ctx: Context, plan: Plan) -> None:
         body = self._need_body()
-        header_result = self.header.freeze()
-        body_result = body.freeze(header_result)
+        header_result = self.header.freeze_under(None)
+        body_result = body.freeze_under(header_result)
         self.push_down()
         body_ctx = replace(ctx, group_id=None)
         if not self.header.tasks:
             body.plan_into([[]], body_ctx, plan)
             return
-        chord_id = body_result.id
+        # The chord is keyed by its body's result id, which a header failure marks FAILURE — unless the body
+        # ends in a chord of its own, which is keyed by that id already: then by an id of its own.
+        chord_id = derived_id(header_result.id, "chord") if _ends_in_chord(body) else body_result.id
         sub = Plan()
-        body.plan_into([CHORD_RESULTS], replace(body_ctx, nx=True, partial=True), sub)
+        # As in Celery, the body is sent by a header task: it is its parent (here: the last one).
+        body_ctx = replace(body_ctx, nx=True, partial=True, parent_id=header_result.leaves()[-1].id)
+        body.plan_into([CHORD_RESULTS], body_ctx, sub)
         plan.groups.extend(sub.groups)
         plan.chords.extend(sub.chords)
         # If a header task fails, Lua marks the body FAILURE and enqueues this one job, which fails the steps
@@ -359,10 +406,9 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
             value = await leaf.get(propagate=False)
             if isinstance(value, BaseException):
                 error = ChordError(f"Dependency {leaf.id} raised {type(value).__name__}({str(value)!r})")
-                failed = failed_results(body, error, header)
-                failed_id = body.freeze(header).id
+                failed = failed_results(body, error, header, value)  # get() raises the header task's error
                 for errback in body.errbacks():
-                    await from_dict(errback).errback_call(failed_id, error, "").run_eager([], failed)
+                    await from_dict(errback).errback_call(failed.id, error, "").run_eager([], failed)
                 return failed
         return await body.run_eager([await header.get()], header)
 
@@ -397,21 +443,29 @@ def signature(
     return Signature(name, args, kwargs, options, immutable=immutable)
 
 
-def failed_results(sig: Signature, exc: BaseException, parent: Any) -> Any:
-    """Eager mode: FAILURE results, shaped like ``sig.freeze()``, for steps that will never run."""
+def failed_results(sig: Signature, exc: BaseException, parent: Any, cause: BaseException | None = None) -> Any:
+    """Eager mode: FAILURE results, shaped like ``sig.freeze()``, for steps that will never run
+    (``cause``: the header task's error that ``get()`` raises instead of a ChordError ``exc``)."""
     if isinstance(sig, _chain):
         result = parent
         for step in sig.tasks:
-            result = failed_results(step, exc, result)
+            result = failed_results(step, exc, result, cause)
         return result
     if isinstance(sig, group):
-        return GroupResult(own_id(sig.options), [failed_results(t, exc, None) for t in sig.tasks])
+        return GroupResult(own_id(sig.options), [failed_results(t, exc, None, cause) for t in sig.tasks])
     if isinstance(sig, _chord):
-        header = failed_results(sig.header, exc, parent)
-        return failed_results(sig._need_body(), exc, header)
-    failed = EagerResult(own_id(sig.options), parent)
-    failed.finish(states.FAILURE, exc=exc)
+        header = failed_results(sig.header, exc, parent, cause)
+        return failed_results(sig._need_body(), exc, header, cause)
+    failed: EagerResult[Any] = EagerResult(own_id(sig.options), parent)
+    failed.finish(states.FAILURE, exc=exc, cause=cause)
     return failed
+
+
+def _ends_in_chord(sig: Signature) -> bool:
+    """Whether ``sig``'s result is a chord body (a chord, or a chain ending in one): keyed by that id."""
+    while isinstance(sig, _chain) and sig.tasks:
+        sig = sig.tasks[-1]
+    return isinstance(sig, _chord) and bool(sig.header.tasks)
 
 
 def leaf_ids_of(data: list[dict[str, Any]]) -> list[str]:

@@ -337,4 +337,4 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def result(task_id: str, app_module: AppOpt = None, as_json: JsonOpt = False) -> None:
         """Show a task's result record."""
-        emit(run(app_module, lambda: AsyncResult(task_id).info()), as_json)
+        emit(run(app_module, lambda: AsyncResult(task_id).record()), as_json)

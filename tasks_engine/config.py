@@ -34,6 +34,9 @@ class EngineSettings(BaseSettings):
     task_max_retries: int | None = 3
     task_default_retry_delay: float = 180.0
     max_payload_bytes: int = Field(default=1_000_000, description="Largest accepted message.")
+    task_always_eager: bool = Field(
+        default=False, description="Celery's switch: delay()/apply_async() run in-process (tests), no Redis."
+    )
     # Worker.
     max_jobs: int = 50
     lease_seconds: float = Field(default=10.0, gt=0, description="A dead worker's jobs return after this.")

@@ -22,3 +22,7 @@ def worker_context() -> dict[str, Any]:
     if ctx is None:
         raise RuntimeError("worker_context() is only available inside a task run by a worker")
     return ctx
+
+
+#: Set by :func:`tasks_engine.testing.always_eager`; None means "as the ``task_always_eager`` setting says".
+eager_override: ContextVar[bool | None] = ContextVar("tasks_engine_always_eager", default=None)

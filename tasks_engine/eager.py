@@ -17,7 +17,7 @@ from tasks_engine.exceptions import TaskRevokedError
 from tasks_engine.execution import run_attempt
 from tasks_engine.ids import new_id
 from tasks_engine.plan import as_list
-from tasks_engine.registry import Request, get_task
+from tasks_engine.registry import Request, current_request, get_task
 from tasks_engine.results import EagerResult
 
 
@@ -36,15 +36,29 @@ class EagerCall(Protocol):
     ) -> EagerCall: ...
 
 
-async def run_call(sig: EagerCall, prefix: list[Any], parent: Any) -> EagerResult:
+async def run_call(sig: EagerCall, prefix: list[Any], parent: Any) -> EagerResult[Any]:
     """Run one signature in-process like a worker would (JSON round trip, retries at once, callbacks)."""
     task = get_task(sig.task)
     args = ([] if sig.immutable else list(prefix)) + list(sig.args)
     args, kwargs = task.prepare_args(args, dict(sig.kwargs), complete=True)
-    result = EagerResult(sig.options.get("task_id") or new_id(), parent)
+    result: EagerResult[Any] = EagerResult(sig.options.get("task_id") or new_id(), parent)
     soft = sig.options.get("soft_time_limit", task.soft_time_limit)
     hard = sig.options.get("time_limit", task.time_limit)
-    req = Request(id=result.id, task=task.name, args=args, kwargs=kwargs, is_eager=True, called_directly=False)
+    # As Celery's apply(): the calling task (if any) is the parent, its root is the root, else this call is.
+    caller = current_request.get()
+    parent_id = sig.options.get("parent_id") or (caller.id if caller is not None else None)
+    root_id = sig.options.get("root_id") or (caller.root_id or caller.id if caller is not None else None) or result.id
+    req = Request(
+        id=result.id,
+        task=task.name,
+        args=args,
+        kwargs=kwargs,
+        is_eager=True,
+        called_directly=False,
+        parent_id=parent_id,
+        root_id=root_id,
+        group_id=sig.options.get("group_id"),
+    )
     while True:
         attempt = await run_attempt(task, req, soft, hard)
         if attempt.outcome != "retry":

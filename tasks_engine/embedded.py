@@ -39,8 +39,16 @@ def server_binary() -> str:
     return found
 
 
+def started_here(port: int, workdir: str | Path = "var/redis") -> Path | None:
+    """The data directory of an embedded Redis this project started on ``port``, if it runs."""
+    directory = Path(workdir).resolve() / str(port)
+    pid = directory / "redis.pid"
+    return directory if pid.exists() else None
+
+
 def ensure_redis(url: str | None = None, workdir: str | Path = "var/redis") -> str:
-    """Return ``url`` once a Redis answers there, starting an embedded one on a local address if needed."""
+    """Return ``url`` once a Redis answers there, starting an embedded one on a local address if needed
+    (its data in ``<workdir>/<port>``: one directory per port, so two embedded servers never share one)."""
     url = url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
@@ -48,7 +56,7 @@ def ensure_redis(url: str | None = None, workdir: str | Path = "var/redis") -> s
         return url
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise RuntimeError(f"Redis at {host}:{port} does not answer and is not local, so it cannot be started here")
-    directory = Path(workdir).resolve()
+    directory = Path(workdir).resolve() / str(port)
     directory.mkdir(parents=True, exist_ok=True)
     command = [
         server_binary(),

@@ -11,20 +11,21 @@ import asyncio
 import time
 import weakref
 from collections.abc import Awaitable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import structlog
 
 from tasks_engine import states
 from tasks_engine.clock import ms_to_iso, now_iso
 from tasks_engine.codec import dumps
-from tasks_engine.exceptions import TaskRevokedError
+from tasks_engine.exceptions import ChordError, TaskRevokedError
 from tasks_engine.records import parse_record, rebuild_exception
 from tasks_engine.registry import current_request
 from tasks_engine.store import get_broker
 
 log = structlog.get_logger("tasks_engine.results")
 T = TypeVar("T")
+R = TypeVar("R")  # what the task returns: ``await AsyncResult[R].get()`` is an R
 
 
 async def store_state(task_id: str | None, state: str, meta: dict[str, Any] | None, eager: bool = False) -> None:
@@ -57,20 +58,17 @@ def _check_not_in_task() -> None:
 
 
 # ---------------------------------------------------------------- result objects
-class AsyncResult:
+class AsyncResult(Generic[R]):
     """A handle on a task's result by id; works from any process using the same Redis and prefix.
 
-    Celery's attributes that read the backend are awaitable methods here: ``await r.state()`` (and
-    ``status``), ``await r.result()`` (Celery's ``result`` and ``info``), ``await r.traceback()``.
-    ``parent`` is a plain attribute, as in Celery. ``await r.info()`` is NOT Celery's ``info``: it
-    returns the whole record as a dict (also ``await r.record()``). Celery's ``children`` (tasks
-    started by this one) is not tracked: no record lists them.
+    Celery's attributes that read Redis are awaited: ``state()``/``status()``, ``result()``/``info()``,
+    ``traceback()``; ``parent`` is an attribute; ``record()`` gives every field. ``children`` is not tracked.
     """
 
     def __init__(
         self,
         id: str,  # noqa: A002 - Celery's name
-        parent: AsyncResult | GroupResult | None = None,
+        parent: AsyncResult[Any] | GroupResult | None = None,
         ignore_result: bool = False,
     ) -> None:
         self.id = id
@@ -101,29 +99,16 @@ class AsyncResult:
     async def record(self) -> dict[str, Any]:
         """Everything recorded: state, result, traceback, retries, date_done, meta, worker, delivered, …"""
         record = await self._record()
-        state = record.get("state", states.PENDING)
-        return {
-            "task_id": self.id,
-            "state": state,
-            "task": record.get("task"),
-            "result": record.get("result"),
-            "meta": record.get("meta"),
-            "exc_type": record.get("exc_type"),
-            "exc_message": record.get("exc_message"),
-            "traceback": record.get("traceback"),
-            "retries": record.get("retries", 0),
-            "delivered": record.get("delivered", 0),
-            "date_started": ms_to_iso(record.get("date_started")),
-            "date_done": record.get("date_done"),
-            "worker": record.get("worker"),
-            "parent_id": record.get("parent_id"),
-            "root_id": record.get("root_id"),
-            "group_id": record.get("group_id"),
-        }
+        out: dict[str, Any] = {"task_id": self.id, "state": record.get("state", states.PENDING)}
+        out.update((k, record.get(k)) for k in ("task", "result", "meta", "exc_type", "exc_message", "traceback"))
+        out.update(retries=record.get("retries", 0), delivered=record.get("delivered", 0))
+        out["date_started"] = ms_to_iso(record.get("date_started"))
+        out.update((k, record.get(k)) for k in ("date_done", "worker", "parent_id", "root_id", "group_id"))
+        return out
 
-    async def info(self) -> dict[str, Any]:
-        """The whole record, as :meth:`record` (our long-standing meaning; Celery's ``info`` is :meth:`result`)."""
-        return await self.record()
+    async def info(self) -> Any:
+        """Celery's ``info``, the same as :meth:`result`; every recorded field is :meth:`record`."""
+        return await self.result()
 
     async def result(self) -> Any:
         """Celery's ``result`` / ``info``: the return value once SUCCESS, the exception instance after
@@ -149,20 +134,20 @@ class AsyncResult:
         propagate: bool = True,
         interval: float | None = None,
         follow_parents: bool = True,
-    ) -> Any:
+    ) -> R:
         """Wait for the result. FAILURE/REVOKED raise the task's exception (or return it with ``propagate=False``).
 
         With ``propagate`` (and ``follow_parents``), the results this one follows are checked first,
         earliest first, as Celery does: if an earlier step of a chain failed or was revoked, its own
         exception is raised, and a parent finishing wakes this call, so a chain whose first step was
-        revoked before it ran raises at once instead of waiting out ``timeout``. A chord header
-        (a :class:`GroupResult` parent) is passed through, not checked: a chord's result keeps
-        raising its :class:`ChordError`, where Celery would raise the failed header task's exception.
+        revoked before it ran raises at once instead of waiting out ``timeout``. A chord whose header
+        failed (and every step after it) raises the failed header task's own exception, as Celery
+        does; its stored record, like Celery's, holds the :class:`ChordError` (see :meth:`result`).
         """
         del interval  # accepted for Celery compatibility; we are woken, not polling
         _check_not_in_task()
         if self.ignore_result:
-            return None
+            return cast(R, None)
         broker = get_broker()
         deadline = None if timeout is None else time.monotonic() + timeout
         waiter = broker.waiter
@@ -175,7 +160,8 @@ class AsyncResult:
             try:
                 return await asyncio.wait_for(step, left)
             except TimeoutError:
-                raise TimeoutError(f"task {self.id} did not finish within {timeout}s (Redis did not answer)") from None
+                why = " (Redis did not answer)" if left is not None and left > 0.5 else ""
+                raise TimeoutError(f"task {self.id} did not finish within {timeout}s{why}") from None
 
         while True:
             futs = [(task_id, waiter.register(task_id)) for task_id in watched]
@@ -187,7 +173,9 @@ class AsyncResult:
                     raise parent_error
                 record = parse_record(await bounded(broker.record(self.id)))
                 if record.get("state") in states.READY_STATES:
-                    return _outcome(record, propagate)
+                    if propagate and record.get("exc_type") == "ChordError":
+                        raise await bounded(_chord_cause(record, self))
+                    return cast(R, _outcome(record, propagate))
                 remaining = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
                 if remaining <= 0:
                     raise TimeoutError(f"task {self.id} did not finish within {timeout}s")
@@ -221,9 +209,9 @@ class AsyncResult:
         await _forget(task_ids, group_ids)
 
 
-def _task_parents(result: AsyncResult) -> list[AsyncResult]:
+def _task_parents(result: AsyncResult[Any]) -> list[AsyncResult[Any]]:
     """The task results ``result`` follows, nearest first: a chain's earlier steps (chord headers skipped)."""
-    out: list[AsyncResult] = []
+    out: list[AsyncResult[Any]] = []
     seen: set[int] = set()
     node = result.parent
     while node is not None and id(node) not in seen:
@@ -234,7 +222,7 @@ def _task_parents(result: AsyncResult) -> list[AsyncResult]:
     return out
 
 
-async def _parent_error(parents: list[AsyncResult]) -> BaseException | None:
+async def _parent_error(parents: list[AsyncResult[Any]]) -> BaseException | None:
     """The exception of the earliest parent that failed or was revoked (Celery's order), if any.
 
     A failed chord body (a parent whose own parent is the header group) gives None: the engine is
@@ -261,9 +249,30 @@ async def _parent_error(parents: list[AsyncResult]) -> BaseException | None:
     return None
 
 
-def _lineage(start: list[AsyncResult | GroupResult], task_ids: list[str], group_ids: list[str]) -> None:
+async def _chord_cause(record: dict[str, Any], result: AsyncResult[Any]) -> BaseException:
+    """What ``get()`` raises for a ChordError record: the failed header task's exception — the one the record
+    names (``chord_failed_id``), else the first failed one of the earliest header followed (Celery's walk)."""
+    broker = get_broker()
+    failed_id = record.get("chord_failed_id")
+    nodes: list[AsyncResult[Any] | GroupResult] = []
+    node = result.parent
+    while not failed_id and node is not None and len(nodes) < 1000 and node not in nodes:
+        nodes.append(node)
+        node = node.parent
+    for node in reversed(nodes):  # earliest first
+        ids = [leaf.id for leaf in node.leaves()] if isinstance(node, GroupResult) else [node.id]
+        found = await broker.record_states(ids)
+        failed_id = next((i for i, st in zip(ids, found, strict=True) if st in states.PROPAGATE_STATES), None)
+        if failed_id:
+            break
+    failed = parse_record(await broker.record(failed_id)) if failed_id else {}
+    exc = _outcome(failed if failed.get("state") in states.PROPAGATE_STATES else record, propagate=False)
+    return exc if isinstance(exc, BaseException) else ChordError(str(exc))
+
+
+def _lineage(start: list[AsyncResult[Any] | GroupResult], task_ids: list[str], group_ids: list[str]) -> None:
     """Every task and group id reachable from ``start`` through parents and group members."""
-    stack: list[AsyncResult | GroupResult] = list(start)
+    stack: list[AsyncResult[Any] | GroupResult] = list(start)
     seen: set[tuple[bool, str]] = set()
     while stack:
         node = stack.pop()
@@ -312,26 +321,29 @@ def _outcome(record: dict[str, Any], propagate: bool) -> Any:
     return exc
 
 
-_eager_results: weakref.WeakValueDictionary[str, EagerResult] = weakref.WeakValueDictionary()
+_eager_results: weakref.WeakValueDictionary[str, EagerResult[Any]] = weakref.WeakValueDictionary()
 
 
-class EagerResult(AsyncResult):
+class EagerResult(AsyncResult[R]):
     """The result of ``apply()``: computed in-process, same async methods as :class:`AsyncResult`."""
 
-    def __init__(self, id: str, parent: AsyncResult | GroupResult | None = None) -> None:  # noqa: A002
+    def __init__(self, id: str, parent: AsyncResult[Any] | GroupResult | None = None) -> None:  # noqa: A002
         super().__init__(id, parent)
         self._state = states.PENDING
         self._value: Any = None
         self._exc: BaseException | None = None
         self._traceback: str | None = None
         self._meta: dict[str, Any] | None = None
+        self.cause: BaseException | None = None  # what get() raises instead of a chord's ChordError
         self.retries = 0
         self.date_done: str | None = None
         _eager_results[id] = self
 
-    def finish(self, state: str, value: Any = None, exc: BaseException | None = None, tb: str | None = None) -> None:
+    def finish(
+        self, state: str, value: Any = None, exc: BaseException | None = None, tb: str | None = None, cause: Any = None
+    ) -> None:
         """Record the outcome computed in-process."""
-        self._state, self._value, self._exc, self._traceback = state, value, exc, tb
+        self._state, self._value, self._exc, self._traceback, self.cause = state, value, exc, tb, cause
         self.date_done = now_iso()
 
     def set_progress(self, state: str, meta: dict[str, Any] | None) -> None:
@@ -371,14 +383,14 @@ class EagerResult(AsyncResult):
         propagate: bool = True,
         interval: float | None = None,
         follow_parents: bool = True,
-    ) -> Any:
+    ) -> R:
         if self._state == states.SUCCESS:
-            return self._value
+            return cast(R, self._value)
         if self._exc is not None:
             if propagate:
-                raise self._exc
-            return self._exc
-        return self._value
+                raise self.cause or self._exc
+            return cast(R, self._exc)
+        return cast(R, self._value)
 
     wait = get
 
@@ -392,9 +404,9 @@ class EagerResult(AsyncResult):
 class GroupResult:
     """Results of a group, in declaration order; can be saved and restored by id from any process."""
 
-    def __init__(self, id: str, results: list[Any], parent: AsyncResult | GroupResult | None = None) -> None:  # noqa: A002
+    def __init__(self, id: str, results: list[Any], parent: AsyncResult[Any] | GroupResult | None = None) -> None:  # noqa: A002
         self.id = id
-        self.results: list[AsyncResult | GroupResult] = results
+        self.results: list[AsyncResult[Any] | GroupResult] = results
         self.parent = parent
 
     def __repr__(self) -> str:
@@ -403,16 +415,16 @@ class GroupResult:
     def __len__(self) -> int:
         return len(self.results)
 
-    def __iter__(self) -> Iterator[AsyncResult | GroupResult]:
+    def __iter__(self) -> Iterator[AsyncResult[Any] | GroupResult]:
         return iter(self.results)
 
     @property
-    def children(self) -> list[AsyncResult | GroupResult]:
+    def children(self) -> list[AsyncResult[Any] | GroupResult]:
         return self.results
 
-    def leaves(self) -> list[AsyncResult]:
+    def leaves(self) -> list[AsyncResult[Any]]:
         """Every task result inside, nested groups flattened, in order."""
-        out: list[AsyncResult] = []
+        out: list[AsyncResult[Any]] = []
         for r in self.results:
             out.extend(r.leaves() if isinstance(r, GroupResult) else [r])
         return out

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+from tasks_engine.config import get_settings
+from tasks_engine.context import eager_override
 from tasks_engine.eager import run_call
 from tasks_engine.ids import own_id
 from tasks_engine.plan import Context, Plan, as_list, aware, build_enqueue
@@ -125,17 +127,26 @@ class Signature:
         self.options.update(options)
         return self
 
-    def link(self, callback: Signature) -> Signature:
-        """Run ``callback`` with this call's result when it succeeds."""
-        self.options.setdefault("link", []).append(as_signature(callback, f"task {self.task!r}: link"))
-        return callback
+    def _add_callback(self, key: str, value: Any) -> Any:
+        """Append a callback unless an equal one is already there (Celery's ``append_to_list_option``)."""
+        callback = as_signature(value, f"task {self.task!r}: {key}")
+        callbacks = self.options.setdefault(key, [])
+        if callback not in callbacks:
+            callbacks.append(callback)
+        return value
 
-    def link_error(self, errback: Signature) -> Signature:
-        """Run ``errback(failed_task_id[, exc, traceback])`` when this call fails."""
-        self.options.setdefault("link_error", []).append(as_signature(errback, f"task {self.task!r}: link_error"))
-        return errback
+    def link(self, callback: Signature) -> Any:
+        """Run ``callback`` with this call's result when it succeeds; returns ``callback`` (as Celery)."""
+        return self._add_callback("link", callback)
 
-    on_error = link_error
+    def link_error(self, errback: Signature) -> Any:
+        """Run ``errback(failed_task_id[, exc, traceback])`` when this call fails; returns ``errback``."""
+        return self._add_callback("link_error", errback)
+
+    def on_error(self, errback: Signature) -> Signature:
+        """:meth:`link_error` that returns this signature, so ``sig.on_error(eb).delay()`` runs ``sig``."""
+        self.link_error(errback)
+        return self
 
     def __or__(self, other: Signature) -> Signature:
         if isinstance(other, Signature):
@@ -193,8 +204,31 @@ class Signature:
             callback.check_waiting()
 
     # -- ids --
-    def freeze(self, parent: Any = None) -> Any:
-        """Give this signature (and every step inside) its task id now; return the result handle."""
+    def freeze(
+        self,
+        _id: str | None = None,
+        group_id: str | None = None,
+        chord: Any = None,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        group_index: int | None = None,
+    ) -> Any:
+        """Celery's ``freeze``: give this signature (and every step inside) its task id now — ``_id`` if it
+        has none yet (a chain's last step, a chord's body) — and return the result handle. ``root_id`` and
+        ``parent_id`` are set as options; ``chord`` and ``group_index`` are accepted and ignored (the
+        engine plans those itself)."""
+        del chord, group_index
+        if _id is not None:
+            self.assign_result_id(_id)
+        for key, value in (("root_id", root_id), ("parent_id", parent_id)):
+            if value:
+                self.options[key] = value
+        if group_id:
+            self.options.setdefault("group_id", group_id)
+        return self.freeze_under(None)
+
+    def freeze_under(self, parent: Any) -> Any:
+        """:meth:`freeze` with ``parent`` as the returned handle's parent (the step this one follows)."""
         task_id = own_id(self.options)
         ignore = bool(self.options.get("ignore_result", False))
         task = registry.get(self.task)
@@ -215,12 +249,18 @@ class Signature:
         """Send the workflow; returns its result handle once every first message is in Redis.
 
         Works on a copy: applying the same signature twice makes two calls (unless it was frozen).
+        Under ``task_always_eager`` (or :func:`tasks_engine.testing.always_eager`) it runs in-process
+        instead, as ``apply()`` does, with no Redis.
         """
+        eager = eager_override.get()
+        if eager if eager is not None else get_settings().task_always_eager:
+            return await self.apply(args, kwargs, **options)
         sig = self._prepared(args, kwargs, options)
-        result = sig.freeze()
+        result = sig.freeze_under(None)
         plan = Plan()
         sig.plan_into([], Context(), plan)
         await plan.execute()
+        self.remember(result)
         return result
 
     async def apply(
@@ -228,8 +268,13 @@ class Signature:
     ) -> Any:
         """Run in this process now (eager), retries without sleeping; returns Eager/Group results."""
         sig = self._prepared(args, kwargs, options)
-        sig.freeze()
-        return await sig.run_eager([], None)
+        sig.freeze_under(None)
+        result = await sig.run_eager([], None)
+        self.remember(result)
+        return result
+
+    def remember(self, result: Any) -> None:
+        """After an apply: what the original (not the applied copy) keeps of it (a chain: its ``id``)."""
 
     def _prepared(
         self, args: Iterable[Any] | None, kwargs: dict[str, Any] | None, options: dict[str, Any]

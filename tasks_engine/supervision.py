@@ -85,6 +85,8 @@ class Advertised(Protocol):
     started_at: str
     task_names: list[str]
 
+    def terminate_soon(self, task_ids: list[str]) -> None: ...
+
 
 class HeartbeatThread(threading.Thread):
     """Renews leases and advertises the worker from a thread, so a blocked loop cannot lose its jobs;
@@ -128,7 +130,9 @@ class HeartbeatThread(threading.Thread):
             "tasks": w.task_names,
         }  # fmt: skip
         lease_ms = int(self.settings.lease_seconds * 1000)
-        heartbeat.beat(w.id, ids, lease_ms, info, ttl=max(3, int(self.settings.lease_seconds)))
+        stop = heartbeat.beat(w.id, ids, lease_ms, info, ttl=max(3, int(self.settings.lease_seconds)))
+        if stop:
+            w.terminate_soon(stop)
 
     def _watch_loop(self, reported: bool) -> bool:
         stalled = time.monotonic() - self.worker.loop_tick

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, overload
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 from pydantic import ValidationError
 
@@ -18,8 +18,15 @@ from tasks_engine.store import get_broker
 __all__ = ["Request", "Task", "TaskOptions", "current_request", "registry", "shared_task"]
 
 
-class Task(TaskDefinition):
-    """A registered task. Calling it runs the body; ``delay``/``apply_async`` send it to a worker."""
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Task(TaskDefinition, Generic[P, R]):
+    """A registered task. Calling it runs the body; ``delay``/``apply_async`` send it to a worker.
+
+    Typed by its function: ``delay(...)`` and ``si(...)`` are checked against the function's
+    parameters, and ``await (await t.delay(...)).get()`` has its return type (``Task[P, R]``)."""
 
     def __init__(self, fn: Callable[..., Any], options: TaskOptions) -> None:
         super().__init__(fn, options)
@@ -30,27 +37,27 @@ class Task(TaskDefinition):
     def __repr__(self) -> str:
         return f"<@task: {self.name}>"
 
-    async def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+    async def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         return await self.apply_async(args, kwargs)
 
     async def apply_async(
         self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
-    ) -> AsyncResult:
+    ) -> AsyncResult[R]:
         """Send to a worker; returns once the message is in Redis. Options: see :mod:`tasks_engine.plan`."""
-        result: AsyncResult = await Signature(self.name, args, kwargs, options).apply_async()
+        result: AsyncResult[R] = await Signature(self.name, args, kwargs, options).apply_async()
         return result
 
     async def apply(
         self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
-    ) -> EagerResult:
+    ) -> EagerResult[R]:
         """Run in this process now, retries included (no sleeping); returns an :class:`EagerResult`."""
-        result: EagerResult = await Signature(self.name, args, kwargs, options).apply()
+        result: EagerResult[R] = await Signature(self.name, args, kwargs, options).apply()
         return result
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return Signature(self.name, args, kwargs)
 
-    def si(self, *args: Any, **kwargs: Any) -> Signature:
+    def si(self, *args: P.args, **kwargs: P.kwargs) -> Signature:
         return Signature(self.name, args, kwargs, immutable=True)
 
     def signature(
@@ -69,13 +76,13 @@ class Task(TaskDefinition):
         """Split ``items`` into chunks of ``n``; each chunk is one call of ``starmap`` semantics."""
         return chunks(self, items, n)
 
-    def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
         return AsyncResult(task_id)
 
     async def update_state(
         self, task_id: str | None = None, state: str | None = None, meta: dict[str, Any] | None = None
     ) -> None:
-        """Record a custom state (e.g. PROGRESS) and its meta, visible through ``AsyncResult.info()``."""
+        """Record a custom state (e.g. PROGRESS) and its meta, visible through ``AsyncResult.record()``."""
         req = self.request
         await store_state(task_id or req.id, state or "PROGRESS", meta, eager=req.is_eager)
 
@@ -94,23 +101,45 @@ class Task(TaskDefinition):
         await get_broker().mark_effect_done(str(self.request.id), key)
 
 
+def _sentence(message: str) -> str:
+    """pydantic's message as a sentence: no "Value error, " prefix, Celery's wording for extras."""
+    return message.removeprefix("Value error, ").replace("Extra inputs are not permitted", "unknown option")
+
+
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class _BoundDecorator(Protocol):
+    """``bind=True``: the function's first parameter is the task itself, not an argument of the call."""
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R], /) -> Task[P, R]: ...
+
+
 @overload
-def shared_task(fn: Callable[..., Any], **options: Any) -> Task: ...
+def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
 @overload
-def shared_task(fn: None = None, **options: Any) -> Callable[[Callable[..., Any]], Task]: ...
-def shared_task(fn: Callable[..., Any] | None = None, **options: Any) -> Task | Callable[[Callable[..., Any]], Task]:
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def shared_task(fn: None = None, /, *, bind: Literal[True], **options: Any) -> _BoundDecorator: ...
+@overload
+def shared_task(fn: None = None, /, *, bind: Literal[False] = False, **options: Any) -> _Decorator: ...
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     """Declare a task, as Celery's ``@shared_task`` (bare or with options). Validates options now."""
 
-    def decorate(func: Callable[..., Any]) -> Task:
+    def decorate(func: Callable[..., Any]) -> Task[Any, Any]:
         label = options.get("name") or f"{func.__module__}.{func.__qualname__}"
         try:
             opts = TaskOptions(**options)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}".replace(
-                    "Extra inputs are not permitted", "unknown option"
-                )
-                for e in exc.errors()
+                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {_sentence(e['msg'])}" for e in exc.errors()
             )
             raise TaskDefinitionError(f"task {label!r}: {problems}") from None
         cls = opts.base or Task

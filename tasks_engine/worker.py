@@ -87,6 +87,7 @@ class Worker:
         self.metrics: WorkerMetrics | None = None  # with metrics_port
         self._metrics_server: asyncio.Server | None = None
         self._thread: HeartbeatThread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._commits: CommitQueue | None = None
         self.deliveries: Deliveries | None = None
         self._signals = 0
@@ -111,6 +112,7 @@ class Worker:
 
     async def start(self, handle_signals: bool = True) -> None:
         self.broker = get_broker()
+        self._loop = asyncio.get_running_loop()
         self._commits = CommitQueue(self.broker)
         self.deliveries = Deliveries(self.id, self.settings, self.broker, self._commits, lambda: self.metrics)
         await self._wait_for_redis()
@@ -375,6 +377,18 @@ class Worker:
             except REDIS_UNAVAILABLE:
                 await asyncio.sleep(1.0)
 
+    def terminate_soon(self, task_ids: list[str]) -> None:
+        """From the heartbeat thread: stop these running jobs on the worker's own loop."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._terminate, task_ids)
+
+    def _terminate(self, task_ids: list[Any]) -> None:
+        for task_id in task_ids:
+            entry = self.running.get(task_id) if isinstance(task_id, str) else None
+            if entry is not None and not entry[1].terminated:
+                log.warning("terminating running job (revoked)", task_id=task_id)
+                entry[1].terminate()
+
     def _on_command(self, data: bytes) -> None:
         try:
             command = loads(data)
@@ -384,11 +398,7 @@ class Worker:
         if not isinstance(ids, list):
             log.warning("ignored a control message that is not one of ours", message=data[:200])
             return
-        for task_id in ids:
-            entry = self.running.get(task_id) if isinstance(task_id, str) else None
-            if entry is not None:
-                log.warning("terminating running job (revoked)", task_id=task_id)
-                entry[1].terminate()
+        self._terminate(ids)
 
     async def _loop_ticker(self) -> None:
         while True:

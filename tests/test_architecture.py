@@ -63,6 +63,7 @@ LAYERS: dict[str, int] = {
     # L5: entry points
     "arq_bridge": 5,
     "cli_ops": 5,
+    "testing": 5,
     "dashboard": 5,
     "cli": 5,
     "__init__": 5,

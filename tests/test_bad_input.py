@@ -235,7 +235,7 @@ async def test_args_not_matching_type_hints_are_rejected_at_run_without_retry(cl
         r = AsyncResult(ids[name])
         with pytest.raises(TypeError, match=pattern):
             await r.get(timeout=10)
-        info = await r.info()
+        info = await r.record()
         assert info["state"] == states.FAILURE and info["retries"] == 0 and info["delivered"] == 1, (name, info)
         assert info["exc_type"] == "TypeError"
     # autoretry_for=(Exception,) did not retry them, and the body never ran with bad arguments.
@@ -263,7 +263,7 @@ async def test_result_that_cannot_be_serialized_is_a_clear_failure(client):
         r = await task.delay()
         with pytest.raises(TypeError, match=rf"task '{task.name}' returned a {kind}, which cannot be serialized"):
             await r.get(timeout=10)
-        info = await r.info()
+        info = await r.record()
         assert info["state"] == states.FAILURE and info["retries"] == 0 and info.get("result") is None
     await _assert_worker_carries_on(client)
 

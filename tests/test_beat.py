@@ -87,7 +87,7 @@ async def test_periodic_runs_are_ordinary_tasks_with_results_and_routing(engine,
 
         r = AsyncResult(f"beat:routed:{int(tick.timestamp() * 1000)}")
         assert await r.get(timeout=5) == "routed"
-        assert (await r.info())["task"] == "beat.hourly"
+        assert (await r.record())["task"] == "beat.hourly"
     finally:
         entries.pop("routed", None)
 

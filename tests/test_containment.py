@@ -65,7 +65,7 @@ async def settled(r: AsyncResult, timeout: float = 15) -> dict[str, Any]:
     broker = get_broker()
     assert await broker.redis.zscore(broker.key("active"), r.id) is None, "still leased after settling"
     assert not await broker.redis.exists(broker.key("msg", r.id)), "message left behind"
-    return await r.info()
+    return await r.record()
 
 
 async def still_works() -> None:
@@ -88,7 +88,7 @@ async def test_errbacks_that_cannot_run_fail_alone_and_never_rerun_the_parent(en
     failed_errbacks = [e for e in await _records_of_task("demo.add") if e["parent_id"] == r.id]
     assert [e["state"] for e in failed_errbacks] == [states.FAILURE], "the unfit errback is recorded as failed"
     await asyncio.sleep(4)  # past the 3 s lease: a stuck job would be delivered again now
-    assert (await r.info())["delivered"] == 1
+    assert (await r.record())["delivered"] == 1
     await still_works()
 
 
@@ -140,7 +140,7 @@ async def test_retry_with_an_exception_class_retries(engine, spawn_worker):
     spawn_worker(imports=IMPORTS)
     r = await bad.retry_exception_class.delay()
     assert await r.get(timeout=10) == "retried"
-    assert (await r.info())["retries"] == 1
+    assert (await r.record())["retries"] == 1
 
 
 async def test_garbage_workflow_data_in_a_message_settles_the_job(engine, spawn_worker):
@@ -191,7 +191,7 @@ async def test_bad_entries_in_redis_are_quarantined_and_the_worker_goes_on(engin
     assert await r.get(timeout=10) == 5  # the key was replaced by a proper record
     await wait_for(lambda: _has(reasons_now(), "no-place"), 10)
     assert "unreadable deferred-job entry" in (await reasons_now())["no-place"]
-    assert (await AsyncResult("no-place").info())["state"] == states.FAILURE
+    assert (await AsyncResult("no-place").record())["state"] == states.FAILURE
     await wait_for(lambda: _any_reason("UTF-8"), 10)
     assert not sync_client.hexists(f"{p}:rate-limits", "demo.add")  # unreadable: dropped, the declared limit applies
     await still_works()
@@ -328,14 +328,14 @@ async def test_a_paused_worker_cannot_overwrite_a_finished_chain(engine, spawn_w
         spawn_worker(imports=IMPORTS)  # takes the job over once the 3 s lease has run out
         value = await r.get(timeout=30)
         assert value.startswith("done by ") and str(paused.pid) not in value
-        final_parent = await r.parent.info()
-        final_chain = await r.info()
+        final_parent = await r.parent.record()
+        final_chain = await r.record()
     finally:
         os.kill(paused.pid, signal.SIGCONT)
     # The paused worker wakes inside its old copy, finishes it and tries to complete it.
     await wait_for(lambda: _has_note("paused", f"{paused.pid}|1|end"), 10)
     await asyncio.sleep(0.5)
-    after_parent, after_chain = await r.parent.info(), await r.info()
+    after_parent, after_chain = await r.parent.record(), await r.record()
     for before, after in ((final_parent, after_parent), (final_chain, after_chain)):
         assert after["state"] == before["state"] == states.SUCCESS
         assert after["result"] == before["result"] and after["worker"] == before["worker"]
@@ -354,7 +354,7 @@ async def test_a_worker_whose_clock_runs_ahead_does_not_take_live_jobs(engine, s
     spawn_worker(env={"PYTHONPATH": path}, imports=IMPORTS)  # its reaper runs on a clock 30 s ahead
     value = await r.get(timeout=20)
     assert value.startswith("done by ")
-    assert (await r.info())["delivered"] == 1
+    assert (await r.record())["delivered"] == 1
     assert len(await notes("clock")) == 2  # one start, one end: never taken from its live worker
 
 
@@ -444,3 +444,21 @@ async def test_a_failing_loop_is_logged_visible_in_the_heartbeat_and_restarted(e
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_terminate_reaches_a_running_job_even_when_the_broadcast_is_missed(engine, spawn_worker):
+    """revoke(terminate=True) is a pub/sub broadcast; a worker that missed it (reconnecting, or the job
+    still being claimed) learns of it from its next heartbeat: the mark in Redis says 'terminate'."""
+    spawn_worker(imports=IMPORTS)
+    r = await bad.slow_step.delay("missed-terminate", 30.0)
+    await wait_for(lambda: _count(notes("missed-terminate"), 1), 10)
+    broker = get_broker()
+    await broker.redis.set(broker.key("revoked", r.id), "terminate", ex=600)  # the mark, without the broadcast
+    started = time.monotonic()
+    await wait_for(lambda: _state_is(r, states.REVOKED), 5)
+    assert time.monotonic() - started < 3  # within a heartbeat or two (0.5 s here)
+    assert len(await notes("missed-terminate")) == 1  # it never got to its end
+
+
+async def _state_is(r: AsyncResult, state: str) -> bool:
+    return await r.state() == state

@@ -29,7 +29,7 @@ async def test_delay_get_state_info(worker):
     assert await r.get(timeout=10) == 5
     assert await r.state() == states.SUCCESS
     assert await r.ready() and await r.successful() and not await r.failed()
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == "SUCCESS" and info["result"] == 5 and info["retries"] == 0
     assert info["date_done"] and info["worker"] == worker.id and info["task"] == "demo.add"
     assert await r.traceback() is None
@@ -52,7 +52,7 @@ async def test_failure_raises_original_exception_and_propagate_false(worker):
     assert isinstance(exc, ValueError)
     assert await r.failed() and await r.ready() and not await r.successful()
     assert "ValueError: boom" in (await r.traceback() or "")
-    info = await r.info()
+    info = await r.record()
     assert info["exc_type"] == "ValueError" and info["exc_message"] == "boom"
 
 
@@ -141,7 +141,7 @@ async def test_update_state_progress_visible_in_info(worker):
     r = await t.progress.delay(3, 0.2)
     deadline = time.monotonic() + 5
     while True:
-        info = await r.info()
+        info = await r.record()
         if info["state"] == "PROGRESS":
             break
         assert time.monotonic() < deadline
@@ -156,7 +156,7 @@ async def test_started_is_recorded(worker):
     while await r.state() != states.STARTED:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.01)
-    assert (await r.info())["date_started"]
+    assert (await r.record())["date_started"]
     await r.get(timeout=5)
 
 
@@ -253,7 +253,7 @@ async def test_retry_then_max_retries(worker):
     r = await always_retry.delay()
     with pytest.raises(MaxRetriesExceededError):
         await r.get(timeout=10)
-    assert (await r.info())["retries"] == 2
+    assert (await r.record())["retries"] == 2
 
 
 async def test_structlog_lines_in_task_carry_task_context(worker, capsys):

@@ -300,7 +300,7 @@ async def test_retry_a_failed_job_and_purge_a_queue_after_confirmation(engine, s
     await live(page)
     await page.locator("#failed tr", has_text=failed.id).get_by_role("button", name="retry").click()
     await expect(page.locator("#failed tbody")).not_to_contain_text(failed.id, timeout=10_000)
-    new_id = await failed.info()  # the old record points to the new job
+    new_id = await failed.record()  # the old record points to the new job
     retried_as = await get_broker().record_field(failed.id, "retried_as")
     assert retried_as and new_id["state"] == states.FAILURE
     assert await AsyncResult(retried_as).get(timeout=15) == 5

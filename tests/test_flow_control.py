@@ -309,7 +309,7 @@ async def test_one_rate_limit_across_two_worker_processes(on_cluster) -> None:
     assert max_in_window(starts) <= rate + 1, gaps
     overall = (len(starts) - 1) / (starts[-1] - starts[0])
     assert rate * 0.95 <= overall <= rate * 1.05, (overall, gaps)
-    infos = [await r.info() for r in results]
+    infos = [await r.record() for r in results]
     assert {i["state"] for i in infos} == {states.SUCCESS}
     assert {i["retries"] for i in infos} == {0} and {i["delivered"] for i in infos} == {1}
 
@@ -347,7 +347,7 @@ async def test_over_limit_job_parks_without_slot_retry_or_polling(engine, prefix
         log = await rows("p")
         assert [r[1] for r in log] == ["first", "unlimited"]
         assert float(log[1][2]) - float(log[0][2]) < 0.5, "the parked job did not hold the only slot"
-        info = await parked.info()
+        info = await parked.record()
         assert (info["state"], info["retries"], info["delivered"]) == (states.PENDING, 0, 0)
         broker = get_broker()
         [first_claimed] = await claimed_at([first])
@@ -359,7 +359,7 @@ async def test_over_limit_job_parks_without_slot_retry_or_polling(engine, prefix
         [parked_claimed] = await claimed_at([parked])
         assert parked_claimed >= first_claimed + 2.0, "started before its slot"
         assert float((await rows("p"))[2][2]) >= first_claimed + 2.0
-        info = await parked.info()
+        info = await parked.record()
         assert (info["retries"], info["delivered"]) == (0, 1)
         assert await unlimited.get(timeout=1) == "unlimited" and await first.get(timeout=1) == "first"
 

@@ -117,7 +117,7 @@ async def test_worker_killed_mid_batch_rerun_finishes_without_redoing(app, spawn
         await second.stop(grace=1)
     assert result["failed_ids"] == invalid_ids(count) and result["success"] == count - len(invalid_ids(count))
     assert result["skipped"] >= len(by_first)
-    info = await r.info()
+    info = await r.record()
     assert info["delivered"] == 2 and info["state"] == states.SUCCESS
     rows = await order_rows(app)
     assert all(row["process_count"] == 1 for row in rows.values() if row["status"] == "processed")

@@ -97,7 +97,7 @@ async def test_send_email_delivers_utf8_html_message(app, app_worker, sink):
     result = await r.get(timeout=15)
     assert result["status"] == "success" and result["email"] == "alice@example.com"
     assert result["message"] == "邮件发送成功"
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == states.SUCCESS and info["retries"] == 0
     assert info["worker"] == app_worker.id
 
@@ -128,7 +128,7 @@ async def test_invalid_address_fails_at_once_without_retry(app, app_worker, sink
     r = await send_email_task.delay("not-an-address", SUBJECT, HTML)
     with pytest.raises(InvalidEmailAddressError, match="invalid email address"):
         await r.get(timeout=10)
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == states.FAILURE and info["retries"] == 0 and info["delivered"] == 1
     assert sink.handler.rcpt_attempts == [] and sink.handler.messages == []
 
@@ -137,7 +137,7 @@ async def test_5xx_rejection_fails_at_once_without_retry(app, app_worker, sink):
     r = await send_email_task.delay("bounce@example.com", SUBJECT, HTML)
     with pytest.raises(EmailRejectedError, match="550 5.1.1"):
         await r.get(timeout=10)
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == states.FAILURE and info["retries"] == 0
     assert sink.handler.rcpt_attempts == ["bounce@example.com"]  # asked once, never again
 
@@ -145,7 +145,7 @@ async def test_5xx_rejection_fails_at_once_without_retry(app, app_worker, sink):
 async def test_4xx_is_retried_with_backoff_then_delivered(app, app_worker, sink):
     r = await send_email_task.delay("busy@example.com", SUBJECT, HTML)  # the sink answers 451 twice
     assert (await r.get(timeout=15))["status"] == "success"
-    info = await r.info()
+    info = await r.record()
     assert info["retries"] == 2
     assert sink.handler.rcpt_attempts == ["busy@example.com"] * 3
     assert len(sink.handler.to("busy@example.com")) == 1
@@ -170,7 +170,7 @@ async def test_timeout_is_transient(prefix, sync_client, tmp_path):
             while (await r.state()) != states.RETRY:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
-            info = await r.info()
+            info = await r.record()
             assert info["exc_type"] == "TransientEmailError" and "timeout" in info["exc_message"].lower()
             assert info["retries"] == 1
             await r.revoke()
@@ -187,7 +187,7 @@ async def test_out_of_retries_transient_errors_fail(prefix, sync_client, tmp_pat
         down = await send_email_task.delay("alice@example.com", SUBJECT, HTML)
         with pytest.raises(TransientEmailError, match="connection failed"):
             await down.get(timeout=10)
-        assert (await down.info())["retries"] == 1
+        assert (await down.record())["retries"] == 1
         with SmtpSink(port=port, handler=handler):
             r = await send_batch_email.delay(["a@example.com", "busy@example.com"], SUBJECT, HTML)
             result = await r.get(timeout=10)
@@ -202,7 +202,7 @@ async def test_server_down_job_retries_until_server_comes_up(app, app_worker):
     seen: list[tuple[str, int]] = []
     deadline = time.monotonic() + 15
     while True:
-        info = await r.info()
+        info = await r.record()
         if info["state"] == states.RETRY and (not seen or seen[-1] != (info["state"], info["retries"])):
             seen.append((info["state"], info["retries"]))
             assert info["exc_type"] == "TransientEmailError" and "connection failed" in info["exc_message"]
@@ -214,7 +214,7 @@ async def test_server_down_job_retries_until_server_comes_up(app, app_worker):
     with SmtpSink(port=app.smtp_port) as sink:
         result = await r.get(timeout=15)
         assert result["status"] == "success"
-        info = await r.info()
+        info = await r.record()
         assert info["state"] == states.SUCCESS and info["retries"] >= retries_before >= 2
         assert [n for _, n in seen] == sorted(n for _, n in seen)  # the counter only rises
         assert len(sink.handler.messages) == 1
@@ -240,7 +240,7 @@ async def test_batch_email_retry_does_not_resend_to_delivered_recipients(app, ap
     )
     result = await r.get(timeout=20)
     assert result == {"success": 3, "failed": 0, "total": 3, "errors": []}
-    assert (await r.info())["retries"] == 2
+    assert (await r.record())["retries"] == 2
     for address in ("a@example.com", "busy@example.com", "b@example.com"):
         assert len(sink.handler.to(address)) == 1, address
     assert sink.handler.to("a@example.com")[0].message.get_content().strip() == "纯文本内容"
@@ -335,7 +335,7 @@ async def test_password_never_in_logs_or_results(app, spawn_worker, sync_client,
             refused = await send_email_task.delay("alice@example.com", SUBJECT, HTML)
             with pytest.raises(EmailRejectedError, match="login refused: 535"):
                 await refused.get(timeout=15)
-            assert (await refused.info())["retries"] == 0
+            assert (await refused.record())["retries"] == 0
         finally:
             await w.stop(grace=1)
     log_text = (tmp_path / "worker-0.log").read_bytes()

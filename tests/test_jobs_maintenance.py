@@ -126,7 +126,7 @@ async def test_daily_summary_is_a_report_mailed_to_the_admin(app, app_worker, si
     report = await AsyncResult(started["report_id"]).get(timeout=1)
     assert email_result["status"] == "success" and email_result["attached"]
     assert report["report_type"] == "task_summary" and Path(report["path"]).exists()
-    assert (await AsyncResult(started["email_id"]).info())["parent_id"] == started["report_id"]  # a chain
+    assert (await AsyncResult(started["email_id"]).record())["parent_id"] == started["report_id"]  # a chain
 
     [mail] = sink.handler.to("boss@example.com")
     msg = mail.message

@@ -165,7 +165,7 @@ async def test_invalid_report_request_fails_without_retry(prefix, tmp_path, clea
             await r1.get(timeout=10)
         with pytest.raises(ReportParamsError, match="format"):
             await r2.get(timeout=10)
-        assert (await r1.info())["retries"] == 0 and (await r2.info())["retries"] == 0
+        assert (await r1.record())["retries"] == 0 and (await r2.record())["retries"] == 0
     finally:
         await w.stop(grace=1)
 
@@ -187,7 +187,7 @@ async def test_soft_time_limit_removes_partial_file(prefix, tmp_path, cleanup, b
             await asyncio.sleep(0.02)
         with pytest.raises(SoftTimeLimitExceeded):
             await r.get(timeout=1)
-        info = await r.info()
+        info = await r.record()
         assert info["state"] == states.FAILURE and info["retries"] == 0
         assert 0 < info["meta"]["done"] < BIG  # it was stopped mid-way
     finally:
@@ -200,7 +200,7 @@ async def test_soft_time_limit_removes_partial_file(prefix, tmp_path, cleanup, b
 
 async def test_100k_rows_stream_with_flat_memory_and_progress(prefix, tmp_path, cleanup, big_db, spawn_worker):
     """A worker process writes 10,000 then 100,000 rows: its peak RSS barely moves (the rows are streamed,
-    never all in memory), and the job's PROGRESS is visible through AsyncResult.info() while it runs."""
+    never all in memory), and the job's PROGRESS is visible through AsyncResult.record() while it runs."""
     configure(app_settings(prefix, tmp_path, database_url=big_db))
     proc = spawn_worker(
         imports="jobs",
@@ -213,7 +213,7 @@ async def test_100k_rows_stream_with_flat_memory_and_progress(prefix, tmp_path, 
         peak, progress = worker.memory_info().rss, []
         while not await r.ready():
             peak = max(peak, worker.memory_info().rss)
-            info = await r.info()
+            info = await r.record()
             if info["state"] == "PROGRESS" and (not progress or progress[-1] != info["meta"]):
                 progress.append(info["meta"])
             await asyncio.sleep(0.01)

@@ -147,7 +147,7 @@ async def test_retry_and_retry_failed_send_failed_jobs_again_with_their_argument
     assert pairs[0]["failed"] == first.id
     again = AsyncResult(pairs[0]["retried_as"])
     assert await again.get(timeout=10) == 42  # same arguments, a new job that succeeds now
-    assert (await first.info())["state"] == states.FAILURE
+    assert (await first.record())["state"] == states.FAILURE
     broker = get_broker()
     assert (await broker.redis.hget(broker.key("res", first.id), "retried_as")).decode() == again.id
     pairs = await cli_json(prefix, "retry-failed", "--task", "demo.fail", "--since", "1h")

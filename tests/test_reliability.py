@@ -53,7 +53,7 @@ async def test_killed_workers_job_runs_again_within_15s_whatever_its_time_limit(
     second = (await log_entries("crash"))[1]
     recovered_after = float(second.split("|")[1]) - killed_at
     assert recovered_after < 15, recovered_after
-    info = await r.info()
+    info = await r.record()
     assert info["delivered"] == 2 and info["retries"] == 0
 
 
@@ -63,7 +63,7 @@ async def test_a_live_workers_long_job_is_never_taken_from_it(engine, spawn_work
     r = await t.record.delay("long", 1)
     long_job = await t.sleep.delay(8)  # well past the 3 s lease
     assert await long_job.get(timeout=20) == 8
-    assert (await long_job.info())["delivered"] == 1
+    assert (await long_job.record())["delivered"] == 1
     await r.get(timeout=5)
 
 
@@ -84,7 +84,7 @@ async def test_effect_marker_survives_redelivery(engine, spawn_worker):
     doomed.kill()
     spawn_worker()
     assert await r.get(timeout=15) == 1  # the effect happened once, although the job ran twice
-    assert (await r.info())["delivered"] == 2
+    assert (await r.record())["delivered"] == 2
 
 
 async def test_max_tasks_per_child_recycles_processes(engine, spawn_worker):
@@ -113,13 +113,13 @@ async def test_warm_shutdown_finishes_short_jobs_and_puts_long_ones_back(engine,
     assert proc.wait(timeout=10) == 0
     assert time.monotonic() - start < 4
     assert [await r.state() for r in short] == [states.SUCCESS] * 3
-    info = await long_job.info()
+    info = await long_job.record()
     assert info["state"] == states.PENDING and info["retries"] == 0
     broker = get_broker()
     assert await broker.redis.zscore(broker.key("q", "default"), long_job.id) is not None
     spawn_worker()
     assert await long_job.get(timeout=15) == 6
-    assert (await long_job.info())["retries"] == 0
+    assert (await long_job.record())["retries"] == 0
 
 
 async def test_second_signal_is_a_cold_shutdown(engine, spawn_worker):

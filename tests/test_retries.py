@@ -75,7 +75,7 @@ async def scheduled_countdowns(r: AsyncResult, key: str, retries: int) -> list[f
     for n in range(1, retries + 1):
 
         async def deferred(n: int = n) -> float | None:
-            info = await r.info()
+            info = await r.record()
             score = await broker.redis.zscore(broker.key("delayed"), r.id)
             return score if info["state"] == states.RETRY and info["retries"] == n and score is not None else None
 
@@ -276,7 +276,7 @@ async def test_autoretry_backoff_countdowns_match_celery(worker, monkeypatch, ta
     log = await runs("k")
     assert [e[1] for e in log] == ["0", "1", "2", "3"]  # max_retries=3: the body ran 4 times
     assert {e[0] for e in log} == {r.id}
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == states.FAILURE and info["retries"] == 3 and info["exc_type"] == "ConnectionError"
 
 
@@ -318,7 +318,7 @@ async def test_dont_autoretry_for_is_checked_first(worker):
     r = await picky.delay("v", "value")
     with pytest.raises(UnicodeError):
         await r.get(timeout=5)
-    assert len(await runs("v")) == 1 and (await r.info())["retries"] == 0
+    assert len(await runs("v")) == 1 and (await r.record())["retries"] == 0
     r = await picky.delay("k", "key")
     with pytest.raises(KeyError):
         await r.get(timeout=5)
@@ -341,7 +341,7 @@ async def test_self_retry_same_id_counter_and_retry_state_between_tries(worker):
     r = await manual.delay("m", 2, 0.4)
 
     async def in_retry() -> dict[str, Any] | None:
-        info = await r.info()
+        info = await r.record()
         return info if info["state"] == states.RETRY else None
 
     info = await wait_until(in_retry, what="RETRY state")
@@ -353,7 +353,7 @@ async def test_self_retry_same_id_counter_and_retry_state_between_tries(worker):
     assert [e[0] for e in log] == [r.id] * 3 and [e[1] for e in log] == ["0", "1", "2"]
     gaps = [float(b[2]) - float(a[2]) for a, b in zip(log, log[1:])]
     assert all(gap >= 0.39 for gap in gaps), gaps  # each retry waited its countdown
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == states.SUCCESS and info["retries"] == 2 and info["exc_type"] is None
 
 
@@ -362,7 +362,7 @@ async def test_past_max_retries_raises_the_original_exception(worker):
     with pytest.raises(KeyError, match="try 3"):
         await r.get(timeout=10)
     assert len(await runs("x")) == 4  # max_retries + 1
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == states.FAILURE and info["retries"] == 3
 
 
@@ -404,7 +404,7 @@ async def test_throw_false_returns_the_retry(worker):
     r = await no_throw.delay("n")
     assert await r.get(timeout=5) == "done"
     assert await runs("n") == [["Retry"], ["raised past max"]]
-    assert (await r.info())["retries"] == 1
+    assert (await r.record())["retries"] == 1
 
 
 async def test_direct_call_outside_a_worker_raises_exc(engine):
@@ -485,7 +485,7 @@ async def test_countdown_of_days_is_kept_without_expiry(worker):
     assert await r.state() == states.RETRY
     await fast_forward(r.id)
     assert await r.get(timeout=5) == "ran"
-    assert (await r.info())["retries"] == 1
+    assert (await r.record())["retries"] == 1
 
 
 async def test_retries_not_eaten_by_arq_max_tries(engine, sync_client, prefix, tmp_path):

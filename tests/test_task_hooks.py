@@ -58,7 +58,7 @@ async def test_handlers_and_signals_on_success_failure_and_retry(engine, spawn_w
     assert [e["kind"] for e in retry][:3] == ["task_prerun", "on_retry", "task_retry"]
     assert next(e for e in retry if e["kind"] == "task_retry")["retries"] == 0
     # The failing receiver was logged; the job's outcome is its own error, not the receiver's.
-    assert (await failed.info())["exc_type"] == "ValueError"
+    assert (await failed.record())["exc_type"] == "ValueError"
     assert any(e["kind"] == "worker_ready" for e in entries)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=15)

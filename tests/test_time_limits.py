@@ -46,7 +46,7 @@ async def ticks(key: str) -> int:
 
 async def duration(r: Any) -> float:
     """Seconds from STARTED (claim) to the recorded outcome."""
-    info = await r.info()
+    info = await r.record()
     started = datetime.fromisoformat(info["date_started"])
     return (datetime.fromisoformat(info["date_done"]) - started).total_seconds()
 
@@ -233,7 +233,7 @@ async def test_soft_limit_cleanup_then_reraise_is_failure(worker):
     with pytest.raises(SoftTimeLimitExceeded):
         await r.get(timeout=5)
     assert await notes("sr") == ["cleaned"]
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == states.FAILURE and info["exc_type"] == "SoftTimeLimitExceeded"
     assert "asyncio.sleep(10)" in info["traceback"]  # raised inside the task's own code, at its await
 
@@ -254,7 +254,7 @@ async def test_soft_limit_in_autoretry_for_retries(worker):
     with pytest.raises(SoftTimeLimitExceeded):
         await r.get(timeout=5)
     assert await notes("never") == ["0", "1", "2"]
-    assert (await r.info())["retries"] == 2
+    assert (await r.record())["retries"] == 2
 
 
 # ---------------------------------------------------------------- hard limit
@@ -270,7 +270,7 @@ async def test_hard_limit_stops_a_job_that_swallows_cancellation_and_never_rerun
         other = await t.sleep.delay(1.0)  # runs alongside on the same loop
         with pytest.raises(TimeLimitExceeded):
             await r.get(timeout=5)
-        info = await r.info()
+        info = await r.record()
         assert info["state"] == states.FAILURE and info["exc_type"] == "TimeLimitExceeded"
         assert 0.45 < await duration(r) < 2.5  # on time
         assert info["retries"] == 0  # hard limit is terminal even with autoretry_for=(Exception,)
@@ -291,7 +291,7 @@ async def test_hard_limit_stops_a_job_that_swallows_cancellation_and_never_rerun
         await asyncio.sleep(engine.lease_seconds + 1.2)
         assert await ticks("hard") == frozen
         assert await notes("hard") == ["start"]
-        assert await r.state() == states.FAILURE and (await r.info())["delivered"] == 1
+        assert await r.state() == states.FAILURE and (await r.record())["delivered"] == 1
         assert not await broker.redis.exists(broker.key("msg", r.id))
         assert await broker.redis.zscore(broker.key("active"), r.id) is None
     finally:

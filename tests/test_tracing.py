@@ -46,5 +46,5 @@ async def test_spans_link_the_call_to_its_run_in_the_worker(worker):
     bad = spans[("run demo.fail", failed.id)]
     assert bad.attributes["tasks_engine.state"] == "FAILURE" and bad.status.status_code is StatusCode.ERROR
     assert any(e.name == "exception" for e in bad.events)
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == "SUCCESS"

@@ -147,7 +147,7 @@ async def workers() -> list[dict[str, Any]]:
 async def task(task_id: str) -> dict[str, Any]:
     """A job's record (args, result, traceback, retries, dates, progress meta, parent/root/group) and,
     while it is not finished, where it is now (running on a worker, deferred, waiting in a queue)."""
-    info = await AsyncResult(task_id).info()
+    info = await AsyncResult(task_id).record()
     record = parse_record(await get_broker().record(task_id))
     place: dict[str, Any] | None = None
     if info["state"] in REVOCABLE:

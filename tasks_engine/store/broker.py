@@ -268,7 +268,9 @@ class Broker(Views):
         for start in range(0, len(task_ids), 500):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for task_id in task_ids[start : start + 500]:
-                    await self.scripts["revoke"](args=[self.prefix, task_id, ttl, now_iso(), reason], client=pipe)
+                    await self.scripts["revoke"](
+                        args=[self.prefix, task_id, ttl, now_iso(), reason, "1" if terminate else "0"], client=pipe
+                    )
                 removed += sum(int(n) for n in await pipe.execute())
         if terminate and task_ids:
             await self.redis.publish(self.keys.control_channel, dumps({"action": "terminate", "ids": list(task_ids)}))
@@ -413,11 +415,13 @@ class SyncHeartbeat:
         self.keys = Keys(settings.key_prefix)
         self.renew = self.client.register_script(lua("renew"))
 
-    def beat(self, worker_id: str, running: Sequence[str], lease_ms: int, info: dict[str, Any], ttl: int) -> None:
-        """Renew the leases this worker still holds (on Redis's clock) and advertise the worker."""
-        if running:
-            self.renew(args=[self.keys.prefix, worker_id, lease_ms, *running])
+    def beat(self, worker_id: str, running: Sequence[str], lease_ms: int, info: dict[str, Any], ttl: int,
+             ) -> list[str]:  # fmt: skip
+        """Renew the leases this worker still holds (on Redis's clock) and advertise the worker; returns
+        the running ids revoked with ``terminate`` meanwhile."""
+        stop: list[bytes] = self.renew(args=[self.keys.prefix, worker_id, lease_ms, *running]) if running else []
         self.client.set(self.keys.worker(worker_id), dumps(info), ex=ttl)
+        return [i.decode() for i in stop]
 
     def close(self) -> None:
         self.client.close()

@@ -78,7 +78,7 @@ async def test_retry_task_max_retries_override(worker):
     with pytest.raises(d.MyCustomError):
         await r.get(timeout=10)
     assert d.iterations[k] == 3
-    info = await r.info()
+    info = await r.record()
     assert info["state"] == states.FAILURE and info["retries"] == 2
 
 
@@ -127,7 +127,7 @@ async def test_max_retries_exceeded_task_args(worker):
     assert caught.value.task_args == (0xFF, 0xFFFF)
     assert caught.value.task_kwargs == {"max_retries": 2, "care": False, "key": k}
     assert "max_retries=2" in str(caught.value)
-    info = await r.info()
+    info = await r.record()
     assert info["exc_type"] == "MaxRetriesExceededError" and info["exc_message"] == str(caught.value)
 
 
@@ -237,7 +237,7 @@ async def test_float_backoff_on_a_worker(worker):
     assert due_ms is not None and 600 <= due_ms - time.time() * 1000 <= 1100
     with pytest.raises(ZeroDivisionError):
         await r.get(timeout=10)
-    assert (await r.info())["retries"] == 1
+    assert (await r.record())["retries"] == 1
 
 
 @pytest.mark.parametrize("bad", ["yes", float("nan"), float("inf"), [1]])
@@ -459,7 +459,7 @@ async def test_inert_call_options_are_accepted_and_checked(worker):
         args=[5], exchange="tasks", shadow="other.name", retry=False, retry_policy={"max_retries": 3}
     )
     assert await r.get(timeout=10) == 5
-    assert (await r.info())["task"] == "cc.echo"  # the shadow name is not stored
+    assert (await r.record())["task"] == "cc.echo"  # the shadow name is not stored
     with pytest.raises(TypeError, match="retry must be"):
         await d.echo.apply_async(args=[5], retry="yes")
     with pytest.raises(ValueError, match="retry_policy"):

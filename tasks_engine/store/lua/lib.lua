@@ -104,7 +104,8 @@ local function te_enqueue(p, id, msg, q, prio, eta, now, nx)
 end
 
 -- One chord header part: count a result (the last one dispatches the body, once) or fail the chord
--- (the body is recorded FAILURE with ChordError and the chord's on_error jobs are enqueued).
+-- (the body is recorded FAILURE with ChordError, naming the failed header task in chord_failed_id so
+-- get() can raise that task's own exception, and the chord's on_error jobs are enqueued).
 local function te_chord_part(p, cid, tid, index, ok, result_json, exc_message, traceback, now_ms, now_iso, ttl)
   local ckey = p .. ':chord:' .. cid
   if redis.call('exists', ckey) == 0 then return 'unknown' end
@@ -139,7 +140,7 @@ local function te_chord_part(p, cid, tid, index, ok, result_json, exc_message, t
     local body_id = redis.call('hget', ckey, 'body_id')
     local rkey = p .. ':res:' .. body_id
     redis.call('hset', rkey, 'state', 'FAILURE', 'exc_type', 'ChordError', 'exc_module', 'tasks_engine.exceptions',
-      'exc_message', exc_message, 'traceback', traceback, 'date_done', now_iso)
+      'exc_message', exc_message, 'traceback', traceback, 'date_done', now_iso, 'chord_failed_id', tid)
     redis.call('expire', rkey, ttl)
     redis.call('publish', p .. ':done', body_id)
     run_writes(redis.call('hget', ckey, 'on_error'), nil)

@@ -3,12 +3,14 @@
 -- Redis's clock. A job another worker took over (this one was paused past its lease) is left alone.
 local p, wid = ARGV[1], ARGV[2]
 local deadline = string.format('%d', te_time_ms() + tonumber(ARGV[3]))
-local renewed = 0
+-- Returns the ids among them revoked with terminate=True: the worker stops those (the pub/sub command
+-- may have been missed, e.g. sent while the job was being claimed).
+local stop = {}
 for i = 4, #ARGV do
   local _, _, owner = te_place(redis.call('hget', p .. ':inflight', ARGV[i]), true)
   if owner == wid then
     redis.call('zadd', p .. ':active', 'XX', deadline, ARGV[i])
-    renewed = renewed + 1
   end
+  if redis.call('get', p .. ':revoked:' .. ARGV[i]) == 'terminate' then stop[#stop + 1] = ARGV[i] end
 end
-return renewed
+return stop

@@ -1,4 +1,4 @@
--- ARGV: prefix, id, ttl, now_iso, reason. Returns 1 when a waiting job was removed.
+-- ARGV: prefix, id, ttl, now_iso, reason, terminate ('1'/'0'). Returns 1 when a waiting job was removed.
 -- Waiting (queued, deferred, parked by a rate limit): removed and REVOKED now, never run early.
 -- Not enqueued yet (a later chain step, a chord body): REVOKED now, so it is never enqueued; a chord
 -- whose body is revoked is marked failed, so its header can no longer dispatch the body.
@@ -6,7 +6,14 @@
 -- The ``revoked:<id>`` mark expires with the result record, so no id stays poisoned.
 local p, id, ttl = ARGV[1], ARGV[2], ARGV[3]
 local rkey = p .. ':res:' .. id
-redis.call('set', p .. ':revoked:' .. id, '1', 'EX', ttl)
+-- 'terminate' also tells the heartbeat of whichever worker runs it to stop it (should the pub/sub
+-- command be missed); a later plain revoke keeps that.
+local mark = p .. ':revoked:' .. id
+if ARGV[6] == '1' or redis.call('get', mark) == 'terminate' then
+  redis.call('set', mark, 'terminate', 'EX', ttl)
+else
+  redis.call('set', mark, '1', 'EX', ttl)
+end
 if redis.call('exists', p .. ':chord:' .. id) == 1 then
   redis.call('hsetnx', p .. ':chord:' .. id, 'failed', 'revoked')
 end
