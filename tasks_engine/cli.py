@@ -185,20 +185,24 @@ def revoke(
     task_ids: Annotated[list[str], typer.Argument(help="task ids")],
     terminate: Annotated[bool, typer.Option(help="also cancel if running")] = False,
     app_module: AppOpt = None,
+    as_json: cli_ops.JsonOpt = False,
 ) -> None:
     """Revoke jobs by id."""
-    load_app(app_module, [])
-
-    removed = asyncio.run(control.revoke(task_ids, terminate=terminate))
-    console.print(f"revoked {len(task_ids)} id(s); {removed} were waiting and will never run")
+    removed = cli_ops.run(app_module, lambda: control.revoke(task_ids, terminate=terminate))
+    if as_json:
+        cli_ops.emit({"revoked": len(task_ids), "waiting": removed}, True)
+    else:
+        console.print(f"revoked {len(task_ids)} id(s); {removed} were waiting and will never run")
 
 
 @app.command("revoke-matching")
-def revoke_matching(pattern: str, app_module: AppOpt = None) -> None:
+def revoke_matching(pattern: str, app_module: AppOpt = None, as_json: cli_ops.JsonOpt = False) -> None:
     """Drop every queued or deferred job whose task name matches a glob (e.g. 'report.*')."""
-    load_app(app_module, [])
-
-    console.print(f"revoked {asyncio.run(control.revoke_matching(pattern))} queued job(s) matching {pattern!r}")
+    count = cli_ops.run(app_module, lambda: control.revoke_matching(pattern))
+    if as_json:
+        cli_ops.emit({"revoked": count, "pattern": pattern}, True)
+    else:
+        console.print(f"revoked {count} queued job(s) matching {pattern!r}")
 
 
 @app.command("rate-limit")
@@ -207,16 +211,14 @@ def rate_limit(
     rate: str,
     burst: Annotated[int, typer.Option(min=1, help="starts allowed at once before the rate applies")] = 1,
     app_module: AppOpt = None,
+    as_json: cli_ops.JsonOpt = False,
 ) -> None:
     """Set a task's cluster-wide rate limit now ('10/m', '5/s', '0' = unlimited, 'default' = as declared)."""
-    load_app(app_module, [])
-
-    try:
-        released = asyncio.run(control.set_rate_limit(task, None if rate == "default" else rate, burst))
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
-    console.print(f"rate limit of {task!r} set to {rate} (burst {burst}); {released} parked job(s) re-planned")
+    released = cli_ops.run(app_module, lambda: control.set_rate_limit(task, None if rate == "default" else rate, burst))
+    if as_json:
+        cli_ops.emit({"task": task, "rate": rate, "burst": burst, "released": released}, True)
+    else:
+        console.print(f"rate limit of {task!r} set to {rate} (burst {burst}); {released} parked job(s) re-planned")
 
 
 @app.command()

@@ -208,6 +208,9 @@ def decide(
                     msg.chord.id, msg.id, msg.chord.index, ok=False, error_text=text, traceback=attempt.traceback or ""
                 )
             )
+    children = [*attempt.children, *(e.id for e in plan.enqueues if e.id != msg.id)]
+    if children and outcome != "retry":
+        record["children"] = dumps(children).decode()  # Celery's AsyncResult.children
     final = outcome != "retry"
     ignore = msg.ignore_result if msg.ignore_result is not None else bool(task and task.options.ignore_result)
     idempotent = outcome == "success" and task is not None and task.options.idempotent

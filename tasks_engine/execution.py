@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import traceback as tb_module
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
@@ -39,6 +39,7 @@ class Attempt:
     exc: BaseException | None = None
     traceback: str | None = None
     retry: Retry | None = None
+    children: list[str] = field(default_factory=list)  # tasks the attempt sent
 
 
 def _format(exc: BaseException) -> str:
@@ -56,7 +57,9 @@ async def run_attempt(
 ) -> Attempt:
     # bound_, not bind_: on the way out the caller's own context (the worker's) is restored, not wiped.
     with structlog.contextvars.bound_contextvars(task_id=req.id, task_name=task.name, retries=req.retries):
-        return await _attempt(task, req, soft, hard, run or LimitedRun())
+        attempt = await _attempt(task, req, soft, hard, run or LimitedRun())
+    attempt.children = list(req.children)
+    return attempt
 
 
 async def _attempt(task: TaskDefinition, req: Request, soft: float | None, hard: float | None, run: LimitedRun,
@@ -64,6 +67,7 @@ async def _attempt(task: TaskDefinition, req: Request, soft: float | None, hard:
     run.label = req.id or task.name  # what the blocked-loop watchdog reports
     req.requested_retry = None  # eager retries reuse the request
     req.override_max_retries = None
+    req.children.clear()
     token = current_request.set(req)
     try:
         try:

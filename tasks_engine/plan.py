@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -17,7 +17,7 @@ from tasks_engine.codec import dumps
 from tasks_engine.config import get_settings
 from tasks_engine.ids import own_id
 from tasks_engine.messages import CHORD_RESULTS, ChordRef, Message, compression_of, encode_sized
-from tasks_engine.registry import check_time_limits, get_task, registry, route_queue
+from tasks_engine.registry import check_time_limits, current_request, get_task, registry, route_queue
 from tasks_engine.store import ChordRecord, Enqueue, Writes, get_broker
 from tasks_engine.tracing import producer_span
 from tasks_engine.validation import check_count, check_name, check_queue, check_seconds, check_task_name
@@ -171,6 +171,10 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
     args, kwargs = _arguments(call, prefix, ctx)
     now = datetime.now(UTC).timestamp()
     check_name(call.task, "task_id", task_id)
+    sender = current_request.get()  # a task sending another: Celery's parent/child link
+    if sender is not None and not sender.called_directly and ctx.parent_id is None and sender.id:
+        sender.children.append(task_id)
+        ctx = replace(ctx, parent_id=sender.id, root_id=ctx.root_id or sender.root_id or sender.id)
     eta = eta_of(call.task, opts, now)
     expires = expires_of(call.task, opts.get("expires", task.options.expires if task is not None else None), now)
     priority = opts.get("priority")

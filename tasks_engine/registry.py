@@ -155,6 +155,8 @@ class Request:
     headers: dict[str, Any] = field(default_factory=dict)
     # A retry asked for with ``retry(throw=False)``: Celery sends it whether or not it is raised.
     requested_retry: Retry | None = field(default=None, repr=False)
+    # Ids of the tasks this call sent (``delay()`` inside the task): its Celery ``children``.
+    children: list[str] = field(default_factory=list, repr=False)
     # ``retry(max_retries=n)`` called by the body: an ``autoretry_for`` retry of the error it raises uses
     # the same limit (Celery's ``override_max_retries``, issue #6436).
     override_max_retries: int | None = field(default=None, repr=False)

@@ -1,9 +1,6 @@
-"""Results: the record a worker writes per task id, and the objects that read it.
-
-``get()`` never sleep-polls: a finished job's id is published on ``<prefix>:done`` and every
-process keeps one subscription that wakes exactly the waiters of that id. A slow re-check
-(once a second) only guards against a dropped pub/sub connection.
-"""
+"""Results: the objects that read the record a worker writes per task id. ``get()`` never sleep-polls:
+a finished id is published on ``<prefix>:done`` and wakes exactly its waiters (a slow re-check, once a
+second, only guards against a dropped pub/sub connection)."""
 
 from __future__ import annotations
 
@@ -17,7 +14,7 @@ import structlog
 
 from tasks_engine import states
 from tasks_engine.clock import ms_to_iso, now_iso
-from tasks_engine.codec import dumps
+from tasks_engine.codec import dumps, loads
 from tasks_engine.exceptions import ChordError, TaskRevokedError
 from tasks_engine.records import parse_record, rebuild_exception
 from tasks_engine.registry import current_request
@@ -62,8 +59,7 @@ class AsyncResult(Generic[R]):
     """A handle on a task's result by id; works from any process using the same Redis and prefix.
 
     Celery's attributes that read Redis are awaited: ``state()``/``status()``, ``result()``/``info()``,
-    ``traceback()``; ``parent`` is an attribute; ``record()`` gives every field. ``children`` is not tracked.
-    """
+    ``traceback()``, ``children()``; ``parent`` is an attribute; ``record()`` gives every field."""
 
     def __init__(
         self,
@@ -127,6 +123,10 @@ class AsyncResult(Generic[R]):
 
     async def traceback(self) -> str | None:
         return await get_broker().record_field(self.id, "traceback")
+
+    async def children(self) -> list[AsyncResult[Any]]:
+        """Celery's ``children``: the tasks this one sent, then the callbacks and next step it started."""
+        return [AsyncResult(i) for i in loads(await get_broker().record_field(self.id, "children") or "[]")]
 
     async def get(
         self,

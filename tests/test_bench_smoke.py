@@ -102,7 +102,7 @@ def check_goals(out: str) -> None:
     assert all(v in ("PASS", "FAIL", "n/a") for v in verdicts), section
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 def test_smoke_tasks_engine_and_arq(tmp_path: Path) -> None:
     arq_python = ARQ_PYTHON if ARQ_PYTHON.exists() else Path(sys.executable)
     out, _ = run_compare(tmp_path, "--only", "tasks_engine,arq", "--arq-python", str(arq_python))
@@ -128,7 +128,7 @@ def test_smoke_tasks_engine_and_arq(tmp_path: Path) -> None:
     assert '"stored": 300' in out  # every no-op job's result was stored
 
 
-@pytest.mark.slow
+@pytest.mark.extended
 @pytest.mark.skipif(not CELERY_PYTHON.exists(), reason=".bench-venv/celery not created (run bench/compare.py once)")
 def test_smoke_celery(tmp_path: Path) -> None:
     """Celery's own paths (prefork worker, sync client, pub/sub result observer, chord); tasks_engine's

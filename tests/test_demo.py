@@ -73,3 +73,22 @@ def test_tasks_engine_demo_runs_every_job_kind(prefix, tmp_path, sync_client: sy
     assert "failed_ids=[10, 20, 30, 40, 50, 9999]" in flat  # the batch collected its failures
     files = sorted(p.suffix for p in (tmp_path / "reports").iterdir())
     assert files == [".csv", ".csv", ".xlsx"]  # orders, task summary; users
+
+
+def test_demo_says_when_it_started_an_embedded_redis_and_how_to_stop_it(prefix, tmp_path):
+    """First run on a machine with no Redis: the demo starts one, says where its data is and how to stop it."""
+    port = free_port()
+    env = dict(os.environ)
+    env.update({"REDIS_URL": f"redis://127.0.0.1:{port}/0", "TE_KEY_PREFIX": prefix, "COLUMNS": "300",
+                "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'demo.db'}", "TE_REPORTS_DIR": str(tmp_path / "r"),
+                "TE_SMTP_PORT": str(free_port()), "TE_SMTP_LOCAL_HOSTNAME": "localhost"})  # fmt: skip
+    try:
+        out = subprocess.run([sys.executable, "-m", "tasks_engine.cli", "demo"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"data in var/redis/{port}" in out.stdout and f"redis-cli -p {port} shutdown" in out.stdout
+    finally:
+        try:
+            sync_redis.Redis(port=port).shutdown(nosave=True)
+        except sync_redis.ConnectionError:
+            pass  # it stopped, as a shut-down server does

@@ -302,3 +302,28 @@ async def test_chord_result_raises_the_failed_header_tasks_error(worker):
     assert isinstance(chord_error, ChordError) and "raised ValueError('boom')" in str(chord_error)
     assert isinstance(r.parent, GroupResult)
     assert isinstance(await r.parent.results[1].result(), ValueError)
+
+
+@shared_task(name="compat.spawner", bind=True)
+async def spawner(self: Any, n: int) -> list[str]:
+    """Sends ``n`` tasks from inside itself (Celery records them as its children)."""
+    return [(await t.add.delay(i, i)).id for i in range(n)]
+
+
+async def test_children_are_the_tasks_a_task_sent_and_its_callbacks(worker):
+    """mirrors celery t/unit/tasks/test_result.py::test_AsyncResult::test_children and
+    t/integration/test_tasks.py::test_task_accepted/test_parent_ids (a subtask's parent_id is its sender)"""
+    r = await spawner.delay(2)
+    sent = await r.get(timeout=10)
+    children = await r.children()
+    assert [c.id for c in children] == sent
+    assert [await c.get(timeout=10) for c in children] == [0, 2]
+    first = await children[0].record()
+    assert first["parent_id"] == r.id and first["root_id"] == r.id
+    linked = t.add.s(1, 1)
+    linked.link(t.add.s(10))
+    lr = await linked.delay()
+    assert await lr.get(timeout=10) == 2
+    (callback,) = await lr.children()
+    assert await callback.get(timeout=10) == 12
+    assert await AsyncResult(new_id()).children() == []
