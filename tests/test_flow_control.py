@@ -519,7 +519,11 @@ async def test_revoke_queued_deferred_and_parked_jobs_never_run_and_ids_do_not_p
         assert await broker.redis.zscore(broker.key("delayed"), deferred.id) is None
         await release(gates)
         await wait_rows("rp", 1, timeout=3)  # the limited task's first job runs, the next is parked
-        assert await broker.redis.zscore(broker.key("delayed"), parked.id) is not None
+
+        async def is_parked() -> bool:  # once the worker, its slot free again, has claimed it
+            return await broker.redis.zscore(broker.key("delayed"), parked.id) is not None
+
+        await wait_until(is_parked, 1.5, "the second job parked until its slot")
         await parked.revoke()
         assert await parked.state() == states.REVOKED
         assert await broker.redis.zscore(broker.key("delayed"), parked.id) is None
