@@ -187,6 +187,8 @@ async def test_bad_entries_in_redis_are_quarantined_and_the_worker_goes_on(engin
     sync_client.hset(f"{p}:rate-limits", "demo.add", "not json")
     # a result key of the wrong type for a job about to run
     sync_client.set(f"{p}:res:wrong-type", "a string, not a hash")
+    assert await AsyncResult("wrong-type").state() == states.PENDING  # a client reading it is not hurt either
+    assert (await AsyncResult("wrong-type").record())["state"] == states.PENDING
     r = await t.add.apply_async((2, 3), task_id="wrong-type")
     assert await r.get(timeout=10) == 5  # the key was replaced by a proper record
     await wait_for(lambda: _has(reasons_now(), "no-place"), 10)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from redis.exceptions import ResponseError
+
 from tasks_engine.codec import dumps, loads
 
 if TYPE_CHECKING:
@@ -24,10 +26,22 @@ class Views:
 
     # ------------------------------------------------------------ result records
     async def record(self, task_id: str) -> dict[bytes, bytes]:
-        return await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.result(task_id)))
+        """The result hash; empty while there is none — or while something not ours sits under its key
+        (the worker replaces that with a proper record when it claims the job)."""
+        try:
+            return await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.result(task_id)))
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            return {}
 
     async def record_field(self, task_id: str, name: str) -> str | None:
-        raw = await cast("Awaitable[bytes | None]", self.redis.hget(self.keys.result(task_id), name))
+        try:
+            raw = await cast("Awaitable[bytes | None]", self.redis.hget(self.keys.result(task_id), name))
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            return None
         return raw.decode() if raw else None
 
     async def record_states(self, task_ids: Sequence[str]) -> list[str | None]:
