@@ -32,20 +32,26 @@ def route_to_stdlib() -> None:
     stdlib ``logging`` — structlog's own default prints to stdout, which a CLI's output must not get.
     With no handler anywhere, the engine's own logger gets one on stderr (warnings and errors)."""
     if not structlog.is_configured():
-        structlog.configure(
-            processors=[
-                *SHARED,
-                structlog.processors.format_exc_info,
-                structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-            ],
-            logger_factory=structlog.stdlib.LoggerFactory(),
-            wrapper_class=structlog.stdlib.BoundLogger,
-        )
+        _to_stdlib(cache=False)
     engine = logging.getLogger("tasks_engine")
     if not logging.getLogger().handlers and not engine.handlers:
         fallback = _handler(structlog.dev.ConsoleRenderer(colors=False))
         fallback.setLevel(logging.WARNING)
         engine.addHandler(fallback)
+
+
+def _to_stdlib(cache: bool) -> None:
+    """structlog lines become stdlib ``logging`` records, formatted by the handlers' ProcessorFormatter."""
+    structlog.configure(
+        processors=[
+            *SHARED,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=cache,
+    )
 
 
 def _handler(renderer: structlog.types.Processor) -> logging.Handler:
@@ -63,22 +69,12 @@ def configure_logging(settings: EngineSettings | None = None) -> None:
     on the root logger — or only on the engine's loggers with ``log_configure_root=false``."""
     settings = settings or get_settings()
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    shared = SHARED
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if settings.log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
-    structlog.configure(
-        processors=[
-            *shared,
-            structlog.processors.format_exc_info,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
-    )
+    _to_stdlib(cache=True)
     handler = _handler(renderer)
     target = logging.getLogger() if settings.log_configure_root else logging.getLogger("tasks_engine")
     target.handlers[:] = [handler]

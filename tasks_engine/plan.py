@@ -211,34 +211,29 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
     compression = compression_of(call.task, opts.get("compression") or (task.options.compression if task else None))
     headers = dict(headers)
     with producer_span(call.task, task_id, queue, headers):  # its trace context goes into the headers
-        return _message_enqueue(call, ctx, settings, task, Message(
-        id=task_id,
-        task=call.task,
-        args=args,
-        kwargs=kwargs,
-        queue=queue,
-        priority=priority,
-        retries=retries,
-        eta=eta,
-        expires=expires,
-        time_limit=hard,
-        soft_time_limit=soft,
-        ignore_result=opts.get("ignore_result"),
-        parent_id=opts.get("parent_id", ctx.parent_id),
-        root_id=opts.get("root_id", ctx.root_id or task_id),
-        group_id=opts.get("group_id", ctx.group_id),
-        links=links,
-        link_errors=errbacks,
-        chain=[s.to_dict() for s in ctx.chain_rest],
-        chord=ctx.chord,
-        headers=headers,
-        compression=compression,
-    ))  # fmt: skip
-
-
-def _message_enqueue(call: Call, ctx: Context, settings: Any, task: Any, message: Message) -> Enqueue:
-    """Encode (and size-check) one built message."""
-    task_id, queue, priority, eta = message.id, message.queue, message.priority, message.eta
+        message = Message(
+            id=task_id,
+            task=call.task,
+            args=args,
+            kwargs=kwargs,
+            queue=queue,
+            priority=priority,
+            retries=retries,
+            eta=eta,
+            expires=expires,
+            time_limit=hard,
+            soft_time_limit=soft,
+            ignore_result=opts.get("ignore_result"),
+            parent_id=opts.get("parent_id", ctx.parent_id),
+            root_id=opts.get("root_id", ctx.root_id or task_id),
+            group_id=opts.get("group_id", ctx.group_id),
+            links=links,
+            link_errors=errbacks,
+            chain=[s.to_dict() for s in ctx.chain_rest],
+            chord=ctx.chord,
+            headers=headers,
+            compression=compression,
+        )
     raw, size = encode_sized(message)
     # Compressed or not, the worker holds the whole message: its size before compression counts too.
     if max(len(raw), size) > settings.max_payload_bytes:
