@@ -65,7 +65,7 @@ async def keys_memory(prefix: str) -> tuple[int, int]:
             total += sum(int(v or 0) for v in await pipe.execute())
         batch.clear()
 
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=2000):
+    async for key in redis.scan_iter(match=f"{{{prefix}}}:*", count=2000):
         batch.append(key)
         count += 1
         if len(batch) >= 2000:
@@ -137,7 +137,7 @@ async def main(jobs: int) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        leftovers = [k async for k in broker.redis.scan_iter(match=f"{prefix}:*", count=5000)]
+        leftovers = [k async for k in broker.redis.scan_iter(match=f"{{{prefix}}}:*", count=5000)]
         for start in range(0, len(leftovers), 5000):
             await broker.redis.delete(*leftovers[start : start + 5000])
         await close_quietly(broker)

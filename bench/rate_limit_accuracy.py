@@ -114,7 +114,7 @@ async def main(jobs: int, workers: int) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        keys = [k async for k in broker.redis.scan_iter(match=f"{prefix}:*", count=1000)]
+        keys = [k async for k in broker.redis.scan_iter(match=f"{{{prefix}}}:*", count=1000)]
         if keys:
             await broker.redis.delete(*keys)
         await close_quietly(broker)

@@ -262,16 +262,16 @@ def plant_bad_entries(port: int, prefix: str, ids: list[str]) -> list[str]:
     """Entries the engine's own code never writes, as a bug, an operator or a partial restore might:
     each must be quarantined (a dead letter), never stop a worker. Returns the ids to look for."""
     client = sync_redis.Redis(port=port)
-    client.set(f"{prefix}:msg:poison-no-place", b"{}")
-    client.zadd(f"{prefix}:delayed", {"poison-no-place": 1})
-    client.hset(f"{prefix}:dq", "poison-no-place", "no separator here")
-    client.zadd(f"{prefix}:q:default", {"poison-lost-message": 1})  # queued, but its message is gone
-    client.set(f"{prefix}:msg:poison-wrong-type-msg", b"x")
-    client.delete(f"{prefix}:msg:poison-wrong-type-msg")
-    client.rpush(f"{prefix}:msg:poison-wrong-type-msg", b"a list, not a message")
-    client.zadd(f"{prefix}:q:default", {"poison-wrong-type-msg": 2})
-    client.hset(f"{prefix}:rate-limits", "soak.work", "not json")  # must be ignored, not fatal
-    client.set(f"{prefix}:res:{ids[len(ids) // 3]}", "a string where a result hash belongs")  # repaired
+    client.set(f"{{{prefix}}}:msg:poison-no-place", b"{}")
+    client.zadd(f"{{{prefix}}}:delayed", {"poison-no-place": 1})
+    client.hset(f"{{{prefix}}}:dq", "poison-no-place", "no separator here")
+    client.zadd(f"{{{prefix}}}:q:default", {"poison-lost-message": 1})  # queued, but its message is gone
+    client.set(f"{{{prefix}}}:msg:poison-wrong-type-msg", b"x")
+    client.delete(f"{{{prefix}}}:msg:poison-wrong-type-msg")
+    client.rpush(f"{{{prefix}}}:msg:poison-wrong-type-msg", b"a list, not a message")
+    client.zadd(f"{{{prefix}}}:q:default", {"poison-wrong-type-msg": 2})
+    client.hset(f"{{{prefix}}}:rate-limits", "soak.work", "not json")  # must be ignored, not fatal
+    client.set(f"{{{prefix}}}:res:{ids[len(ids) // 3]}", "a string where a result hash belongs")  # repaired
     client.close()
     return ["poison-no-place", "poison-lost-message", "poison-wrong-type-msg"]
 

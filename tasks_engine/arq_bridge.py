@@ -19,9 +19,11 @@ from redis.connection import parse_url
 
 from tasks_engine.config import get_settings
 from tasks_engine.context import Hook
-from tasks_engine.exceptions import TaskDefinitionError
+from tasks_engine.exceptions import EngineConfigurationError, TaskDefinitionError
 from tasks_engine.logs import configure_logging
 from tasks_engine.messages import arq_job_deserializer, arq_job_serializer
+from tasks_engine.redis_url import parse_redis_url
+from tasks_engine.store.keys import Keys
 from tasks_engine.worker import Worker
 
 #: arq settings the engine sets itself: overriding one would leave a worker that runs no job.
@@ -31,9 +33,26 @@ ENGINE_OWNED = frozenset({
 })  # fmt: skip
 
 
-def arq_redis_settings(url: str) -> RedisSettings:
+def arq_redis_settings(url: str, cluster: bool = False) -> RedisSettings:
     """arq's ``RedisSettings`` for ``url``, parsed by redis-py: arq's own ``from_dsn`` drops the ``ssl_*``
-    query options (so a private CA cannot be trusted) and does not unquote the username and password."""
+    query options (so a private CA cannot be trusted) and does not unquote the username and password.
+    A Sentinel URL becomes arq's ``RedisSettings(sentinel=True, …)``; arq has no Cluster client."""
+    target = parse_redis_url(url, cluster=cluster)
+    if target.mode == "cluster":
+        raise EngineConfigurationError(
+            "arq's CLI cannot run on a Redis Cluster (arq has no Cluster client): "
+            "start workers with `tasks-engine worker` instead"
+        )
+    if target.mode == "sentinel":
+        return RedisSettings(
+            host=list(target.hosts),
+            sentinel=True,
+            sentinel_master=target.master,
+            database=target.db,
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+        )
     scheme = url.partition("://")[0]
     opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
     return RedisSettings(
@@ -83,6 +102,7 @@ def worker_settings(
         importlib.import_module(module)
     settings = get_settings()
     consumed = queues or [queue or settings.default_queue]
+    keys = Keys(settings.key_prefix)
 
     async def engine_startup(ctx: dict[str, Any]) -> None:
         configure_logging()
@@ -115,9 +135,9 @@ def worker_settings(
         "functions": [_arq_ping],
         "on_startup": engine_startup,
         "on_shutdown": engine_shutdown,
-        "redis_settings": arq_redis_settings(settings.redis_url.get_secret_value()),
-        "queue_name": f"{settings.key_prefix}:arq",
-        "health_check_key": f"{settings.key_prefix}:arq:health-check",
+        "redis_settings": arq_redis_settings(settings.redis_url.get_secret_value(), settings.redis_cluster),
+        "queue_name": keys.arq_queue,
+        "health_check_key": keys.arq_health,
         # arq writes this key every interval with a TTL one second longer: short, so `arq ... --check`
         # fails within seconds of the worker process dying (arq's default keeps it an hour).
         "health_check_interval": max(2, int(settings.lease_seconds)),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks_engine.redis_url import RedisTarget, RedisURLError, parse_redis_url
 
 
 class EngineSettings(BaseSettings):
@@ -18,9 +20,19 @@ class EngineSettings(BaseSettings):
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
         validation_alias=AliasChoices("REDIS_URL", "TE_REDIS_URL"),
-        description="Redis DSN; may carry a password / ACL user, or use rediss:// for TLS.",
+        description="Redis DSN (redis://, rediss:// for TLS, redis+sentinel://, redis+cluster://: see redis_url.py).",
     )
-    key_prefix: str = Field(default="te", description="Prefix of every key: lets apps share a Redis.")
+    redis_cluster: bool = Field(default=False, description="A plain redis:// URL names a node of a Redis Cluster.")
+    replica_acks: int = Field(
+        default=0,
+        ge=0,
+        description="delay() and completions return only once this many replicas have the write (WAIT).",
+    )
+    replica_ack_timeout: float = Field(default=2.0, gt=0, description="Seconds to wait for replica_acks replicas.")
+    key_prefix: str = Field(
+        default="te",
+        description="Prefix of every key: lets apps share a Redis. Keys live under the hash tag {<prefix>}.",
+    )
     redis_socket_timeout: float = Field(
         default=10.0, gt=0, description="Seconds any one Redis command may take before it counts as an outage."
     )
@@ -72,6 +84,31 @@ class EngineSettings(BaseSettings):
         default=None, description="HMAC key; when set, unsigned messages are rejected."
     )
 
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_fits_a_hash_tag(cls, value: str) -> str:
+        if not value or any(c in value for c in "{}*?[]\\ ") or any(ord(c) < 33 for c in value):
+            raise ValueError(
+                f"key_prefix {value!r} must be non-empty, without braces, spaces or glob characters "
+                "(the engine puts it in a hash tag {<prefix>} itself)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _redis_url_is_readable(self) -> EngineSettings:
+        target = self.redis_target
+        if self.replica_acks and target.mode == "cluster":
+            raise ValueError("replica_acks is not supported on Redis Cluster (WAIT would not reach the key's primary)")
+        return self
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        """Where Redis is (one server, Sentinel or Cluster), parsed from ``redis_url``."""
+        try:
+            return parse_redis_url(self.redis_url.get_secret_value(), cluster=self.redis_cluster)
+        except RedisURLError as exc:
+            raise ValueError(str(exc)) from None
+
 
 _settings: EngineSettings | None = None
 
@@ -103,5 +140,8 @@ def redacted_url(settings: EngineSettings | None = None) -> str:
         user = creds.split(":", 1)[0]
         rest = f"{user + ':' if user else ''}***@{host}"
     if query:
-        query = "&".join("password=***" if part.lower().startswith("password=") else part for part in query.split("&"))
+        query = "&".join(
+            f"{part.partition('=')[0]}=***" if part.partition("=")[0].lower().endswith("password") else part
+            for part in query.split("&")
+        )
     return f"{scheme}{sep}{rest}{qmark}{query}"

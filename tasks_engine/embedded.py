@@ -50,6 +50,8 @@ def ensure_redis(url: str | None = None, workdir: str | Path = "var/redis") -> s
     """Return ``url`` once a Redis answers there, starting an embedded one on a local address if needed
     (its data in ``<workdir>/<port>``: one directory per port, so two embedded servers never share one)."""
     url = url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if "+" in url.partition("://")[0]:
+        return url  # Sentinel or Cluster: several servers the operator runs, never one started here
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
     if _answers(host, port):

@@ -128,3 +128,8 @@ class EngineConfigurationError(TasksEngineError):
 
 class EngineConnectionError(TasksEngineError, ConnectionError):
     """Redis could not be reached within the configured bound."""
+
+
+class NotReplicatedError(TasksEngineError):
+    """Fewer replicas than ``replica_acks`` confirmed a write in time: it is on the primary only, and a
+    failover now could lose it. Sent again with the same task id, it stays one queue entry."""

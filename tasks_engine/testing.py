@@ -58,7 +58,7 @@ async def tasks_engine_worker() -> AsyncIterator[Worker]:
     finally:
         await worker.stop(grace=5)
         broker = get_broker()
-        keys = [key async for key in broker.redis.scan_iter(match=f"{settings.key_prefix}:*", count=1000)]
+        keys = [key async for key in broker.redis.scan_iter(match=broker.keys.everything, count=1000)]
         if keys:
             await broker.redis.delete(*keys)
         await broker.close()

@@ -57,7 +57,7 @@ async def engine(prefix: str, sync_client: sync_redis.Redis) -> AsyncIterator[En
     yield settings
     broker = get_broker()
     await broker.close()
-    keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
     if keys:
         sync_client.delete(*keys)
 
@@ -111,7 +111,7 @@ def spawn_worker(
     ) -> subprocess.Popen[bytes]:
         # Wait for a worker key that was not there before (a count could be fooled by a dead worker's
         # key expiring meanwhile).
-        before = set(sync_client.scan_iter(f"{prefix}:worker:*"))
+        before = set(sync_client.scan_iter(f"{{{prefix}}}:worker:*"))
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", imports, *args],
@@ -124,7 +124,7 @@ def spawn_worker(
         procs.append(proc)
         if wait:
             deadline = time.monotonic() + 20
-            while not set(sync_client.scan_iter(f"{prefix}:worker:*")) - before:
+            while not set(sync_client.scan_iter(f"{{{prefix}}}:worker:*")) - before:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     log_text = (tmp_path / f"worker-{len(procs) - 1}.log").read_text()
                     raise RuntimeError(f"worker did not start: {log_text}")

@@ -14,7 +14,7 @@ from tasks_engine.config import get_settings
 
 def note(kind: str, **data: Any) -> None:
     client = redis.Redis.from_url(get_settings().redis_url.get_secret_value())
-    client.rpush(f"{get_settings().key_prefix}:hook-log", orjson.dumps({"kind": kind, **data}, default=str))
+    client.rpush(f"{{{get_settings().key_prefix}}}:hook-log", orjson.dumps({"kind": kind, **data}, default=str))
     client.close()
 
 

@@ -43,7 +43,7 @@ async def release(prefix: str, sync_client: sync_redis.Redis) -> None:
     """Dispose database engines, close Redis and delete the test's keys."""
     await dispose_engines()
     await close_broker()
-    keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
     if keys:
         sync_client.delete(*keys)
 

@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "context": 0,
     "version": 0,
     "embedded": 0,
+    "redis_url": 0,
     # L1: the vocabulary: messages, arguments, task definitions and routing, grammars, record format
     "arguments": 1,
     "validation": 1,
@@ -205,7 +206,7 @@ def test_modules_stay_small() -> None:
 def test_lua_scripts_ship_as_package_data() -> None:
     from tasks_engine.store.scripts import SCRIPTS, lua
 
-    on_disk = {p.stem for p in (PACKAGE / "store" / "lua").glob("*.lua")} - {"lib"}
+    on_disk = {p.stem for p in (PACKAGE / "store" / "lua").glob("*.lua")} - {"lib", "keys"}
     assert on_disk == set(SCRIPTS)
     assert "local function te_enqueue" in lua("enqueue")  # the shared library is prepended
     assert "local function te_enqueue" not in lua("purge")  # only where a script asks for it

@@ -92,7 +92,7 @@ def bad_worker(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
         )
     client = sync_redis.Redis.from_url(REDIS_URL)
     deadline = time.monotonic() + 40
-    while not list(client.scan_iter(f"{PREFIX}:worker:*")):
+    while not list(client.scan_iter(f"{{{PREFIX}}}:worker:*")):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             proc.wait()
@@ -105,7 +105,7 @@ def bad_worker(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    keys = list(client.scan_iter(match=f"{PREFIX}:*", count=1000))
+    keys = list(client.scan_iter(match=f"{{{PREFIX}}}:*", count=1000))
     if keys:
         client.delete(*keys)
     client.close()
@@ -128,7 +128,7 @@ async def client(bad_worker: subprocess.Popen[bytes]) -> AsyncIterator[subproces
 
 async def _keys(prefix: str) -> list[str]:
     broker = get_broker()
-    return sorted([k.decode() async for k in broker.redis.scan_iter(match=f"{prefix}:*")])
+    return sorted([k.decode() async for k in broker.redis.scan_iter(match=f"{{{prefix}}}:*")])
 
 
 async def _dead_entries() -> list[dict[str, Any]]:

@@ -118,7 +118,7 @@ def test_view_lists_entries_with_next_run_in_the_configured_timezone():
 def test_arq_worker_settings_runs_the_jobs_packages_periodic_entries(prefix, sync_client, tmp_path):
     """`arq settings.WorkerSettings` from the repository root schedules settings.BEAT_SCHEDULE."""
     long_ago = int((time.time() - 3 * 86_400) * 1000)
-    sync_client.set(f"{prefix}:beat-last:cleanup-old-reports", long_ago)
+    sync_client.set(f"{{{prefix}}}:beat-last:cleanup-old-reports", long_ago)
     env = worker_env(
         prefix,
         TE_BEAT_ENABLED="true",
@@ -136,7 +136,7 @@ def test_arq_worker_settings_runs_the_jobs_packages_periodic_entries(prefix, syn
         deadline = time.monotonic() + 30
         found = []
         while time.monotonic() < deadline and not found:
-            found = [k.decode() for k in sync_client.scan_iter(f"{prefix}:res:beat:cleanup-old-reports:*")]
+            found = [k.decode() for k in sync_client.scan_iter(f"{{{prefix}}}:res:beat:cleanup-old-reports:*")]
             time.sleep(0.2)
         assert found, "the jobs package's periodic entry did not run under arq"
         state_deadline = time.monotonic() + 15
@@ -147,5 +147,5 @@ def test_arq_worker_settings_runs_the_jobs_packages_periodic_entries(prefix, syn
         proc.terminate()
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out.decode()[-2000:]
-    for key in sync_client.scan_iter(f"{prefix}:*"):
+    for key in sync_client.scan_iter(f"{{{prefix}}}:*"):
         sync_client.delete(key)

@@ -668,5 +668,5 @@ async def test_chord_of_10000_headers(engine, spawn_worker, prefix):
 
 async def _workers_up(prefix: str, procs: list[subprocess.Popen[bytes]]) -> bool:
     broker = get_broker()
-    keys = [k.decode() async for k in broker.redis.scan_iter(match=f"{prefix}:worker:*", count=10_000)]
+    keys = [k.decode() async for k in broker.redis.scan_iter(match=f"{{{prefix}}}:worker:*", count=10_000)]
     return all(any(f"-{p.pid}-" in k for k in keys) for p in procs)

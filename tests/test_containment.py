@@ -175,7 +175,7 @@ async def test_forged_deeply_nested_message_with_signing_on_is_dead_lettered(pre
 # ---------------------------------------------------------------- bad entries never stop a worker
 async def test_bad_entries_in_redis_are_quarantined_and_the_worker_goes_on(engine, spawn_worker, sync_client, prefix):
     spawn_worker(imports=IMPORTS)
-    p = prefix
+    p = "{" + prefix + "}"
     # a queued id that is not UTF-8, with a message
     sync_client.set(f"{p}:msg:".encode() + b"\xff\xfe", b"{}")
     sync_client.zadd(f"{p}:q:default", {b"\xff\xfe": 1})
@@ -197,7 +197,7 @@ async def test_bad_entries_in_redis_are_quarantined_and_the_worker_goes_on(engin
     await wait_for(lambda: _any_reason("UTF-8"), 10)
     assert not sync_client.hexists(f"{p}:rate-limits", "demo.add")  # unreadable: dropped, the declared limit applies
     await still_works()
-    await _assert_healthy(sync_client, p)
+    await _assert_healthy(sync_client, prefix)
 
 
 async def _any_reason(text: str) -> bool:
@@ -213,7 +213,7 @@ async def _has(coro: Any, key: str) -> bool:
 
 
 async def _assert_healthy(sync_client: sync_redis.Redis, prefix: str) -> None:
-    beats = [json.loads(sync_client.get(k)) for k in sync_client.scan_iter(f"{prefix}:worker:*")]
+    beats = [json.loads(sync_client.get(k)) for k in sync_client.scan_iter(f"{{{prefix}}}:worker:*")]
     assert beats and all(b["healthy"] for b in beats), beats
     assert all(set(b["loops"].values()) == {"ok"} for b in beats)
 
@@ -287,7 +287,7 @@ async def test_transient_out_of_memory_does_not_kill_heartbeat_or_loops(prefix, 
 
 
 async def _worker_key(client: sync_redis.Redis, prefix: str) -> bool:
-    return bool(list(client.scan_iter(f"{prefix}:worker:*")))
+    return bool(list(client.scan_iter(f"{{{prefix}}}:worker:*")))
 
 
 async def test_worker_refuses_a_redis_that_may_evict(prefix, tmp_path):

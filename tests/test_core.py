@@ -303,9 +303,9 @@ async def test_two_apps_share_one_redis_by_key_prefix(engine, spawn_worker, sync
         r_b = await t.add.delay(2, 2)
         await asyncio.sleep(1.0)
         assert await r_b.state() == states.PENDING  # nobody consumes app B's queue
-        assert sync_client.zscore(f"{other}:q:default", r_b.id) is not None
+        assert sync_client.zscore(f"{{{other}}}:q:default", r_b.id) is not None
     finally:
         await broker_of().close()
-        for key in sync_client.scan_iter(f"{other}:*"):
+        for key in sync_client.scan_iter(f"{{{other}}}:*"):
             sync_client.delete(key)
         configure(engine)

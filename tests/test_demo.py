@@ -54,7 +54,7 @@ def test_tasks_engine_demo_runs_every_job_kind(prefix, tmp_path, sync_client: sy
             timeout=120,
         )
     finally:
-        keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
+        keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
         if keys:
             sync_client.delete(*keys)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -83,7 +83,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
             )
     try:
         deadline = time.monotonic() + 30
-        while len(list(client.scan_iter(f"{prefix}:worker:*"))) < 2:
+        while len(list(client.scan_iter(f"{{{prefix}}}:worker:*"))) < 2:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"cluster workers did not start: {[f.read_text() for f in logs.iterdir()]}")
             time.sleep(0.05)
@@ -92,7 +92,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
         for proc in procs:
             proc.kill()
             proc.wait()
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        keys = list(client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
         if keys:
             client.delete(*keys)
         client.close()
@@ -111,7 +111,7 @@ async def on_cluster(
     )
     yield cluster
     await get_broker().close()
-    keys = [k for k in sync_client.scan_iter(match=f"{prefix}:*", count=1000) if b":worker:" not in k]
+    keys = [k for k in sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000) if b":worker:" not in k]
     if keys:
         sync_client.delete(*keys)
     assert all(p.poll() is None for p in procs), "a shared worker process died"
@@ -666,7 +666,7 @@ async def test_arq_worker_settings_runs_default_queue(engine, prefix, sync_clien
 
         async def registered() -> bool:
             assert proc.poll() is None, proc.stdout.read().decode()  # type: ignore[union-attr]
-            return bool(list(sync_client.scan_iter(f"{prefix}:worker:*")))
+            return bool(list(sync_client.scan_iter(f"{{{prefix}}}:worker:*")))
 
         await wait_until(registered, 20, "the arq-hosted worker")
         assert await (await t.add.delay(2, 3)).get(timeout=5) == 5

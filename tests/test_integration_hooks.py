@@ -107,7 +107,7 @@ async def test_hooks_run_in_addition_to_the_engine_and_tasks_see_the_context(
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out.decode()[-3000:]
     assert (marks / "stopped").read_text() == "hello from the pool"  # after the last job drained
-    for key in sync_client.scan_iter(f"{prefix}:*"):
+    for key in sync_client.scan_iter(f"{{{prefix}}}:*"):
         sync_client.delete(key)
 
 

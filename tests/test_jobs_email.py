@@ -343,7 +343,7 @@ async def test_password_never_in_logs_or_results(app, spawn_worker, sync_client,
     assert b"smtp connect" in log_text and b"username=smtp-user" in log_text  # DEBUG lines were written
     captured = capfd.readouterr()
     everything = [log_text, captured.out.encode(), captured.err.encode()]
-    for key in sync_client.scan_iter(match=f"{prefix}:*", count=1000):
+    for key in sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000):
         kind = sync_client.type(key)
         if kind == b"hash":
             everything.extend(v for kv in sync_client.hgetall(key).items() for v in kv)

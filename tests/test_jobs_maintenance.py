@@ -149,7 +149,7 @@ async def test_beat_schedule_in_settings_runs_the_maintenance_jobs(prefix, sync_
     (reports / "ancient.csv").write_text("x")
     os.utime(reports / "ancient.csv", (time.time() - 30 * 86_400,) * 2)
     for entry in ("cleanup-expired-results", "cleanup-old-reports", "daily-task-summary"):
-        sync_client.set(f"{prefix}:beat-last:{entry}", 0)  # last run: long ago
+        sync_client.set(f"{{{prefix}}}:beat-last:{entry}", 0)  # last run: long ago
     env = worker_env(
         prefix,
         TE_BEAT_ENABLED="true",
@@ -176,7 +176,7 @@ async def test_beat_schedule_in_settings_runs_the_maintenance_jobs(prefix, sync_
                 time.sleep(0.1)
             fired = {}
             while len(fired) < 3 and time.monotonic() < deadline:
-                for key in sync_client.scan_iter(match=f"{prefix}:res:beat:*"):
+                for key in sync_client.scan_iter(match=f"{{{prefix}}}:res:beat:*"):
                     state = sync_client.hget(key, "state")
                     if state == b"SUCCESS":
                         fired[key.decode().split(":")[3]] = key
@@ -188,6 +188,6 @@ async def test_beat_schedule_in_settings_runs_the_maintenance_jobs(prefix, sync_
     assert set(fired) == {"cleanup-expired-results", "cleanup-old-reports", "daily-task-summary"}
     assert not (reports / "ancient.csv").exists()
     assert sink.handler.to("boss@example.com")[0].message["Subject"].startswith("每日任务汇总")
-    keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
     if keys:
         sync_client.delete(*keys)

@@ -45,7 +45,7 @@ async def cleanup(prefix, sync_client) -> AsyncIterator[None]:
     yield
     await dispose_engines()
     await close_broker()
-    keys = list(sync_client.scan_iter(match=f"{prefix}:*", count=1000))
+    keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
     if keys:
         sync_client.delete(*keys)
 
@@ -178,7 +178,7 @@ async def test_soft_time_limit_removes_partial_file(prefix, tmp_path, cleanup, b
     temp_before = set(glob.glob(os.path.join(tempfile.gettempdir(), "openpyxl.*")))
     w = await start_worker()
     try:
-        r = await generate_report_task.apply_async(("orders", {"format": fmt}), soft_time_limit=0.7, time_limit=60)
+        r = await generate_report_task.apply_async(("orders", {"format": fmt}), soft_time_limit=0.25, time_limit=60)
         saw_part = False
         deadline = time.monotonic() + 60
         while not await r.ready():

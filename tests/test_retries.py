@@ -500,7 +500,7 @@ async def test_retries_not_eaten_by_arq_max_tries(engine, sync_client, prefix, t
         )
     try:
         deadline = time.monotonic() + 20
-        while not list(sync_client.scan_iter(f"{prefix}:worker:*")):
+        while not list(sync_client.scan_iter(f"{{{prefix}}}:worker:*")):
             assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
             await asyncio.sleep(0.05)
         r = await many.delay("arq")

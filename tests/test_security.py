@@ -173,7 +173,7 @@ class Lab:
         client = sync_redis.Redis.from_url(handle.url)
         try:
             deadline = time.monotonic() + timeout
-            while not list(client.scan_iter(f"{handle.prefix}:worker:*")):
+            while not list(client.scan_iter(f"{{{handle.prefix}}}:worker:*")):
                 if handle.proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"{name} did not start:\n{handle.text()[-3000:]}")
                 time.sleep(0.05)
@@ -305,8 +305,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator
                 "alice",
                 "on",
                 f">{lab.acl_password}",
-                f"~{acl_prefix}:*",
-                f"&{acl_prefix}:*",
+                f"~{{{acl_prefix}}}:*",
+                f"&{{{acl_prefix}}}:*",
                 "+@all",
                 "-@dangerous",
                 "--user",
@@ -377,7 +377,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, redis_server: str) -> Iterator
         client = sync_redis.Redis.from_url(REDIS_URL)
         for name in ("signing", "arq"):
             if name in lab.procs:
-                keys = list(client.scan_iter(match=f"{lab.procs[name].prefix}:*", count=1000))
+                keys = list(client.scan_iter(match=f"{{{lab.procs[name].prefix}}}:*", count=1000))
                 if keys:
                     client.delete(*keys)
         client.close()
@@ -539,18 +539,18 @@ async def test_pickle_payloads_are_never_unpickled_by_a_worker_or_by_arq(lab, us
     job_id = f"bomb-{uuid.uuid4().hex[:6]}"
     try:
         client.set(f"arq:job:{job_id}", bomb, ex=60)
-        client.zadd(f"{arq.prefix}:arq", {job_id: int(time.time() * 1000)})
+        client.zadd(f"{{{arq.prefix}}}:arq", {job_id: int(time.time() * 1000)})
         deadline = time.monotonic() + 15
-        while client.zscore(f"{arq.prefix}:arq", job_id) is not None and time.monotonic() < deadline:
+        while client.zscore(f"{{{arq.prefix}}}:arq", job_id) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert client.zscore(f"{arq.prefix}:arq", job_id) is None, "arq never looked at the job"
+        assert client.zscore(f"{{{arq.prefix}}}:arq", job_id) is None, "arq never looked at the job"
     finally:
         client.delete(
             f"arq:job:{job_id}",
             f"arq:result:{job_id}",
             f"arq:in-progress:{job_id}",
             f"arq:retry:{job_id}",
-            f"{arq.prefix}:arq",
+            f"{{{arq.prefix}}}:arq",
         )
         client.close()
     time.sleep(0.3)

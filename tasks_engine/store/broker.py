@@ -24,7 +24,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from tasks_engine.clock import Backoff, now_iso, now_ms
 from tasks_engine.codec import dumps, loads
 from tasks_engine.config import EngineSettings, get_settings, redacted_url
-from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConnectionError
+from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConnectionError, NotReplicatedError
+from tasks_engine.store.connection import PubSubSource, async_client, sync_client
 from tasks_engine.store.keys import Keys
 from tasks_engine.store.scripts import SCRIPTS, lua
 from tasks_engine.store.views import Views
@@ -50,25 +51,38 @@ class Broker(Views):
         self.settings = settings
         self.prefix = settings.key_prefix
         self.keys = Keys(self.prefix)
-        self.redis: Redis = Redis.from_url(
-            settings.redis_url.get_secret_value(),
-            max_connections=200,
-            socket_connect_timeout=5,
-            socket_timeout=settings.redis_socket_timeout,  # a hung Redis is an outage, not a hang
-            health_check_interval=30,
+        self.cluster = settings.redis_target.mode == "cluster"
+        self.redis: Redis = cast(
+            "Redis",  # or a RedisCluster: the same commands, routed by key (see connection.py)
+            async_client(
+                settings,
+                max_connections=200,
+                socket_connect_timeout=5,
+                socket_timeout=settings.redis_socket_timeout,  # a hung Redis is an outage, not a hang
+                health_check_interval=30,
+            ),
         )
+        self.pubsub = PubSubSource(self.redis, settings)
         self.scripts: dict[str, AsyncScript] = {name: self.redis.register_script(lua(name)) for name in SCRIPTS}
-        self.waiter = ResultWaiter(self.redis, self.keys.done_channel)
+        self.static_keys = self.keys.static
+        self.base = self.keys.base
+        self.waiter = ResultWaiter(self.pubsub, self.keys.done_channel)
 
     def key(self, *parts: str) -> str:
         """A raw key under this prefix (tests and scripts that inspect Redis; the engine uses ``keys``)."""
-        return ":".join((self.prefix, *parts))
+        return ":".join((self.base, *parts))
+
+    def run(self, name: str, args: Sequence[Any], client: Any = None, extra_keys: Sequence[str] = ()) -> Any:
+        """Call one of the engine's scripts with the app's declared keys (see ``lua/keys.lua``)."""
+        keys = [*self.static_keys, *extra_keys] if extra_keys else self.static_keys
+        return self.scripts[name](keys=keys, args=args, client=client)
 
     def result_key(self, task_id: str) -> str:
         return self.keys.result(task_id)
 
     async def close(self) -> None:
         await self.waiter.close()
+        await self.pubsub.close()
         await self.redis.aclose()
 
     async def retrying(self, fn: Callable[[], Awaitable[T]], what: str) -> T:
@@ -88,7 +102,7 @@ class Broker(Views):
 
     # ------------------------------------------------------------ enqueue and plans
     def _enqueue_args(self, items: Sequence[Enqueue]) -> list[Any]:
-        argv: list[Any] = [self.prefix, now_ms()]
+        argv: list[Any] = [self.base, now_ms()]
         for item in items:
             argv.extend(item.argv())
         return argv
@@ -97,43 +111,43 @@ class Broker(Views):
         """Place messages (one script call, atomic by itself); returns how many were new."""
         if not items:
             return 0
-        return int(await self.scripts["enqueue"](args=self._enqueue_args(items)))
+        if self.settings.replica_acks:
+            return int(
+                await self.replicated(lambda conn: self.run("enqueue", args=self._enqueue_args(items), client=conn))
+            )
+        return int(await self.run("enqueue", args=self._enqueue_args(items)))
 
-    async def add_writes(self, pipe: Any, writes: Writes) -> None:
-        """Queue a plan's writes on ``pipe`` (a MULTI the caller executes)."""
-        ttl = self.settings.result_expires
-        for ch in writes.chords:
-            key = self.keys.chord(ch.id)
-            # HSETNX, field by field: planning the same chord again (its parent step re-delivered and
-            # completed twice) must not reset the count of parts already returned.
-            for name, value in (
-                ("total", ch.total),
-                ("body_id", ch.id),
-                ("count", 0),
-                ("body", dumps([e.stored() for e in ch.body])),
-                ("on_error", dumps([e.stored() for e in ch.on_error])),
-            ):
-                pipe.hsetnx(key, name, value)
-            pipe.expire(key, max(ttl, CHORD_MIN_TTL))
-        for group_id, tree in writes.groups:
-            pipe.set(self.keys.group(group_id), tree, ex=ttl)
-        if writes.enqueues:
-            await self.scripts["enqueue"](args=self._enqueue_args(writes.enqueues), client=pipe)
+    def plan_args(self, payload: bytes) -> list[Any]:
+        return [self.base, self.settings.result_expires, now_ms(), now_iso(), payload]
 
     async def write(self, writes: Writes) -> None:
-        """Write a plan atomically, retrying within ``enqueue_wait_seconds`` while Redis is away."""
+        """Write a plan atomically (one script), retrying within ``enqueue_wait_seconds`` while Redis is away."""
 
         async def attempt() -> None:
             if not writes.chords and not writes.groups:
-                # One script call is atomic by itself: no MULTI, and no SCRIPT EXISTS, which redis-py
-                # sends before every pipeline holding a script (delay() took 2 round trips, now 1).
+                # Plain messages: the enqueue script takes them without the plan's JSON round.
                 await self.enqueue(writes.enqueues)
-                return
-            async with self.redis.pipeline(transaction=True) as pipe:
-                await self.add_writes(pipe, writes)
-                await pipe.execute()
+            elif self.settings.replica_acks:
+                await self.replicated(lambda conn: self.run("plan", args=self.plan_args(writes.payload()), client=conn))
+            else:
+                await self.run("plan", args=self.plan_args(writes.payload()))
 
         await self.retrying(attempt, "enqueue")
+
+    async def replicated(self, write: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run ``write`` on one connection, then ``WAIT`` until ``replica_acks`` replicas have it (WAIT
+        counts the writes of its own connection only). Raises :class:`NotReplicatedError` when fewer
+        confirm in ``replica_ack_timeout``: the write is on the primary but may not survive a failover."""
+        wanted = self.settings.replica_acks
+        async with self.redis.client() as conn:
+            result = await write(conn)
+            wait_ms = int(self.settings.replica_ack_timeout * 1000)
+            acked = int(await conn.execute_command("WAIT", wanted, wait_ms))  # type: ignore[no-untyped-call]
+        if acked < wanted:
+            raise NotReplicatedError(
+                f"only {acked} of {wanted} replicas confirmed the write within {self.settings.replica_ack_timeout}s"
+            )
+        return result
 
     # ------------------------------------------------------------ consuming
     async def claim(
@@ -141,9 +155,10 @@ class Broker(Views):
     ) -> tuple[list[tuple[str, bytes, bool, int]], int | None]:
         """Take up to ``count`` jobs (best priority first across ``queues``): ``(id, raw, revoked, delivered)``
         each, and how many ms until the next deferred job is due (None: nothing deferred)."""
-        jobs, next_due, redis_now = await self.scripts["claim"](
+        jobs, next_due, redis_now = await self.run(
+            "claim",
             args=[
-                self.prefix,
+                self.base,
                 count,
                 lease_ms,
                 worker_id,
@@ -151,7 +166,7 @@ class Broker(Views):
                 now_iso(),
                 self.settings.result_expires,
                 *queues,
-            ]
+            ],
         )
         out = []
         for tid, raw, revoked, delivered in jobs:
@@ -164,7 +179,7 @@ class Broker(Views):
     async def quarantine(self, task_id: str | bytes, reason: str) -> None:
         """Take a job off the books for good: a dead letter and a FAILURE record with ``reason``."""
         log.error("job quarantined", task_id=repr(task_id) if isinstance(task_id, bytes) else task_id, reason=reason)
-        await self.scripts["quarantine"](args=[self.prefix, task_id, reason, now_iso(), self.settings.result_expires])
+        await self.run("quarantine", args=[self.base, task_id, reason, now_iso(), self.settings.result_expires])
 
     def wait_for_work(self, queues: Sequence[str], timeout: int = 1) -> Awaitable[Any]:
         """Block until a job is enqueued on one of ``queues`` (or ``timeout`` seconds)."""
@@ -172,14 +187,14 @@ class Broker(Views):
 
     async def requeue(self, ids: Sequence[str], worker_id: str) -> list[str]:
         """Put this worker's running jobs back in their queues at their place, without counting a retry."""
-        back = await self.scripts["requeue"](
-            args=[self.prefix, worker_id, "ids", now_iso(), self.settings.result_expires, *ids]
+        back = await self.run(
+            "requeue", args=[self.base, worker_id, "ids", now_iso(), self.settings.result_expires, *ids]
         )
         return [b.decode() for b in back]
 
     async def reap_expired(self) -> list[str]:
         """Requeue jobs whose lease ran out on Redis's clock (their worker died or was paused)."""
-        back = await self.scripts["requeue"](args=[self.prefix, "", "expired", now_iso(), self.settings.result_expires])
+        back = await self.run("requeue", args=[self.base, "", "expired", now_iso(), self.settings.result_expires])
         return [b.decode() for b in back]
 
     async def idempotent_result(self, task_id: str) -> bytes | None:
@@ -187,38 +202,22 @@ class Broker(Views):
 
     def control_messages(self) -> AsyncIterator[bytes]:
         """Broadcast commands to workers (JSON), as they are published."""
-        return messages(self.redis, self.keys.control_channel)
+        return messages(self.pubsub(), self.keys.control_channel)
 
     async def forget_worker(self, worker_id: str) -> None:
         await self.redis.delete(self.keys.worker(worker_id))
 
     # ------------------------------------------------------------ completions
-    async def add_chord_part(self, pipe: Any, part: ChordPart) -> None:
-        await self.scripts["chord_part"](
-            args=[
-                self.prefix,
-                part.chord_id,
-                part.task_id,
-                part.index,
-                "1" if part.ok else "0",
-                part.result_json,
-                part.error_text,
-                part.traceback,
-                now_ms(),
-                now_iso(),
-                self.settings.result_expires,
-            ],
-            client=pipe,
-        )
-
     async def commit(self, batch: Sequence[Completion]) -> list[str | BaseException]:
-        """Write ``batch`` in one MULTI, one ``complete.lua`` call per completion (each all-or-nothing and
-        fenced). Per entry: ``'ok'``, ``'stale'`` (not the lease holder: nothing written), ``'final'``
+        """Write ``batch`` in one round trip, one ``complete.lua`` call per completion (each all-or-nothing
+        and fenced). Per entry: ``'ok'``, ``'stale'`` (not the lease holder: nothing written), ``'final'``
         (already finished by another delivery: only acknowledged) or the error for that entry.
 
-        Raises what Redis raised when the whole transaction failed (the caller retries or splits)."""
+        With ``replica_acks``, returns once that many replicas have the batch (a shortfall is logged: the
+        jobs stay acknowledged on the primary, and a failover before they replicate runs them again).
+        Raises what Redis raised when the whole round failed (the caller retries or splits)."""
         script = self.scripts["complete"]
-        head: list[Any] = [self.prefix, self.settings.result_expires, now_ms(), now_iso()]
+        head: list[Any] = [self.base, self.settings.result_expires, now_ms(), now_iso()]
         out: list[str | BaseException | None] = [None] * len(batch)
         payloads: list[bytes | None] = [None] * len(batch)
         for index, completion in enumerate(batch):
@@ -227,11 +226,22 @@ class Broker(Views):
             except Exception as exc:  # noqa: BLE001 - one job's bad data must not sink the batch
                 out[index] = exc
         todo = [i for i, payload in enumerate(payloads) if payload is not None]
+        keys = self.static_keys
         for _ in range(2):  # a second round only after Redis lost its script cache (restart, flush)
-            async with self.redis.pipeline(transaction=True) as pipe:
+            # One MULTI on a single Redis; a Cluster has no MULTI across calls, and each call is atomic.
+            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
                 for i in todo:
-                    pipe.evalsha(script.sha, 0, *head, payloads[i])  # type: ignore[arg-type]
+                    pipe.evalsha(script.sha, len(keys), *keys, *head, payloads[i])  # type: ignore[arg-type]
+                if self.settings.replica_acks and todo:
+                    pipe.execute_command(
+                        "WAIT", self.settings.replica_acks, int(self.settings.replica_ack_timeout * 1000)
+                    )
                 replies = await pipe.execute(raise_on_error=False) if todo else []
+            if self.settings.replica_acks and todo:
+                acked, replies = replies[-1], replies[:-1]
+                if isinstance(acked, int) and acked < self.settings.replica_acks:
+                    log.warning("completions not confirmed by replicas", jobs=len(todo), replicas=acked,
+                                wanted=self.settings.replica_acks)  # fmt: skip
             missing = [i for i, r in zip(todo, replies, strict=True) if isinstance(r, NoScriptError)]
             for i, reply in zip(todo, replies, strict=True):
                 if not isinstance(reply, NoScriptError):
@@ -246,18 +256,9 @@ class Broker(Views):
         self, failed: list[tuple[str, dict[str, Any]]], writes: Writes, part: ChordPart | None
     ) -> None:
         """After a chord header failed: fail the steps after its body, plan its errbacks and report to an
-        enclosing chord, in one transaction."""
-        ttl = self.settings.result_expires
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for later_id, record in failed:
-                pipe.hset(self.keys.result(later_id), mapping=record)
-                pipe.expire(self.keys.result(later_id), ttl)
-                pipe.set(self.keys.revoked(later_id), "1", ex=ttl)
-                pipe.publish(self.keys.done_channel, later_id)
-            await self.add_writes(pipe, writes)
-            if part is not None:
-                await self.add_chord_part(pipe, part)
-            await pipe.execute()
+        enclosing chord, in one script."""
+        payload = writes.payload(failed, [part] if part is not None else [])
+        await self.run("plan", args=self.plan_args(payload))
 
     # ------------------------------------------------------------ control
     async def revoke(self, task_ids: Sequence[str], reason: str, terminate: bool) -> int:
@@ -268,8 +269,10 @@ class Broker(Views):
         for start in range(0, len(task_ids), 500):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for task_id in task_ids[start : start + 500]:
-                    await self.scripts["revoke"](
-                        args=[self.prefix, task_id, ttl, now_iso(), reason, "1" if terminate else "0"], client=pipe
+                    await self.run(
+                        "revoke",
+                        args=[self.base, task_id, ttl, now_iso(), reason, "1" if terminate else "0"],
+                        client=pipe,
                     )
                 removed += sum(int(n) for n in await pipe.execute())
         if terminate and task_ids:
@@ -280,7 +283,7 @@ class Broker(Views):
         """Install a runtime rate limit (``''`` = none) and put parked jobs back; returns how many."""
         released, first = 0, "1"
         while True:
-            batch = int(await self.scripts["replan_rate_limit"](args=[self.prefix, task_name, first, value]))
+            batch = int(await self.run("replan_rate_limit", args=[self.base, task_name, first, value]))
             released += batch
             first = "0"
             if batch < 1000:
@@ -291,15 +294,15 @@ class Broker(Views):
         ``items`` are (the stored entry, the message to enqueue). Returns how many were requeued."""
         requeued = 0
         for start in range(0, len(items), 200):
-            argv: list[Any] = [self.prefix, now_ms()]
+            argv: list[Any] = [self.base, now_ms()]
             for entry, item in items[start : start + 200]:
                 argv += [entry, item.id, item.raw, item.queue, item.priority]
-            requeued += int(await self.scripts["dead_requeue"](args=argv))
+            requeued += int(await self.run("dead_requeue", args=argv))
         return requeued
 
     async def purge(self, queue: str) -> int:
         """Delete every ready job of a queue with its message, atomically."""
-        return int(await self.scripts["purge"](args=[self.prefix, queue]))
+        return int(await self.run("purge", args=[self.base, queue]))
 
     async def eviction_policy(self) -> str | None:
         """Redis's ``maxmemory-policy``, or None where CONFIG is not allowed (managed services)."""
@@ -313,9 +316,10 @@ class Broker(Views):
     # ------------------------------------------------------------ beat
     async def beat_tick(self, entry: str, tick_ms: int, ttl: int, item: Enqueue) -> bool:
         """Claim one periodic tick and enqueue its job, atomically; False if another worker had it."""
-        won = await self.scripts["beat_tick"](
-            keys=[self.keys.beat_claim(entry, tick_ms), self.keys.beat_last(entry)],
-            args=[self.prefix, ttl, tick_ms, item.id, item.raw, item.queue, item.priority, now_ms()],
+        won = await self.run(
+            "beat_tick",
+            extra_keys=[self.keys.beat_claim(entry, tick_ms), self.keys.beat_last(entry)],
+            args=[self.base, ttl, tick_ms, item.id, item.raw, item.queue, item.priority, now_ms()],
         )
         return bool(won)
 
@@ -350,10 +354,10 @@ class Broker(Views):
         async for key in r.scan_iter(match=k.pattern("msg"), count=1000):
             batch.append(k.strip("msg", key))
             if len(batch) >= 200:
-                orphans += len(await self.scripts["sweep_orphans"](args=[self.prefix, now_iso(), *batch]))
+                orphans += len(await self.run("sweep_orphans", args=[self.base, now_iso(), *batch]))
                 batch.clear()
         if batch:
-            orphans += len(await self.scripts["sweep_orphans"](args=[self.prefix, now_iso(), *batch]))
+            orphans += len(await self.run("sweep_orphans", args=[self.base, now_iso(), *batch]))
         stale = 0
         keys: list[bytes] = []
 
@@ -409,8 +413,8 @@ class SyncHeartbeat:
     """The heartbeat thread's own (blocking) client: lease renewals and the worker's advertisement."""
 
     def __init__(self, settings: EngineSettings) -> None:
-        self.client = sync_redis.Redis.from_url(
-            settings.redis_url.get_secret_value(), socket_timeout=min(5.0, settings.redis_socket_timeout)
+        self.client = cast(
+            "sync_redis.Redis", sync_client(settings, socket_timeout=min(5.0, settings.redis_socket_timeout))
         )
         self.keys = Keys(settings.key_prefix)
         self.renew = self.client.register_script(lua("renew"))
@@ -419,7 +423,9 @@ class SyncHeartbeat:
              ) -> list[str]:  # fmt: skip
         """Renew the leases this worker still holds (on Redis's clock) and advertise the worker; returns
         the running ids revoked with ``terminate`` meanwhile."""
-        stop: list[bytes] = self.renew(args=[self.keys.prefix, worker_id, lease_ms, *running]) if running else []
+        stop: list[bytes] = (
+            self.renew(keys=self.keys.static, args=[self.keys.base, worker_id, lease_ms, *running]) if running else []
+        )
         self.client.set(self.keys.worker(worker_id), dumps(info), ex=ttl)
         return [i.decode() for i in stop]
 

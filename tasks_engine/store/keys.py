@@ -1,6 +1,12 @@
 """Every Redis key and channel the engine uses, in one place. Nothing outside ``store/`` spells one.
 
-Layout under ``<prefix>`` (``te`` by default, so two apps can share one Redis):
+Layout under ``{<prefix>}`` (``{te}`` by default, so two apps can share one Redis). The braces are a
+Redis Cluster hash tag: every key of one app hashes to one slot, so each script's keys live on one
+node (on a single Redis the braces are just characters). Until 0.x the keys had no braces; see the
+README's migration note and ``tasks-engine migrate-keys``.
+
+Every script receives ``STATIC_KEYS`` as its declared ``KEYS`` (see ``scripts.py``); the per-job keys
+a script finds while it runs (the ids it pops from a queue) carry the same hash tag.
 
 ``seq``                 counter: enqueue sequence, the FIFO part of a queue score.
 ``q:<queue>``           zset of ready job ids, score = priority * 1e12 + seq: the lowest score is the
@@ -31,6 +37,7 @@ Layout under ``<prefix>`` (``te`` by default, so two apps can share one Redis):
 ``dead``                list of dead letters (JSON), newest first, capped.
 ``failed``              zset id -> time (ms) of jobs that failed for good: the last 10,000 within the TTL.
 ``jobs:…``              the application's own keys (``Keys.app``), under the same prefix.
+``arq``, ``arq:health-check``  arq's own queue and health key under ``arq settings.WorkerSettings``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEAD_LETTERS_KEPT = 10_000
+#: Names of the keys every script declares (``KEYS[1..n]``), in this order (``lua/keys.lua``).
+STATIC_KEYS = ("seq", "delayed", "dq", "active", "inflight", "dead", "failed", "rate-limits")
 
 
 def beat_task_id(entry: str, tick_ms: int) -> str:
@@ -47,12 +56,31 @@ def beat_task_id(entry: str, tick_ms: int) -> str:
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names for one prefix. Lua scripts receive the prefix and build the same names."""
+    """Key names for one prefix. Lua scripts receive ``base`` and build the same per-job names."""
 
     prefix: str
 
+    @property
+    def base(self) -> str:
+        """``{<prefix>}``: the hash tag every key of this app starts with."""
+        return f"{{{self.prefix}}}"
+
     def _k(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+        return ":".join((self.base, *parts))
+
+    @property
+    def static(self) -> list[str]:
+        """The keys every script declares, in the order ``lua/keys.lua`` names them."""
+        return [self._k(name) for name in STATIC_KEYS]
+
+    @property
+    def everything(self) -> str:
+        """A SCAN pattern matching every key of this app."""
+        return self._k("*")
+
+    def legacy(self) -> str:
+        """A SCAN pattern for the keys of the layout before hash tags (``<prefix>:…``)."""
+        return f"{self.prefix}:*"
 
     def queue(self, queue: str) -> str:
         return self._k("q", queue)
@@ -126,6 +154,15 @@ class Keys:
     @property
     def control_channel(self) -> str:
         return self._k("control")
+
+    @property
+    def arq_queue(self) -> str:
+        """arq's own queue under ``arq settings.WorkerSettings`` (it only ever holds health probes)."""
+        return self._k("arq")
+
+    @property
+    def arq_health(self) -> str:
+        return self._k("arq", "health-check")
 
     # Patterns for scans.
     def pattern(self, kind: str, *rest: str) -> str:

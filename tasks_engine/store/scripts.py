@@ -1,7 +1,8 @@
 """The engine's Lua scripts, kept as package data in ``store/lua/``.
 
-A script whose first line is ``-- uses: lib`` gets ``lib.lua`` (the shared enqueue helper) put in
-front of it when loaded, so the helper is written once and every script runs it the same way.
+Every script gets ``keys.lua`` (the names of its declared ``KEYS``) put in front of it, and a script
+whose first line is ``-- uses: lib`` gets ``lib.lua`` (the shared helpers) too, so each is written once
+and every script runs it the same way.
 """
 
 from __future__ import annotations
@@ -13,12 +14,17 @@ _LIB_MARK = "-- uses: lib"
 
 
 @cache
+def _source(name: str) -> str:
+    return resources.files("tasks_engine.store").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+@cache
 def lua(name: str) -> str:
-    """The source of ``lua/<name>.lua``, with the shared library prepended when it asks for it."""
-    text = resources.files("tasks_engine.store").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    """The source of ``lua/<name>.lua`` as loaded: the key names, the library when it asks for it."""
+    text = _source(name)
     if text.startswith(_LIB_MARK):
-        return lua("lib") + text[len(_LIB_MARK) :]
-    return text
+        text = _source("lib") + text[len(_LIB_MARK) :]
+    return _source("keys") + text
 
 
 SCRIPTS = (
@@ -35,4 +41,5 @@ SCRIPTS = (
     "renew",
     "quarantine",
     "dead_requeue",
+    "plan",
 )

@@ -23,6 +23,7 @@ class Views:
     redis: Redis
     keys: Keys
     settings: EngineSettings
+    cluster: bool  # a Redis Cluster has no MULTI across commands (each one is atomic by itself)
 
     # ------------------------------------------------------------ result records
     async def record(self, task_id: str) -> dict[bytes, bytes]:
@@ -53,7 +54,7 @@ class Views:
 
     async def store_state(self, task_id: str, state: str, meta: Any) -> None:
         key = self.keys.result(task_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self.redis.pipeline(transaction=not self.cluster) as pipe:
             pipe.hset(key, mapping={"state": state, "meta": dumps(meta).decode()})
             pipe.expire(key, self.settings.result_expires)
             await pipe.execute()

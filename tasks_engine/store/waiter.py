@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 from redis.asyncio import Redis
@@ -34,8 +34,8 @@ async def messages(redis: Redis, channel: str, ready: asyncio.Event | None = Non
 class ResultWaiter:
     """Finished ids arrive on the ``done`` channel; each wakes exactly the futures registered for it."""
 
-    def __init__(self, redis: Redis, channel: str) -> None:
-        self.redis = redis
+    def __init__(self, source: Callable[[], Redis], channel: str) -> None:
+        self.source = source  # a client to subscribe with (on a Cluster, a node: see connection.py)
         self.channel = channel
         self.waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -51,7 +51,7 @@ class ResultWaiter:
 
     async def _listen(self, ready: asyncio.Event) -> None:
         try:
-            async for data in messages(self.redis, self.channel, ready):
+            async for data in messages(self.source(), self.channel, ready):
                 for fut in self.waiters.pop(data.decode(errors="replace"), ()):
                     if not fut.done():
                         fut.set_result(None)

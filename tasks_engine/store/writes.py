@@ -65,6 +65,30 @@ class Writes:
     def __bool__(self) -> bool:
         return bool(self.enqueues or self.chords or self.groups)
 
+    def fields(
+        self, later: list[tuple[str, dict[str, Any]]] | None = None, parts: list[ChordPart] | None = None
+    ) -> dict[str, Any]:
+        """The plan part of the JSON ``te_apply`` in ``lua/lib.lua`` reads."""
+        return {
+            "later": [[i, _strings(r)] for i, r in later or ()],
+            "chords": [
+                [ch.id, ch.total, _json([e.stored() for e in ch.body]), _json([e.stored() for e in ch.on_error])]
+                for ch in self.chords
+            ],
+            "groups": [[g, tree.decode()] for g, tree in self.groups],
+            "enqueues": [e.stored_nx() for e in self.enqueues],
+            "parts": [
+                [c.chord_id, c.task_id, c.index, "1" if c.ok else "0", c.result_json, c.error_text, c.traceback]
+                for c in parts or ()
+            ],
+        }
+
+    def payload(
+        self, later: list[tuple[str, dict[str, Any]]] | None = None, parts: list[ChordPart] | None = None
+    ) -> bytes:
+        """The JSON ``lua/plan.lua`` reads: this plan, steps that will never run, chord parts."""
+        return orjson.dumps(self.fields(later, parts))
+
 
 @dataclass
 class Completion:
@@ -93,33 +117,25 @@ class Completion:
     def payload(self) -> bytes:
         """The JSON ``lua/complete.lua`` reads (every record value as a string)."""
 
-        def fields(record: dict[str, Any]) -> dict[str, str]:
-            return {k: v if isinstance(v, str) else str(v) for k, v in record.items()}
-
         return orjson.dumps(
             {
                 "id": self.task_id,
                 "token": self.token,
                 "worker": self.worker,
-                "record": None if self.record is None else fields(self.record),
+                "record": None if self.record is None else _strings(self.record),
                 "clear": self.clear_exception,
                 "final": self.final,
-                "later": [[i, fields(r)] for i, r in self.failed_later],
-                "chords": [
-                    [ch.id, ch.total, _json([e.stored() for e in ch.body]), _json([e.stored() for e in ch.on_error])]
-                    for ch in self.writes.chords
-                ],
-                "groups": [[g, tree.decode()] for g, tree in self.writes.groups],
-                "enqueues": [e.stored_nx() for e in self.writes.enqueues],
-                "parts": [
-                    [c.chord_id, c.task_id, c.index, "1" if c.ok else "0", c.result_json, c.error_text, c.traceback]
-                    for c in self.chord_parts
-                ],
+                **self.writes.fields(self.failed_later, self.chord_parts),
                 "idempotent": self.idempotent_value,
                 "dead": None if self.dead_letter is None else self.dead_letter.decode(errors="replace"),
                 "failed": self.failed,
             }
         )
+
+
+def _strings(record: dict[str, Any]) -> dict[str, str]:
+    """A record as the scripts store it: every value a string."""
+    return {k: v if isinstance(v, str) else str(v) for k, v in record.items()}
 
 
 def _json(value: Any) -> str:

@@ -12,23 +12,23 @@ local rnow = te_time_ms()
 local now = rnow
 local lease = string.format('%d', rnow + lease_ms)
 -- Due deferred jobs join their queue at the score they got when enqueued: their priority's place.
-local due = redis.call('zrangebyscore', p .. ':delayed', '-inf', now, 'LIMIT', 0, 1000)
+local due = redis.call('zrangebyscore', K_DELAYED, '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
-  local info = redis.call('hget', p .. ':dq', id)
+  local info = redis.call('hget', K_DQ, id)
   local q, score = te_place(info, false)
   if q then
-    redis.call('zrem', p .. ':delayed', id)
-    redis.call('hdel', p .. ':dq', id)
+    redis.call('zrem', K_DELAYED, id)
+    redis.call('hdel', K_DQ, id)
     redis.call('zadd', p .. ':q:' .. q, score, id)
   elseif info then
     te_quarantine(p, id, 'unreadable deferred-job entry: ' .. tostring(info), iso, ttl)
   else
-    redis.call('zrem', p .. ':delayed', id)
+    redis.call('zrem', K_DELAYED, id)
   end
 end
 local function park(id, q, score, at)
-  redis.call('zadd', p .. ':delayed', string.format('%d', at), id)
-  redis.call('hset', p .. ':dq', id, q .. '|' .. score)
+  redis.call('zadd', K_DELAYED, string.format('%d', at), id)
+  redis.call('hset', K_DQ, id, q .. '|' .. score)
 end
 local function expires_ms(msg)
   if not string.find(msg, '"expires":%d') then return nil end  -- cheap filter: no number, no expiry
@@ -114,21 +114,21 @@ while taken < n do
     local deferred = false
     local task = string.match(msg, '"task":"(.-)"')
     if revoked == 0 and task then
-      local o = redis.call('hget', p .. ':rate-limits', task)
+      local o = redis.call('hget', K_RATE_LIMITS, task)
       local rl = limits[task]
       if o then
         local parsed, value = pcall(cjson.decode, o)
         if parsed and type(value) == 'table' and tonumber(value[1]) and tonumber(value[2]) then
           rl = value
         else
-          redis.call('hdel', p .. ':rate-limits', task)  -- unreadable runtime limit: the declared one applies
+          redis.call('hdel', K_RATE_LIMITS, task)  -- unreadable runtime limit: the declared one applies
         end
       end
       if rl and rl[1] > 0 then deferred = rate_limited(bid, bq, bs, task, rl, msg) end
     end
     if not deferred then
-      redis.call('zadd', p .. ':active', lease, bid)
-      redis.call('hset', p .. ':inflight', bid, bq .. '|' .. bs .. '|' .. wid)
+      redis.call('zadd', K_ACTIVE, lease, bid)
+      redis.call('hset', K_INFLIGHT, bid, bq .. '|' .. bs .. '|' .. wid)
       local rkey = p .. ':res:' .. bid
       local t = redis.call('type', rkey)['ok']
       if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end  -- the store keeps only what it can read
@@ -146,5 +146,5 @@ if capped then
 elseif taken == 0 then
   for _, q in ipairs(queues) do redis.call('del', p .. ':wake:' .. q) end
 end
-local nxt = redis.call('zrange', p .. ':delayed', 0, 0, 'WITHSCORES')
+local nxt = redis.call('zrange', K_DELAYED, 0, 0, 'WITHSCORES')
 return {out, nxt[2] or '', rnow}

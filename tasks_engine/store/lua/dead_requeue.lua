@@ -5,7 +5,7 @@
 local p, now = ARGV[1], ARGV[2]
 local n = 0
 for i = 3, #ARGV, 5 do
-  if redis.call('lrem', p .. ':dead', 1, ARGV[i]) == 1 then
+  if redis.call('lrem', K_DEAD, 1, ARGV[i]) == 1 then
     local rkey = p .. ':res:' .. ARGV[i + 1]
     redis.call('hset', rkey, 'state', 'PENDING', 'delivered', '0')
     redis.call('hdel', rkey, 'exc_type', 'exc_module', 'exc_message', 'exc_args', 'traceback', 'date_done')

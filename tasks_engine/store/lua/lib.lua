@@ -61,14 +61,14 @@ local function te_quarantine(p, id, reason, iso, ttl)
   local mkey = p .. ':msg:' .. id
   local ok, msg = pcall(redis.call, 'get', mkey)
   if not ok or type(msg) ~= 'string' then msg = '' end
-  redis.call('zrem', p .. ':delayed', id)
-  redis.call('hdel', p .. ':dq', id)
-  redis.call('zrem', p .. ':active', id)
-  redis.call('hdel', p .. ':inflight', id)
+  redis.call('zrem', K_DELAYED, id)
+  redis.call('hdel', K_DQ, id)
+  redis.call('zrem', K_ACTIVE, id)
+  redis.call('hdel', K_INFLIGHT, id)
   redis.call('del', mkey)
-  redis.call('lpush', p .. ':dead', cjson.encode({id = te_text(id), reason = te_text(reason), at = iso,
+  redis.call('lpush', K_DEAD, cjson.encode({id = te_text(id), reason = te_text(reason), at = iso,
     raw = te_text(string.sub(msg, 1, 4096))}))
-  redis.call('ltrim', p .. ':dead', 0, 9999)
+  redis.call('ltrim', K_DEAD, 0, 9999)
   local rkey = p .. ':res:' .. id
   local t = redis.call('type', rkey)['ok']
   if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end
@@ -87,12 +87,12 @@ local function te_enqueue(p, id, msg, q, prio, eta, now, nx)
     local st = redis.call('hget', p .. ':res:' .. id, 'state')
     if te_final(st) then return 0 end
   end
-  local seq = redis.call('incr', p .. ':seq')
+  local seq = redis.call('incr', K_SEQ)
   local score = string.format('%d', tonumber(prio) * 1000000000000 + seq)
   redis.call('set', mkey, msg)
   if tonumber(eta) > tonumber(now) then
-    redis.call('zadd', p .. ':delayed', eta, id)
-    redis.call('hset', p .. ':dq', id, q .. '|' .. score)
+    redis.call('zadd', K_DELAYED, eta, id)
+    redis.call('hset', K_DQ, id, q .. '|' .. score)
     redis.call('lpush', p .. ':wake:' .. q, '1')  -- an idle worker re-reads the next due time
     redis.call('ltrim', p .. ':wake:' .. q, 0, 999)
   else
@@ -148,4 +148,42 @@ local function te_chord_part(p, cid, tid, index, ok, result_json, exc_message, t
     return 'failed'
   end
   return 'counted'
+end
+
+local function te_hset_all(key, fields)
+  local flat = {}
+  for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+  if #flat > 0 then redis.call('hset', key, unpack(flat)) end
+end
+
+-- A plan's writes (store/writes.py: Completion.payload without the job's own part): records of steps
+-- that will never run, chord records, group trees, messages, chord parts. One script, so a plan is
+-- written all or nothing on a single Redis and on a Cluster alike.
+local function te_apply(p, c, ttl, now_ms, iso)
+  for _, later in ipairs(c.later) do
+    local lkey = p .. ':res:' .. later[1]
+    te_hset_all(lkey, later[2])
+    redis.call('expire', lkey, ttl)
+    redis.call('set', p .. ':revoked:' .. later[1], '1', 'EX', ttl)  -- they must never start now
+    redis.call('publish', p .. ':done', later[1])
+  end
+  for _, ch in ipairs(c.chords) do
+    local ckey = p .. ':chord:' .. ch[1]
+    -- HSETNX, field by field: planning the same chord again (a re-delivered parent) keeps its count.
+    redis.call('hsetnx', ckey, 'total', ch[2])
+    redis.call('hsetnx', ckey, 'body_id', ch[1])
+    redis.call('hsetnx', ckey, 'count', 0)
+    redis.call('hsetnx', ckey, 'body', ch[3])
+    redis.call('hsetnx', ckey, 'on_error', ch[4])
+    redis.call('expire', ckey, math.max(tonumber(ttl), 7 * 86400))
+  end
+  for _, g in ipairs(c.groups) do
+    redis.call('set', p .. ':group:' .. g[1], g[2], 'EX', ttl)
+  end
+  for _, e in ipairs(c.enqueues) do
+    te_enqueue(p, e[1], e[2], e[3], e[4], e[5], now_ms, e[6])
+  end
+  for _, part in ipairs(c.parts) do
+    te_chord_part(p, part[1], part[2], part[3], part[4], part[5], part[6], part[7], now_ms, iso, ttl)
+  end
 end

@@ -7,9 +7,9 @@ local deadline = string.format('%d', te_time_ms() + tonumber(ARGV[3]))
 -- may have been missed, e.g. sent while the job was being claimed).
 local stop = {}
 for i = 4, #ARGV do
-  local _, _, owner = te_place(redis.call('hget', p .. ':inflight', ARGV[i]), true)
+  local _, _, owner = te_place(redis.call('hget', K_INFLIGHT, ARGV[i]), true)
   if owner == wid then
-    redis.call('zadd', p .. ':active', 'XX', deadline, ARGV[i])
+    redis.call('zadd', K_ACTIVE, 'XX', deadline, ARGV[i])
   end
   if redis.call('get', p .. ':revoked:' .. ARGV[i]) == 'terminate' then stop[#stop + 1] = ARGV[i] end
 end

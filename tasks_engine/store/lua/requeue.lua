@@ -6,21 +6,21 @@
 local p, wid, iso, ttl = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 local ids = {}
 if ARGV[3] == 'expired' then
-  ids = redis.call('zrangebyscore', p .. ':active', '-inf', te_time_ms(), 'LIMIT', 0, 500)
+  ids = redis.call('zrangebyscore', K_ACTIVE, '-inf', te_time_ms(), 'LIMIT', 0, 500)
 else
   for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
 local back = {}
 for _, id in ipairs(ids) do
-  local info = redis.call('hget', p .. ':inflight', id)
+  local info = redis.call('hget', K_INFLIGHT, id)
   local q, score, owner = te_place(info, true)
   if ARGV[3] == 'ids' and owner ~= wid then
     -- not ours (any more): leave it alone
   elseif info and not q then
     te_quarantine(p, id, 'unreadable running-job entry: ' .. tostring(info), iso, ttl)
   else
-    redis.call('zrem', p .. ':active', id)
-    redis.call('hdel', p .. ':inflight', id)
+    redis.call('zrem', K_ACTIVE, id)
+    redis.call('hdel', K_INFLIGHT, id)
     if q and redis.call('exists', p .. ':msg:' .. id) == 1 then
       redis.call('zadd', p .. ':q:' .. q, score, id)
       redis.call('lpush', p .. ':wake:' .. q, '1')

@@ -19,9 +19,9 @@ if redis.call('exists', p .. ':chord:' .. id) == 1 then
 end
 local msg = redis.call('get', p .. ':msg:' .. id)
 local removed = 0
-if redis.call('hget', p .. ':dq', id) then
-  redis.call('zrem', p .. ':delayed', id)
-  redis.call('hdel', p .. ':dq', id)
+if redis.call('hget', K_DQ, id) then
+  redis.call('zrem', K_DELAYED, id)
+  redis.call('hdel', K_DQ, id)
   removed = 1
 elseif msg then
   local ok, m = pcall(cjson.decode, string.sub(msg, string.find(msg, '{', 1, true) or 1))
@@ -36,7 +36,7 @@ if msg then
 end
 local state = redis.call('hget', rkey, 'state')
 local final = state == 'SUCCESS' or state == 'FAILURE' or state == 'REVOKED'
-local unseen = not msg and not final and redis.call('hexists', p .. ':inflight', id) == 0
+local unseen = not msg and not final and redis.call('hexists', K_INFLIGHT, id) == 0
 if removed == 1 then redis.call('del', p .. ':msg:' .. id) end
 if removed == 1 or unseen then
   redis.call('hset', rkey, 'state', 'REVOKED', 'exc_type', 'TaskRevokedError',

@@ -8,9 +8,9 @@ for i = 3, #ARGV do
   if msg then
     local q = string.match(msg, '"queue":"(.-)"')
     local queued = q and redis.call('zscore', p .. ':q:' .. q, id)
-    local waiting = redis.call('zscore', p .. ':delayed', id) or redis.call('zscore', p .. ':active', id)
+    local waiting = redis.call('zscore', K_DELAYED, id) or redis.call('zscore', K_ACTIVE, id)
     if not queued and not waiting then
-      redis.call('lpush', p .. ':dead', cjson.encode({id = id, reason = 'orphaned message: in no queue', at = ARGV[2],
+      redis.call('lpush', K_DEAD, cjson.encode({id = id, reason = 'orphaned message: in no queue', at = ARGV[2],
         raw = te_text(string.sub(msg, 1, 4096))}))
       redis.call('del', p .. ':msg:' .. id)
       moved[#moved + 1] = id
