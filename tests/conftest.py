@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis as sync_redis
@@ -23,6 +23,7 @@ from tasks_engine import configure
 from tasks_engine.config import EngineSettings
 from tasks_engine.embedded import ensure_redis
 from tasks_engine.store import get_broker
+from tasks_engine.store.connection import sync_client as sync_client_for
 from tasks_engine.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,11 +40,23 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+#: REDIS_URL may name a Cluster or Sentinel (``scripts/test-cluster`` runs the core modules on a Cluster).
+ON_CLUSTER = REDIS_URL.startswith(("redis+cluster://", "rediss+cluster://"))
+
+
+def redis_client() -> sync_redis.Redis:
+    """A blocking client for REDIS_URL, whatever it names (one server, Sentinel, Cluster)."""
+    return cast("sync_redis.Redis", sync_client_for(EngineSettings(redis_url=REDIS_URL), socket_timeout=10))
+
+
 @pytest.fixture
 def sync_client() -> Iterator[sync_redis.Redis]:
-    client = sync_redis.Redis.from_url(REDIS_URL)
+    client = redis_client()
     yield client
     client.close()
+
+
+not_on_cluster = pytest.mark.skipif(ON_CLUSTER, reason="arq's CLI has no Redis Cluster client (README: Scale-out)")
 
 
 @pytest.fixture

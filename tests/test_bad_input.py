@@ -21,7 +21,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis as sync_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
@@ -46,7 +45,8 @@ from tasks_engine.plan import Context
 from tasks_engine.store import Broker, Enqueue, get_broker, loop_broker
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.conftest import REDIS_URL, redis_client  # noqa: E402
+
 PREFIX = f"tbad{uuid.uuid4().hex[:8]}"  # the module worker's prefix
 LEASE = 1.5  # short, so "never delivered again" is checked within seconds
 
@@ -90,7 +90,7 @@ def bad_worker(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> I
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    client = sync_redis.Redis.from_url(REDIS_URL)
+    client = redis_client()
     deadline = time.monotonic() + 40
     while not list(client.scan_iter(f"{{{PREFIX}}}:worker:*")):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -14,7 +14,7 @@ from tasks_engine import configure, crontab, get_settings
 from tasks_engine.beat import Beat, add_entry, entries, view
 from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.store import get_broker
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, not_on_cluster, worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -115,6 +115,7 @@ def test_view_lists_entries_with_next_run_in_the_configured_timezone():
         configure(get_settings(), timezone="UTC")
 
 
+@not_on_cluster
 def test_arq_worker_settings_runs_the_jobs_packages_periodic_entries(prefix, sync_client, tmp_path):
     """`arq settings.WorkerSettings` from the repository root schedules settings.BEAT_SCHEDULE."""
     long_ago = int((time.time() - 3 * 86_400) * 1000)

@@ -47,7 +47,7 @@ from tasks_engine.ratelimit import parse_rate_limit
 from tasks_engine.signature import Signature
 from tasks_engine.store import Enqueue, get_broker
 from tests import sample_tasks as t
-from tests.conftest import REDIS_URL, ROOT, running_worker, worker_env
+from tests.conftest import REDIS_URL, ROOT, not_on_cluster, redis_client, running_worker, worker_env
 
 BIN = Path(sys.executable).parent
 
@@ -67,7 +67,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
     """Two real ``tasks-engine worker`` processes on their own key prefix, started once for the module
     (process start-up is the slow part of these tests)."""
     prefix = f"tfc{uuid.uuid4().hex[:8]}"
-    client = sync_redis.Redis.from_url(REDIS_URL)
+    client = redis_client()
     logs = tmp_path_factory.mktemp("cluster")
     procs = []
     for i in range(2):
@@ -245,8 +245,13 @@ def max_in_window(starts: list[float], width: float = 1.0) -> int:
 
 async def count_claims(seconds: float, prefix: str) -> int:
     """Claim-script calls for this prefix seen by Redis MONITOR during ``seconds`` (busy polling shows here)."""
-    sha = get_broker().scripts["claim"].sha
-    client = Redis.from_url(REDIS_URL)
+    broker = get_broker()
+    sha = broker.scripts["claim"].sha
+    if broker.cluster:  # MONITOR the primary that serves this app's slot
+        node = broker.redis.get_node_from_key(broker.keys.active)  # type: ignore[attr-defined]
+        client = Redis(host=node.host, port=node.port)
+    else:
+        client = Redis.from_url(REDIS_URL)
     seen = 0
     try:
         async with client.monitor() as monitor:
@@ -654,6 +659,7 @@ async def test_worker_consumes_several_queues_with_one_concurrency_limit_and_sta
     assert await orphan.state() == states.PENDING
 
 
+@not_on_cluster
 async def test_arq_worker_settings_runs_default_queue(engine, prefix, sync_client) -> None:
     proc = subprocess.Popen(
         [str(BIN / "arq"), "tests.test_flow_control.WorkerSettings"],

@@ -34,7 +34,7 @@ from tasks_engine.clock import now_ms
 from tasks_engine.retries import backoff_countdown, backoff_factor
 from tasks_engine.store import get_broker
 from tests import sample_tasks as t
-from tests.conftest import ROOT, running_worker, worker_env
+from tests.conftest import ROOT, not_on_cluster, running_worker, worker_env
 
 # ---------------------------------------------------------------- helpers and tasks
 
@@ -488,6 +488,7 @@ async def test_countdown_of_days_is_kept_without_expiry(worker):
     assert (await r.record())["retries"] == 1
 
 
+@not_on_cluster
 async def test_retries_not_eaten_by_arq_max_tries(engine, sync_client, prefix, tmp_path):
     log_path = tmp_path / "arq.log"
     with open(log_path, "wb") as out:

@@ -226,10 +226,17 @@ class Broker(Views):
             except Exception as exc:  # noqa: BLE001 - one job's bad data must not sink the batch
                 out[index] = exc
         todo = [i for i, payload in enumerate(payloads) if payload is not None]
+        if self.cluster:
+            # A Cluster pipeline refuses scripts: the calls go out together instead (one round trip).
+            results = await asyncio.gather(
+                *(self.run("complete", args=[*head, payloads[i]]) for i in todo), return_exceptions=True
+            )
+            for i, reply in zip(todo, results, strict=True):
+                out[i] = reply if isinstance(reply, BaseException) else reply.decode()
+            todo = []
         keys = self.static_keys
-        for _ in range(2):  # a second round only after Redis lost its script cache (restart, flush)
-            # One MULTI on a single Redis; a Cluster has no MULTI across calls, and each call is atomic.
-            async with self.redis.pipeline(transaction=not self.cluster) as pipe:
+        for _ in range(2 if todo else 0):  # a second round only after Redis lost its script cache
+            async with self.redis.pipeline(transaction=True) as pipe:
                 for i in todo:
                     pipe.evalsha(script.sha, len(keys), *keys, *head, payloads[i])  # type: ignore[arg-type]
                 if self.settings.replica_acks and todo:
@@ -267,16 +274,18 @@ class Broker(Views):
         ttl = max(self.settings.result_expires, 3600)
         removed = 0
         for start in range(0, len(task_ids), 500):
+            chunk = task_ids[start : start + 500]
+            flag = "1" if terminate else "0"
+            if self.cluster:  # a Cluster pipeline refuses scripts: the calls go out together instead
+                calls = [self.run("revoke", args=[self.base, i, ttl, now_iso(), reason, flag]) for i in chunk]
+                removed += sum(int(n) for n in await asyncio.gather(*calls))
+                continue
             async with self.redis.pipeline(transaction=False) as pipe:
-                for task_id in task_ids[start : start + 500]:
-                    await self.run(
-                        "revoke",
-                        args=[self.base, task_id, ttl, now_iso(), reason, "1" if terminate else "0"],
-                        client=pipe,
-                    )
+                for task_id in chunk:
+                    await self.run("revoke", args=[self.base, task_id, ttl, now_iso(), reason, flag], client=pipe)
                 removed += sum(int(n) for n in await pipe.execute())
         if terminate and task_ids:
-            await self.redis.publish(self.keys.control_channel, dumps({"action": "terminate", "ids": list(task_ids)}))
+            await self.pubsub.publish(self.keys.control_channel, dumps({"action": "terminate", "ids": list(task_ids)}))
         return removed
 
     async def replan_rate_limit(self, task_name: str, value: str) -> int:

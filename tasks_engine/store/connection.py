@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.sentinel import Sentinel as SyncSentinel
 
 from tasks_engine.config import EngineSettings
+from tasks_engine.exceptions import REDIS_UNAVAILABLE
 from tasks_engine.redis_url import RedisTarget
 
 AsyncClient = Redis | RedisCluster
@@ -104,6 +105,7 @@ class PubSubSource:
         target = settings.redis_target
         self._nodes = itertools.cycle(target.hosts or _single_host(target)) if target.mode == "cluster" else None
         self._node_clients: list[Redis] = []
+        self._publisher: Redis | None = None
 
     def __call__(self) -> Redis:
         if self._nodes is None:
@@ -114,6 +116,20 @@ class PubSubSource:
         node = Redis(host=host, port=port, socket_connect_timeout=5, **_auth(target), **_tls(target))
         self._node_clients.append(node)
         return node
+
+    async def publish(self, channel: str, data: bytes | str) -> None:
+        """``PUBLISH`` (a Cluster has no routing for it: any node forwards it to all)."""
+        if self._nodes is None:
+            assert isinstance(self.client, Redis)
+            await self.client.publish(channel, data)
+            return
+        if self._publisher is None:
+            self._publisher = self()
+        try:
+            await self._publisher.publish(channel, data)
+        except REDIS_UNAVAILABLE:
+            self._publisher = self()  # that node is away: the next one, once
+            await self._publisher.publish(channel, data)
 
     async def close(self) -> None:
         for node in self._node_clients:
