@@ -119,12 +119,15 @@ class Client:
 
     async def drain(self) -> dict[str, Any]:
         p = self.p
+        memory = common.MemoryProbe(p)
+        memory.read("empty", settle=False)
         first = await self.pool.enqueue_job("stamp")
         assert first is not None
         await asyncio.sleep(0.005)  # arq orders by enqueue time (ms): make the stamp job strictly first
         t0 = time.perf_counter()
         jobs = await self.enqueue(p.task, p.jobs)
         enqueue_s = time.perf_counter() - t0
+        memory.read("queued")
         self.start_workers(p.procs)
 
         async def claimed() -> bool:  # arq keeps running jobs in its queue zset: look for the lease
@@ -134,6 +137,8 @@ class Client:
         cpu0 = self.workers.cpu_seconds()  # start-up (imports) excluded: the first job is running
         done_at = await self.wait_drained()
         cpu = self.workers.cpu_seconds() - cpu0
+        self.workers.stop()
+        memory.read("drained")
         started_at = float(await self.result(first))
         stored = await self.count_results([j.job_id for j in jobs])
         return {
@@ -143,6 +148,7 @@ class Client:
             "cpu_us_per_job": cpu / p.jobs * 1e6,
             "ok": stored == p.jobs,
             "stored": stored,
+            **memory.summary(p.jobs + 1),
         }
 
     async def latency(self) -> dict[str, Any]:
@@ -186,11 +192,12 @@ class Client:
                 await asyncio.sleep(pause)
             running.append(asyncio.create_task(one()))
         await asyncio.gather(*running)
+        sent_s = time.perf_counter() - t0
         finished.set()
         await asyncio.wait_for(observer, p.timeout)
         starts = [float(await self.result(j)) - sent[j.job_id] for j in jobs]
         results = [done[j.job_id] - sent[j.job_id] for j in jobs]
-        return common.latency_summary(starts, results)
+        return common.trickle_summary(starts, results, sent_s)
 
     async def rss(self) -> dict[str, Any]:
         p = self.p
@@ -214,6 +221,36 @@ class Client:
     async def _below_5000(self) -> bool:
         return int(await self.pool.zcard(default_queue_name)) < 5000
 
+    async def backlog(self) -> dict[str, Any]:
+        """``p.backlog`` no-op jobs queued with no worker running (arq has no bulk enqueue:
+        ``enqueue_job`` with 100 in flight), then one worker: drain rate over the first ``p.jobs``."""
+        p = self.p
+        first = await self.pool.enqueue_job("stamp")
+        assert first is not None
+        await asyncio.sleep(0.005)  # strictly first (arq orders by enqueue time, ms)
+
+        async def send(n: int) -> None:
+            await self.enqueue("noop", n)
+
+        preload_rate = await common.preload_async(send, p.backlog, p.preload_limit)
+        self.start_workers(1)
+
+        async def claimed() -> bool:
+            return bool(await self.pool.exists(in_progress_key_prefix + first.job_id, result_key_prefix + first.job_id))
+
+        await common.async_wait_until(claimed, p.timeout, interval=0.002, alive=self.workers.check_alive)
+        cpu0 = self.workers.cpu_seconds()
+
+        async def measured() -> bool:  # a job leaves the queue zset when it finishes
+            return bool(int(await self.pool.zcard(default_queue_name)) <= p.backlog - p.jobs)
+
+        done_at = await common.async_wait_until(measured, p.timeout, alive=self.workers.check_alive)
+        cpu = self.workers.cpu_seconds() - cpu0
+        self.workers.stop()
+        started_at = float(await self.result(first))
+        out: dict[str, Any] = common.backlog_summary(p, preload_rate, started_at, done_at, cpu)
+        return out
+
 
 async def run(p: common.Params) -> dict[str, Any]:
     common.flush(p.db)
@@ -226,6 +263,8 @@ async def run(p: common.Params) -> dict[str, Any]:
             return await client.latency()
         if p.workload == "rss":
             return await client.rss()
+        if p.workload == "backlog":
+            return await client.backlog()
         raise ValueError(f"arq has no {p.workload!r} workload")
     finally:
         client.workers.stop()

@@ -107,10 +107,13 @@ class Client:
 
     def drain(self) -> dict[str, Any]:
         p = self.p
+        memory = common.MemoryProbe(p)
+        memory.read("empty", settle=False)
         first = stamp.delay()
         t0 = time.perf_counter()
         ids = self.enqueue(TASKS[p.task], p.jobs)
         enqueue_s = time.perf_counter() - t0
+        memory.read("queued")
         self.start_workers(p.procs)
         common.wait_until(
             lambda: self.redis.llen(QUEUE) < p.jobs + 1, p.timeout, interval=0.002, alive=self.workers.check_alive
@@ -118,6 +121,8 @@ class Client:
         cpu0 = self.workers.cpu_seconds()  # start-up (imports) excluded: the first messages are taken
         done_at = self.wait_results(ids)
         cpu = self.workers.cpu_seconds() - cpu0
+        self.workers.stop()
+        memory.read("drained")
         started_at = float(first.get(timeout=30))
         return {
             "enqueue_rate": p.jobs / enqueue_s,
@@ -126,6 +131,7 @@ class Client:
             "cpu_us_per_job": cpu / p.jobs * 1e6,
             "ok": True,
             "stored": len(ids),
+            **memory.summary(p.jobs + 1),
         }
 
     def latency(self) -> dict[str, Any]:
@@ -161,6 +167,7 @@ class Client:
                 time.sleep(pause)
             before = time.time()
             sent[stamp.delay().id] = before
+        sent_s = time.perf_counter() - t0
         common.wait_until(lambda: all(i in done for i in sent), p.timeout, alive=self.workers.check_alive)
         stop.set()
         thread.join()
@@ -168,7 +175,7 @@ class Client:
         values = self.redis.mget([META + i for i in ids])
         starts = [float(json.loads(v)["result"]) - sent[i] for i, v in zip(ids, values, strict=True)]
         results = [done[i] - sent[i] for i in ids]
-        return common.latency_summary(starts, results)
+        return common.trickle_summary(starts, results, sent_s)
 
     def chord(self) -> dict[str, Any]:
         self.start_workers(self.p.procs)
@@ -186,6 +193,28 @@ class Client:
             out[f"chord_{size}_s"] = time.perf_counter() - t0
             if counted != size:
                 raise RuntimeError(f"chord body saw {counted} results, expected {size}")
+        return out
+
+    def backlog(self) -> dict[str, Any]:
+        """``p.backlog`` no-op jobs queued with no worker running (``delay()`` one after the other, as
+        in (1)), then the worker: drain rate over the first ``p.jobs``. Prefork takes messages
+        ahead (prefetch), so finished jobs are counted as result keys: DBSIZE less the keys there
+        before the worker started (its few bookkeeping keys make it finish marginally early)."""
+        p = self.p
+        first = stamp.delay()
+        preload_rate = common.preload_sync(lambda n: self.enqueue(noop, n), p.backlog, p.preload_limit)
+        base = int(self.redis.dbsize())
+        self.start_workers(p.procs)
+        common.wait_until(
+            lambda: self.redis.llen(QUEUE) < p.backlog + 1, p.timeout, interval=0.002, alive=self.workers.check_alive
+        )
+        cpu0 = self.workers.cpu_seconds()
+        done_at = common.wait_until(
+            lambda: int(self.redis.dbsize()) - base >= p.jobs + 1, p.timeout, alive=self.workers.check_alive
+        )
+        cpu = self.workers.cpu_seconds() - cpu0
+        self.workers.stop()
+        out: dict[str, Any] = common.backlog_summary(p, preload_rate, float(first.get(timeout=30)), done_at, cpu)
         return out
 
     def rss(self) -> dict[str, Any]:
@@ -217,6 +246,8 @@ def main(p: common.Params) -> dict[str, Any]:
             return client.latency()
         if p.workload == "chord":
             return client.chord()
+        if p.workload == "backlog":
+            return client.backlog()
         return client.rss()
     finally:
         client.workers.stop()

@@ -1,8 +1,10 @@
-"""What the three competitor clients share: arguments, worker processes, RSS, waiting, percentiles.
+"""What the competitor clients share: arguments, worker processes, RSS, CPU, Redis memory, waiting,
+pre-loading a backlog, watching result channels, percentiles.
 
 Only the standard library, psutil and redis-py (sync) are used here, because this module is
-imported from three virtual environments: the project's (tasks_engine) and the two competitor
-venvs (arq pins redis-py < 6 while Celery 5.7 needs >= 6.4, so they cannot share one).
+imported from every competitor's virtual environment: the project's (tasks_engine) and one per
+peer (arq pins redis-py < 6 while Celery 5.7 needs >= 6.4, SAQ 0.26 < 8, taskiq-redis >= 8, and
+streaq brings coredis: they cannot share one; streaq's venv gets redis-py only for this module).
 Each client prints exactly one ``BENCH_RESULT {json}`` line that ``compare.py`` parses.
 """
 
@@ -16,12 +18,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import psutil
 import redis
@@ -35,9 +38,9 @@ RESULT_MARK = "BENCH_RESULT "
 
 @dataclass
 class Params:
-    workload: str  # drain | latency | chord | rss
+    workload: str  # drain | latency | chord | rss | backlog
     task: str  # noop | sleep (drain, rss)
-    jobs: int
+    jobs: int  # backlog: how many of the queued jobs the drain rate is measured over
     procs: int  # worker processes (Celery: prefork pool processes of one node)
     max_jobs: int  # concurrent jobs per asyncio worker process
     poll_delay: float  # arq only
@@ -47,6 +50,9 @@ class Params:
     db: int
     logdir: Path
     timeout: float
+    backlog: int = 0  # backlog: jobs queued before the workers start
+    preload_limit: float = 300.0  # backlog: give up (result "skipped") if pre-loading would take longer
+    memory: bool = False  # drain: also take the Redis memory readings (MemoryProbe)
 
     @property
     def redis_url(self) -> str:
@@ -55,7 +61,7 @@ class Params:
 
 def parse_args(argv: Sequence[str] | None = None) -> Params:
     ap = argparse.ArgumentParser(description="one benchmark workload for one competitor (run by compare.py)")
-    ap.add_argument("--workload", required=True, choices=["drain", "latency", "chord", "rss"])
+    ap.add_argument("--workload", required=True, choices=["drain", "latency", "chord", "rss", "backlog"])
     ap.add_argument("--task", default="noop", choices=["noop", "sleep"])
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--procs", type=int, default=1)
@@ -67,6 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Params:
     ap.add_argument("--db", type=int, required=True)
     ap.add_argument("--logdir", type=Path, default=Path("/tmp"))
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--backlog", type=int, default=0, help="backlog: jobs queued before the workers start")
+    ap.add_argument("--preload-limit", type=float, default=300.0, help="backlog: seconds pre-loading may take")
+    ap.add_argument("--memory", action="store_true", help="drain: also measure Redis memory per job")
     a = ap.parse_args(argv)
     a.logdir.mkdir(parents=True, exist_ok=True)
     return Params(
@@ -82,6 +91,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Params:
         a.db,
         a.logdir,
         a.timeout,
+        max(a.backlog, a.jobs),
+        a.preload_limit,
+        a.memory,
     )
 
 
@@ -89,11 +101,18 @@ def emit(result: dict[str, Any]) -> None:
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
+class Skipped(Exception):
+    """A workload this competitor cannot do here (e.g. pre-loading 1M jobs would take too long)."""
+
+
 def run_main(body: Callable[[Params], dict[str, Any]]) -> None:
     """Parse, run one workload, print its result line; errors are reported as a result too."""
     params = parse_args()
     try:
         result = body(params)
+    except Skipped as exc:  # not an error: the table shows n/a and the reason
+        emit({"skipped": str(exc)})
+        return
     except BaseException as exc:  # the driver must always get a line, whatever happened
         traceback.print_exc()
         emit({"error": f"{type(exc).__name__}: {exc}"})
@@ -106,10 +125,71 @@ def sync_redis(db: int) -> redis.Redis:
 
 
 def flush(db: int) -> None:
-    """Every competitor has its own db number: flushing it never touches anybody else's keys."""
+    """Every competitor has its own db number: flushing it never touches anybody else's keys. A large
+    db (a pre-loaded backlog) is freed in the background so the shared server does not stall."""
     client = sync_redis(db)
-    client.flushdb()
+    client.flushdb(asynchronous=cast(int, client.dbsize()) > 100_000)
     client.close()
+
+
+def redis_memory(db: int) -> dict[str, int]:
+    """Two views of what this db holds: the server's ``used_memory`` less its client buffers
+    (``mem_clients_normal``, which grow with every connection a client pool opens) — what the issue
+    asks for, but server-wide, so anything else running on the shared server moves it — and the sum
+    of ``MEMORY USAGE`` over this db's keys (this db only: immune to the neighbours, but blind to
+    allocator overhead outside the keys)."""
+    client = sync_redis(db)
+    try:
+        info = cast(dict[str, Any], client.info("memory"))
+        used = int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
+        keys: list[bytes] = list(client.scan_iter(count=2000))
+        total = 0
+        for batch in chunks(keys, 2000):
+            pipe = client.pipeline(transaction=False)
+            for key in batch:
+                pipe.memory_usage(key, samples=0)
+            total += sum(int(v or 0) for v in pipe.execute())
+        return {"used": used, "keys_bytes": total, "keys": len(keys)}
+    finally:
+        client.close()
+
+
+MEMORY_SETTLE = 2.5  # s: Redis shrinks an idle connection's query buffer after 2 s (clientsCron)
+
+
+class MemoryProbe:
+    """The Redis memory readings of a no-op drain, taken only when the driver passes ``--memory``:
+    empty (after the flush), queued (N jobs enqueued, no worker yet) and drained (every result
+    stored, workers stopped so their connections are gone). Before the last two the client's own
+    connections are left idle for ``MEMORY_SETTLE`` seconds: a client pool that just opened 50-100
+    connections otherwise shows up as ~1-3 MB of query buffers that ``mem_clients_normal`` does not
+    fully account for."""
+
+    def __init__(self, p: Params) -> None:
+        self.db = p.db
+        self.on = p.memory
+        self.readings: dict[str, dict[str, int]] = {}
+
+    def read(self, name: str, settle: bool = True) -> None:
+        if self.on:
+            if settle:
+                time.sleep(MEMORY_SETTLE)
+            self.readings[name] = redis_memory(self.db)
+
+    def summary(self, jobs: int) -> dict[str, Any]:
+        """Bytes per job with the N jobs queued, and per job once they all ran and their results are
+        stored (whatever the engine keeps by then: result, job record, stream entry)."""
+        if not self.on:
+            return {}
+        empty, queued, drained = (self.readings[k] for k in ("empty", "queued", "drained"))
+        return {
+            "mem_queued_used_b": (queued["used"] - empty["used"]) / jobs,
+            "mem_queued_keys_b": (queued["keys_bytes"] - empty["keys_bytes"]) / jobs,
+            "mem_result_used_b": (drained["used"] - empty["used"]) / jobs,
+            "mem_result_keys_b": (drained["keys_bytes"] - empty["keys_bytes"]) / jobs,
+            "keys_queued": queued["keys"] - empty["keys"],
+            "keys_drained": drained["keys"] - empty["keys"],
+        }
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -152,8 +232,16 @@ class Workers:
         self.name = name
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
+        self.term_group = False
 
-    def start(self, argv: list[str], env: dict[str, str] | None = None, count: int = 1) -> None:
+    def start(
+        self, argv: list[str], env: dict[str, str] | None = None, count: int = 1, term_group: bool = False
+    ) -> None:
+        """``term_group``: stop with SIGTERM to the worker's whole process group (as Ctrl-C in a terminal
+        does), for CLIs whose ``--workers N`` children are plain multiprocessing processes that the
+        parent neither signals nor stops waiting for (SAQ, streaq); otherwise only the main process is
+        signalled, as Celery and taskiq expect (they stop their own children)."""
+        self.term_group = self.term_group or term_group
         full_env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]),
@@ -207,7 +295,10 @@ class Workers:
     def stop(self, grace: float = 15.0) -> None:
         for proc in self.procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                if self.term_group:
+                    os.killpg(proc.pid, signal.SIGTERM)  # the session we created for this worker only
+                else:
+                    proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for proc in self.procs:
             try:
@@ -282,3 +373,128 @@ async def async_wait_until(
 def trickle_offsets(count: int, rate: float) -> list[float]:
     """Evenly spaced send times (seconds from start) for an open-loop trickle."""
     return [i / rate for i in range(count)]
+
+
+def trickle_summary(starts: Sequence[float], results: Sequence[float], sent_s: float) -> dict[str, Any]:
+    """``latency_summary`` plus the send rate the client really achieved: a client that cannot enqueue
+    at the asked rate falls behind, and its latencies then describe a slower trickle."""
+    out = latency_summary(starts, results)
+    out["sent_rate"] = len(starts) / sent_s if sent_s > 0 else math.nan
+    return out
+
+
+# ---------------------------------------------------------------------------- backlog
+def _check_preload(sent: int, total: int, started: float, limit: float) -> None:
+    elapsed = time.perf_counter() - started
+    if sent < total and elapsed > min(10.0, limit / 10):
+        projected = elapsed / sent * total
+        if projected > limit:
+            raise Skipped(
+                f"pre-loading {total:,} jobs would take ~{projected:.0f} s at {sent / elapsed:,.0f} jobs/s "
+                f"(> --preload-limit {limit:.0f} s)"
+            )
+
+
+async def preload_async(send: Callable[[int], Awaitable[Any]], total: int, limit: float, chunk: int = 5000) -> float:
+    """Queue ``total`` jobs with ``send(n)`` in chunks; returns jobs/s. Raises ``Skipped`` as soon as the
+    projected time exceeds ``limit`` seconds."""
+    started = time.perf_counter()
+    sent = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        await send(n)
+        sent += n
+        _check_preload(sent, total, started, limit)
+    return total / (time.perf_counter() - started)
+
+
+def preload_sync(send: Callable[[int], Any], total: int, limit: float, chunk: int = 2000) -> float:
+    """``preload_async`` for synchronous clients."""
+    started = time.perf_counter()
+    sent = 0
+    while sent < total:
+        n = min(chunk, total - sent)
+        send(n)
+        sent += n
+        _check_preload(sent, total, started, limit)
+    return total / (time.perf_counter() - started)
+
+
+def backlog_summary(p: Params, preload_rate: float, started_at: float, done_at: float, cpu: float) -> dict[str, Any]:
+    """Drain rate over the first ``p.jobs`` (+ the stamp job) of a ``p.backlog`` backlog."""
+    return {
+        "backlog": p.backlog,
+        "jobs": p.jobs,
+        "preload_rate": preload_rate,
+        "drain_rate": (p.jobs + 1) / (done_at - started_at),
+        "cpu_us_per_job": cpu / p.jobs * 1e6,
+    }
+
+
+# ---------------------------------------------------------------------------- streams and channels
+def stream_group(client: redis.Redis, stream: str, group: str) -> dict[str, Any] | None:
+    """``XINFO GROUPS`` of one consumer group (None while the stream or the group does not exist)."""
+    try:
+        groups = cast(list[dict[str, Any]], client.xinfo_groups(stream))
+    except redis.ResponseError:
+        return None
+    for g in groups:
+        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+        if name == group:
+            return dict(g)
+    return None
+
+
+def stream_group_started(client: redis.Redis, stream: str, group: str) -> bool:
+    """A consumer of ``group`` has read something from ``stream`` (it is working)."""
+    g = stream_group(client, stream, group)
+    if g is None:
+        return False
+    last = g["last-delivered-id"]
+    return int(g["pending"]) > 0 or (last.decode() if isinstance(last, bytes) else str(last)) != "0-0"
+
+
+class ChannelObserver:
+    """A thread subscribed to ``pattern`` that notes when the first accepted message arrives for each
+    id (``id_of(channel)``): how an engine that publishes its results is observed without one
+    subscription per job. ``accept(data)`` filters (e.g. only a "complete" status)."""
+
+    def __init__(self, db: int, pattern: str, id_of: Callable[[str], str], accept: Callable[[bytes], bool]) -> None:
+        self.db = db
+        self.pattern = pattern
+        self.id_of = id_of
+        self.accept = accept
+        self.seen: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        client = sync_redis(self.db)
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py 5
+        pubsub.psubscribe(self.pattern)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the confirmation: from here on no message is missed
+            message = pubsub.get_message(timeout=0.5)
+            if message and message["type"] == "psubscribe":
+                self._ready.set()
+                break
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=0.05)
+            if message and message["type"] == "pmessage":
+                now = time.time()
+                key = self.id_of(message["channel"].decode())
+                if key not in self.seen and self.accept(message["data"]):
+                    self.seen[key] = now
+        pubsub.close()
+        client.close()
+
+    def __enter__(self) -> ChannelObserver:
+        self._thread.start()
+        if not self._ready.wait(11):
+            raise RuntimeError("pub/sub observer did not subscribe within 10 s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -9,7 +9,6 @@ result is written in the same transaction as the ack, so empty means every resul
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from typing import Any
@@ -19,8 +18,6 @@ import cmp_common as common
 from tasks_engine import AsyncResult, chord, group, shared_task
 from tasks_engine.store import get_broker
 from tasks_engine.task import Task
-
-PREFIX = os.environ.get("TE_KEY_PREFIX", "bench")
 
 
 @shared_task(name="bench.noop")
@@ -51,7 +48,9 @@ class Client:
     def __init__(self, p: common.Params) -> None:
         self.p = p
         self.workers = common.Workers(p.logdir, "tasks_engine")
-        self.redis = get_broker().redis
+        broker = get_broker()
+        self.redis = broker.redis
+        self.keys = broker.keys  # the engine's own key names (whatever its key layout)
 
     def start_workers(self, count: int) -> None:
         argv = [
@@ -71,9 +70,9 @@ class Client:
 
     async def remaining(self) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(f"{PREFIX}:q:default")
-            pipe.zcard(f"{PREFIX}:active")
-            pipe.zcard(f"{PREFIX}:delayed")
+            pipe.zcard(self.keys.queue("default"))
+            pipe.zcard(self.keys.active)
+            pipe.zcard(self.keys.delayed)
             counts = await pipe.execute()
         return int(sum(counts))
 
@@ -88,7 +87,7 @@ class Client:
         for batch in common.chunks(ids, 2000):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for task_id in batch:
-                    pipe.hget(f"{PREFIX}:res:{task_id}", "state")
+                    pipe.hget(self.keys.result(task_id), "state")
                 ok += sum(1 for s in await pipe.execute() if s == b"SUCCESS")
         return ok
 
@@ -108,10 +107,13 @@ class Client:
         """Enqueue N jobs with no worker running (enqueue rate), then start the workers: drain rate is
         N / (first job start → last result stored), so process start-up is not counted."""
         p = self.p
+        memory = common.MemoryProbe(p)
+        memory.read("empty", settle=False)
         first = await stamp.delay()
         t0 = time.perf_counter()
         handles = await self.enqueue(TASKS[p.task], p.jobs)
         enqueue_s = time.perf_counter() - t0
+        memory.read("queued")
         self.start_workers(p.procs)
         await common.async_wait_until(
             lambda: self._queued_below(p.jobs + 1), p.timeout, interval=0.002, alive=self.workers.check_alive
@@ -119,6 +121,8 @@ class Client:
         cpu0 = self.workers.cpu_seconds()  # start-up (imports) excluded: a first job is claimed
         done_at = await self.wait_drained()
         cpu = self.workers.cpu_seconds() - cpu0
+        self.workers.stop()
+        memory.read("drained")
         started_at = float(await first.get(timeout=30))
         ok = await self.count_success([h.id for h in handles])
         return {
@@ -128,10 +132,11 @@ class Client:
             "cpu_us_per_job": cpu / p.jobs * 1e6,
             "ok": ok == p.jobs,
             "stored": ok,
+            **memory.summary(p.jobs + 1),
         }
 
     async def _queued_below(self, limit: int) -> bool:
-        return int(await self.redis.zcard(f"{PREFIX}:q:default")) < limit
+        return int(await self.redis.zcard(self.keys.queue("default"))) < limit
 
     async def latency(self) -> dict[str, Any]:
         """Open-loop trickle; enqueue → start from the stamp the job returns, enqueue → result when
@@ -141,10 +146,12 @@ class Client:
         await self.warm_up()
         starts: list[float] = []
         results: list[float] = []
+        last_sent = [0.0]  # perf_counter when the last delay() returned: the achieved send rate
 
         async def one() -> None:
             sent = time.time()
             handle = await stamp.delay()
+            last_sent[0] = max(last_sent[0], time.perf_counter())
             started = float(await handle.get(timeout=60))
             results.append(time.time() - sent)
             starts.append(started - sent)
@@ -157,7 +164,7 @@ class Client:
                 await asyncio.sleep(pause)
             running.append(asyncio.create_task(one()))
         await asyncio.gather(*running)
-        return common.latency_summary(starts, results)
+        return common.trickle_summary(starts, results, last_sent[0] - t0)
 
     async def chord(self) -> dict[str, Any]:
         """Per size: K independent jobs sent as one group (wait: all results stored), then a chord of
@@ -205,6 +212,34 @@ class Client:
     async def _below(self, limit: int) -> bool:
         return await self.remaining() < limit
 
+    async def backlog(self) -> dict[str, Any]:
+        """``p.backlog`` no-op jobs queued with no worker running (``group(...).apply_async()`` in
+        chunks of 1,000: one transaction per chunk, the engine's bulk enqueue), then one worker
+        process: drain rate over the first ``p.jobs`` (the stamp job goes first)."""
+        p = self.p
+        first = await stamp.delay()
+
+        async def send(n: int) -> None:
+            await group([noop.s() for _ in range(n)]).apply_async()
+
+        preload_rate = await common.preload_async(send, p.backlog, p.preload_limit, chunk=1000)
+        self.start_workers(1)
+        await common.async_wait_until(
+            lambda: self._queued_below(p.backlog + 1), p.timeout, interval=0.002, alive=self.workers.check_alive
+        )
+        cpu0 = self.workers.cpu_seconds()
+        done_at = await common.async_wait_until(
+            lambda: self._at_most(p.backlog - p.jobs), p.timeout, alive=self.workers.check_alive
+        )
+        cpu = self.workers.cpu_seconds() - cpu0
+        self.workers.stop()
+        started_at = float(await first.get(timeout=30))
+        out: dict[str, Any] = common.backlog_summary(p, preload_rate, started_at, done_at, cpu)
+        return out
+
+    async def _at_most(self, limit: int) -> bool:
+        return await self.remaining() <= limit
+
 
 async def run(p: common.Params) -> dict[str, Any]:
     common.flush(p.db)
@@ -216,6 +251,8 @@ async def run(p: common.Params) -> dict[str, Any]:
             return await client.latency()
         if p.workload == "chord":
             return await client.chord()
+        if p.workload == "backlog":
+            return await client.backlog()
         return await client.rss()
     finally:
         client.workers.stop()

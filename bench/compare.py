@@ -1,20 +1,25 @@
-"""tasks_engine vs raw arq 0.28 vs Celery 5.7: same run, same Redis, alternating, several rounds.
+"""tasks_engine vs raw arq 0.28, Celery 5.7, SAQ 0.26, streaq and taskiq 0.13: same run, same Redis,
+alternating, several rounds.
 
-    .venv/bin/python bench/compare.py --rounds 3 --jobs 20000 --save bench/results-latest.txt
+    .venv/bin/python bench/compare.py --rounds 3 --jobs 10000 --save bench/results-latest.txt
+    .venv/bin/python bench/compare.py --smoke                                  # every engine, minutes
     .venv/bin/python bench/compare.py --smoke --only tasks_engine,arq          # seconds
 
 The competitors are installed into their own virtual environments under ``.bench-venv/`` on
-first use (Celery is not a project dependency; arq 0.28 pins redis-py < 6 and Celery 5.7 needs
-redis-py >= 6.4, so they get one each). Every (round, workload, competitor) runs as a fresh
-client process from that competitor's venv (``cmp_te.py``, ``cmp_arq.py``, ``cmp_celery.py``),
-which starts the competitor's own worker processes on its own Redis db (flushed first),
-measures, stops them and prints one JSON line. The order of competitors rotates every round.
+first use (none but arq is a project dependency, and their redis clients cannot share one venv:
+arq 0.28 pins redis-py < 6, Celery 5.7 needs >= 6.4, SAQ's redis extra < 8, taskiq-redis >= 8,
+streaq uses coredis). Every (round, workload, competitor) runs as a fresh client process from
+that competitor's venv (``cmp_<name>.py``), which starts the competitor's own worker processes
+with its own worker CLI on its own Redis db (flushed first), measures, stops them and prints one
+JSON line. The order of competitors rotates every round.
 
-Workloads: (1) N no-op jobs: enqueue rate (no worker running) and drain rate (first job start
-to last result stored); (2) N jobs sleeping 10 ms (``await asyncio.sleep``; Celery prefork
-``time.sleep``); (3) enqueue → start and enqueue → result p50/p99 at an open-loop trickle;
-(4) chord of K no-op headers vs K independent jobs sent as a group; (5) worker RSS before and
-after M jobs; (6) no-op drain with 2 worker processes vs 1.
+Workloads: (1) N no-op jobs: enqueue rate (no worker running), drain rate (first job start to last
+result stored) and worker CPU per job; (2) N jobs sleeping 10 ms (``await asyncio.sleep``; Celery
+prefork ``time.sleep``); (3) enqueue → start and enqueue → result p50/p99 at an open-loop trickle,
+at 50/s and at 1000/s; (4) chord of K no-op headers vs K independent jobs (peers without a chord
+primitive: its closest documented equivalent, marked); (5) worker RSS before and after M jobs;
+(6) no-op drain with 2 worker processes vs 1; (7) Redis memory per queued job and per stored result
+(from the no-op drain of (1)); (8) drain rate of the first N jobs of a backlog already queued.
 """
 
 from __future__ import annotations
@@ -40,16 +45,50 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import cmp_common as common  # noqa: E402 - after the path set-up above
 
-COMPETITORS = ("tasks_engine", "arq", "celery")
-WORKLOADS = ("noop", "sleep", "latency", "chord", "rss", "scale")
+COMPETITORS = ("tasks_engine", "arq", "celery", "saq", "streaq", "taskiq")  # db = --db-base + index
+WORKLOADS = ("noop", "sleep", "latency", "latency_fast", "chord", "rss", "scale", "backlog")
 VENV_DIR = ROOT / ".bench-venv"
 VENV_SPECS: dict[str, list[list[str]]] = {
     # Tried in order: the first that installs wins (Celery 5.7 if the index has it, else the newest 5.x).
     "arq": [["arq==0.28.*", "uvloop", "hiredis", "orjson", "psutil"]],
     "celery": [["celery[redis]==5.7.*", "hiredis", "psutil"], ["celery[redis]==5.*", "hiredis", "psutil"]],
+    # SAQ's own extras for Redis + redis-py's C parser; SAQ 0.26 imports typing_extensions without
+    # declaring it, so it is listed; orjson for its dump/load hook, uvloop as for every asyncio engine.
+    "saq": [["saq[redis,hiredis]==0.26.*", "typing-extensions", "uvloop", "orjson", "psutil"]],
+    # The newest streaq (7.2 when this was written); redis-py only for cmp_common.
+    "streaq": [
+        ["streaq>=7.2", "uvloop", "orjson", "psutil", "redis"],
+        ["streaq", "uvloop", "orjson", "psutil", "redis"],
+    ],
+    # taskiq's uv (uvloop) and orjson extras; taskiq-redis 1.2 is the line made for taskiq 0.13.
+    "taskiq": [
+        ["taskiq[uv,orjson]==0.13.*", "taskiq-redis==1.2.*", "hiredis", "psutil"],
+        ["taskiq[uv,orjson]==0.13.*", "taskiq-redis", "hiredis", "psutil"],
+    ],
 }
-CLIENT = {"tasks_engine": "cmp_te.py", "arq": "cmp_arq.py", "arq-default": "cmp_arq.py", "celery": "cmp_celery.py"}
-LABEL = {"tasks_engine": "tasks_engine", "arq": "arq", "arq-default": "arq 0.5s", "celery": "celery"}
+CLIENT = {
+    "tasks_engine": "cmp_te.py",
+    "arq": "cmp_arq.py",
+    "arq-default": "cmp_arq.py",
+    "celery": "cmp_celery.py",
+    "saq": "cmp_saq.py",
+    "streaq": "cmp_streaq.py",
+    "taskiq": "cmp_taskiq.py",
+}
+LABEL = {
+    "tasks_engine": "tasks_engine",
+    "arq": "arq",
+    "arq-default": "arq 0.5s",
+    "celery": "celery",
+    "saq": "saq",
+    "streaq": "streaq",
+    "taskiq": "taskiq",
+}
+COLUMNS = ("tasks_engine", "arq", "arq-default", "celery", "saq", "streaq", "taskiq")
+CHORD_METHODS = {  # what the (4) chord rows measure for an engine without a chord primitive
+    "client": "client-side: wait for all K header results, read them, enqueue the body with them",
+    "after": "dependency graph: body enqueued with .start(after=<the K header ids>), reads their K results",
+}
 
 
 # ---------------------------------------------------------------------------- setup
@@ -122,6 +161,9 @@ def describe_machine(pythons: dict[str, str]) -> list[str]:
         "tasks_engine": ["tasks-engine", "redis", "hiredis", "uvloop", "pydantic", "orjson"],
         "arq": ["arq", "redis", "hiredis", "uvloop", "orjson"],
         "celery": ["celery", "kombu", "billiard", "redis", "hiredis"],
+        "saq": ["saq", "redis", "hiredis", "uvloop", "orjson"],
+        "streaq": ["streaq", "coredis", "anyio", "uvloop", "orjson"],
+        "taskiq": ["taskiq", "taskiq-redis", "redis", "hiredis", "uvloop", "orjson"],
     }
     for name, python in pythons.items():
         v = venv_versions(python, wanted[name])
@@ -147,6 +189,8 @@ class Sizes:
     celery_sleep_jobs: int
     latency_jobs: int
     rate: float
+    fast_latency_jobs: int
+    fast_rate: float
     chord_sizes: list[int]
     rss_jobs: int
     rss_jobs_others: int
@@ -155,12 +199,15 @@ class Sizes:
     max_jobs: int
     poll_delay: float
     timeout: float
+    backlogs: list[int]
+    backlog_jobs: int
+    preload_limit: float
 
 
 @dataclass
 class Run:
     round: int
-    workload: str
+    workload: str  # one of WORKLOADS, or "backlog:<size>"
     competitor: str
     result: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -176,13 +223,18 @@ def client_args(workload: str, competitor: str, s: Sizes) -> list[str]:
         "procs": cores if celery else 1,
     }
     cap = s.celery_max_jobs if celery else 10**12
-    if workload == "noop":
-        args.update(workload="drain", task="noop", jobs=min(s.jobs, cap))
+    if workload == "noop":  # also takes the Redis memory readings of (7)
+        args.update(workload="drain", task="noop", jobs=min(s.jobs, cap), memory=True)
     elif workload == "sleep":
         jobs = min(s.sleep_jobs, s.celery_sleep_jobs, cap) if celery else s.sleep_jobs
         args.update(workload="drain", task="sleep", jobs=jobs)
-    elif workload == "latency":
-        args.update(workload="latency", jobs=s.latency_jobs, rate=s.rate)
+    elif workload in ("latency", "latency_fast"):
+        fast = workload == "latency_fast"
+        args.update(
+            workload="latency",
+            jobs=s.fast_latency_jobs if fast else s.latency_jobs,
+            rate=s.fast_rate if fast else s.rate,
+        )
         if competitor == "arq-default":
             args["poll-delay"] = 0.5
     elif workload == "chord":
@@ -192,33 +244,53 @@ def client_args(workload: str, competitor: str, s: Sizes) -> list[str]:
         args.update(workload="rss", task="noop", jobs=jobs, warmup=min(s.warmup, jobs))
     elif workload == "scale":  # the other half of 2-vs-1 (noop gives the default half)
         args.update(workload="drain", task="noop", jobs=min(s.jobs, cap), procs=1 if celery else 2)
+    elif workload.startswith("backlog:"):
+        size = int(workload.split(":", 1)[1])
+        args.update(
+            workload="backlog",
+            backlog=size,
+            jobs=min(s.backlog_jobs, size, cap),
+            procs=cores if celery else 1,
+            **{"preload-limit": s.preload_limit},
+        )
     out: list[str] = []
     for key, value in args.items():
-        out += [f"--{key}", str(value)]
+        if value is True:
+            out.append(f"--{key}")
+        else:
+            out += [f"--{key}", str(value)]
     return out
 
 
 def competitors_for(workload: str, selected: list[str]) -> list[str]:
     names = [c for c in selected if not (workload == "chord" and c == "arq")]  # arq has no chord
-    if workload == "latency" and "arq" in names:
+    if workload in ("latency", "latency_fast") and "arq" in names:
         names.insert(names.index("arq") + 1, "arq-default")
     return names
 
 
-def plan(rounds: int, workloads: list[str], selected: list[str], rss_rounds: int) -> list[Run]:
+def plan(
+    rounds: int, workloads: list[str], selected: list[str], rss_rounds: int, backlogs: list[int], backlog_rounds: int
+) -> list[Run]:
     runs: list[Run] = []
     for r in range(rounds):
         for workload in workloads:
-            if workload == "rss" and r >= rss_rounds:
+            if (workload == "rss" and r >= rss_rounds) or (workload == "backlog" and r >= backlog_rounds):
                 continue
             names = competitors_for(workload, selected)
             shift = r % len(names) if names else 0
-            runs.extend(Run(r, workload, c) for c in names[shift:] + names[:shift])  # rotate the order each round
+            order = names[shift:] + names[:shift]  # rotate the order each round
+            variants = [f"backlog:{b}" for b in backlogs] if workload == "backlog" else [workload]
+            runs.extend(Run(r, variant, c) for variant in variants for c in order)
     return runs
 
 
+def family_of(competitor: str) -> str:
+    return "arq" if competitor == "arq-default" else competitor
+
+
 def execute(run: Run, s: Sizes, pythons: dict[str, str], db_base: int, logdir: Path) -> None:
-    family = "arq" if run.competitor == "arq-default" else run.competitor
+    family = family_of(run.competitor)
     db = db_base + COMPETITORS.index(family)
     env = {**os.environ, "BENCH_DB": str(db), "PYTHONUNBUFFERED": "1"}
     if family == "tasks_engine":
@@ -271,21 +343,30 @@ def progress_line(run: Run, total: int, index: int) -> str:
     r = run.result
     if "error" in r:
         detail = "ERROR " + r["error"].splitlines()[0]
+    elif "skipped" in r:
+        detail = "skipped: " + r["skipped"]
     elif run.workload in ("noop", "sleep", "scale"):
         detail = (
             f"enqueue {r['enqueue_rate']:,.0f}/s  drain {r['drain_rate']:,.0f}/s  "
             f"worker CPU {r['cpu_us_per_job']:,.0f} us/job  stored={r['stored']}"
         )
-    elif run.workload == "latency":
+        if "mem_queued_keys_b" in r:
+            detail += f"  Redis {r['mem_queued_keys_b']:,.0f} B/queued job, {r['mem_result_keys_b']:,.0f} B/result"
+    elif run.workload in ("latency", "latency_fast"):
         detail = (
-            f"start p50 {r['start_p50_ms']:.1f} p99 {r['start_p99_ms']:.1f} ms; "
+            f"sent {r['sent_rate']:,.0f}/s: start p50 {r['start_p50_ms']:.1f} p99 {r['start_p99_ms']:.1f} ms; "
             f"result p50 {r['result_p50_ms']:.1f} p99 {r['result_p99_ms']:.1f} ms"
         )
     elif run.workload == "chord":
-        detail = "  ".join(f"{k} {v:.2f}" for k, v in r.items())
+        detail = "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items())
+    elif run.workload.startswith("backlog:"):
+        detail = (
+            f"preload {r['preload_rate']:,.0f}/s; first {r['jobs']:,} of {r['backlog']:,} drained at "
+            f"{r['drain_rate']:,.0f}/s, worker CPU {r['cpu_us_per_job']:,.0f} us/job"
+        )
     else:
         detail = f"RSS {r['rss_before_mb']:.1f} -> {r['rss_after_mb']:.1f} MB"
-    where = f"round {run.round + 1} {run.workload:<8} {LABEL[run.competitor]:<13}"
+    where = f"round {run.round + 1} {run.workload:<14} {LABEL[run.competitor]:<13}"
     return f"[{index}/{total}] {where} {detail} ({run.seconds:.1f}s)"
 
 
@@ -332,11 +413,17 @@ def metrics(s: Sizes) -> list[Metric]:
         Metric("(1) worker CPU per no-op job", "us", "lower", field_of("noop", "cpu_us_per_job")),
         Metric("(2) sleep 10 ms enqueue", "jobs/s", "higher", field_of("sleep", "enqueue_rate")),
         Metric("(2) sleep 10 ms drain", "jobs/s", "higher", field_of("sleep", "drain_rate")),
-        Metric(f"(3) enqueue->start p50 @{s.rate:g}/s", "ms", "lower", field_of("latency", "start_p50_ms")),
-        Metric(f"(3) enqueue->start p99 @{s.rate:g}/s", "ms", "lower", field_of("latency", "start_p99_ms")),
-        Metric(f"(3) enqueue->result p50 @{s.rate:g}/s", "ms", "lower", field_of("latency", "result_p50_ms")),
-        Metric(f"(3) enqueue->result p99 @{s.rate:g}/s", "ms", "lower", field_of("latency", "result_p99_ms")),
     ]
+    trickles = [("latency", s.rate)] + ([("latency_fast", s.fast_rate)] if s.fast_rate > 0 else [])
+    for workload, rate in trickles:  # the first rate's rows come first: goals() and the tests read those
+        out += [
+            Metric(f"(3) enqueue->start p50 @{rate:g}/s", "ms", "lower", field_of(workload, "start_p50_ms")),
+            Metric(f"(3) enqueue->start p99 @{rate:g}/s", "ms", "lower", field_of(workload, "start_p99_ms")),
+            Metric(f"(3) enqueue->result p50 @{rate:g}/s", "ms", "lower", field_of(workload, "result_p50_ms")),
+            Metric(f"(3) enqueue->result p99 @{rate:g}/s", "ms", "lower", field_of(workload, "result_p99_ms")),
+            # a check, not a contest: a client that cannot send this fast measured a slower trickle
+            Metric(f"(3) send rate achieved @{rate:g}/s", "jobs/s", "-", field_of(workload, "sent_rate")),
+        ]
     for k in s.chord_sizes:
         indep, ch = field_of("chord", f"group_{k}_s"), field_of("chord", f"chord_{k}_s")
         out += [
@@ -353,7 +440,19 @@ def metrics(s: Sizes) -> list[Metric]:
         Metric("(6) no-op drain, 1 worker process", "jobs/s", "higher", one_proc_drain),
         Metric("(6) no-op drain, 2 worker processes", "jobs/s", "higher", two_proc_drain),
         Metric("(6) speed-up 2 vs 1 process", "x", "higher", ratio_of(two_proc_drain, one_proc_drain)),
+        Metric("(7) Redis per queued job, used_memory", "B", "lower", field_of("noop", "mem_queued_used_b")),
+        Metric("(7) Redis per queued job, MEMORY USAGE", "B", "lower", field_of("noop", "mem_queued_keys_b")),
+        Metric("(7) Redis per stored result, used_memory", "B", "lower", field_of("noop", "mem_result_used_b")),
+        Metric("(7) Redis per stored result, MEMORY USAGE", "B", "lower", field_of("noop", "mem_result_keys_b")),
     ]
+    for b in s.backlogs:
+        n = min(s.backlog_jobs, b)
+        out += [
+            Metric(
+                f"(8) drain of first {n:,}, {b:,} queued", "jobs/s", "higher", field_of(f"backlog:{b}", "drain_rate")
+            ),
+            Metric(f"(8) worker CPU per job, {b:,} queued", "us", "lower", field_of(f"backlog:{b}", "cpu_us_per_job")),
+        ]
     return out
 
 
@@ -377,11 +476,41 @@ def fmt(value: float | None) -> str:
 Medians = dict[str, dict[str, float | None]]
 
 
+def chord_methods(runs: list[Run]) -> dict[str, str]:
+    """Competitor -> how its chord rows were measured, for those without a chord primitive."""
+    return {
+        run.competitor: str(run.result["chord_method"])
+        for run in runs
+        if run.workload == "chord" and "chord_method" in run.result
+    }
+
+
+def best_peer(m: Metric, med: dict[str, float | None]) -> tuple[str, float] | None:
+    """The best other engine for this row (direction-aware), or None."""
+    if m.better not in ("higher", "lower"):
+        return None
+    peers = [(c, v) for c, v in med.items() if c != "tasks_engine" and v is not None]
+    if not peers:
+        return None
+    pick = max if m.better == "higher" else min
+    return pick(peers, key=lambda cv: cv[1])
+
+
 def render_table(runs: list[Run], s: Sizes, rounds: int, columns: list[str]) -> tuple[list[str], Medians]:
     by: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
         by.setdefault((run.workload, run.competitor), []).append(run)
-    header = ["workload (median of rounds)", "unit", "better", *(LABEL[c] for c in columns), "te/arq", "te/celery"]
+    emulated = chord_methods(runs)
+    header = [
+        "workload (median of rounds)",
+        "unit",
+        "better",
+        *(LABEL[c] for c in columns),
+        "te/best",
+        "best peer",
+        "te/arq",
+        "te/celery",
+    ]
     rows: list[list[str]] = []
     medians: Medians = {}
     for m in metrics(s):
@@ -390,18 +519,60 @@ def render_table(runs: list[Run], s: Sizes, rounds: int, columns: list[str]) -> 
         if all(v is None for v in med.values()):
             continue  # a workload left out with --workloads
         te = med.get("tasks_engine")
+        marked = m.label.startswith(("(4) chord of", "(4) chord /"))
+
+        def cell(c: str, marked: bool = marked) -> str:
+            text = fmt(med[c])
+            return text + "*" if marked and c in emulated and med[c] is not None else text
+
+        best = best_peer(m, med)
+        if best is not None and te is not None and best[1]:
+            best_cells = [f"{te / best[1]:.2f}", LABEL[best[0]] + ("*" if marked and best[0] in emulated else "")]
+        else:
+            best_cells = ["n/a", "-"]
         ratios = []
         for other in ("arq", "celery"):
             base = med.get(other)  # arq with the same poll_delay; the 0.5 s column is for reference only
             ratios.append(f"{te / base:.2f}" if te is not None and base and m.better != "-" else "n/a")
-        rows.append([m.label, m.unit, m.better, *(fmt(med[c]) for c in columns), *ratios])
+        rows.append([m.label, m.unit, m.better, *(cell(c) for c in columns), *best_cells, *ratios])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:  # text columns left-aligned, numbers right-aligned
         pairs = enumerate(zip(cells, widths, strict=True))
         return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in pairs)
 
-    return [line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)], medians
+    table = [line(header), "  ".join("-" * w for w in widths), *(line(row) for row in rows)]
+    return table, medians
+
+
+def table_notes(runs: list[Run], s: Sizes) -> list[str]:
+    """What the table cannot say in a cell: emulated chords, skipped runs and their reasons."""
+    out = [
+        "te/best = tasks_engine / the best other engine of the row (the highest on 'higher' rows, the lowest on "
+        "'lower' rows; arq 0.5s included); like te/arq, a ratio > 1 means tasks_engine's number is the larger"
+    ]
+    methods = chord_methods(runs)
+    for competitor, method in sorted(methods.items()):
+        out.append(f"* (4) {LABEL[competitor]} has no chord primitive; measured: {CHORD_METHODS.get(method, method)}")
+    skipped: dict[tuple[str, str], str] = {}
+    for run in runs:
+        if "skipped" in run.result:
+            skipped.setdefault((run.workload, run.competitor), run.result["skipped"])
+    for (workload, competitor), reason in skipped.items():
+        out.append(f"n/a: {workload} {LABEL[competitor]}: {reason}")
+    for run in runs:  # a drain whose results were not all stored (counted, not hidden)
+        if run.result.get("ok") is False:
+            extra = f" ({run.result['not_complete']})" if "not_complete" in run.result else ""
+            out.append(
+                f"! round {run.round + 1} {run.workload} {LABEL[run.competitor]}: only {run.result.get('stored')} "
+                f"results stored{extra}"
+            )
+    if any("mem_queued_used_b" in run.result for run in runs):
+        out.append(
+            "(7) used_memory = server-wide INFO used_memory less client buffers (moves with anything else on the "
+            "shared server); MEMORY USAGE = sum over this engine's db's keys only"
+        )
+    return out
 
 
 def goals(medians: Medians, s: Sizes) -> list[str]:
@@ -443,7 +614,7 @@ def raw_lines(runs: list[Run]) -> list[str]:
         shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in run.result.items() if k != "error"}
         err = run.result.get("error", "").splitlines()[0] if "error" in run.result else ""
         out.append(
-            f"round {run.round + 1} {run.workload:<8} {LABEL[run.competitor]:<13} "
+            f"round {run.round + 1} {run.workload:<14} {LABEL[run.competitor]:<13} "
             f"{json.dumps(shown) if not err else 'ERROR ' + err}  ({run.seconds:.1f}s)"
         )
     return out
@@ -453,7 +624,7 @@ def raw_lines(runs: list[Run]) -> list[str]:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=20_000, help="no-op jobs for (1) and (6)")
+    ap.add_argument("--jobs", type=int, default=20_000, help="no-op jobs for (1), (6) and (7)")
     ap.add_argument("--sleep-jobs", type=int, help="jobs for (2); default --jobs")
     ap.add_argument(
         "--celery-sleep-jobs",
@@ -461,35 +632,56 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=2_000,
         help="cap for Celery in (2): 2 prefork processes sleeping 10 ms top out at 200 jobs/s",
     )
-    ap.add_argument("--latency-jobs", type=int, default=500, help="jobs in the (3) trickle")
+    ap.add_argument("--latency-jobs", type=int, default=500, help="jobs in the (3) trickle at --rate")
     ap.add_argument("--rate", type=float, default=50.0, help="trickle rate for (3), jobs/s")
+    ap.add_argument("--fast-rate", type=float, default=1000.0, help="the second (3) trickle, jobs/s (0: none)")
+    ap.add_argument("--fast-latency-jobs", type=int, default=5_000, help="jobs in the --fast-rate trickle")
     ap.add_argument("--chord-sizes", default="1000,10000")
     ap.add_argument("--rss-jobs", type=int, default=100_000, help="jobs between the two RSS readings (tasks_engine)")
     ap.add_argument(
         "--rss-jobs-others",
         type=int,
         default=20_000,
-        help="the same for arq and Celery (their growth is also shown per 100,000 jobs)",
+        help="the same for the other engines (their growth is also shown per 100,000 jobs)",
     )
     ap.add_argument(
         "--celery-max-jobs",
         type=int,
         default=2_000,
-        help="cap on Celery's job counts in every bulk workload, chord sizes included: on a shared "
-        "2-core machine it drains ~50-1,000 jobs/s, and rates do not depend on the count",
+        help="cap on Celery's job counts in every bulk workload, chord sizes and (8)'s measured jobs included: "
+        "on a shared 2-core machine it drains ~50-1,000 jobs/s, and rates do not depend on the count",
     )
     ap.add_argument("--rss-rounds", type=int, default=1, help="rounds that include (5); it is slow and not noisy")
     ap.add_argument("--warmup", type=int, default=2_000, help="jobs run before the first RSS reading")
-    ap.add_argument("--max-jobs", type=int, default=100, help="concurrent jobs per asyncio worker (tasks_engine, arq)")
+    ap.add_argument(
+        "--backlog",
+        default="10000,100000",
+        help="(8): comma-separated backlog sizes queued before the worker starts, e.g. 10000,100000,1000000 "
+        "(1,000,000 is opt-in: minutes of pre-loading per engine); empty: no (8)",
+    )
+    ap.add_argument("--backlog-jobs", type=int, default=10_000, help="(8): the drain rate is over the first N jobs")
+    ap.add_argument("--backlog-rounds", type=int, default=1, help="rounds that include (8)")
+    ap.add_argument(
+        "--preload-limit",
+        type=float,
+        default=300.0,
+        help="(8): an engine whose pre-loading is projected to take longer gets n/a with the reason",
+    )
+    ap.add_argument(
+        "--max-jobs", type=int, default=100, help="concurrent jobs per asyncio worker process (all but Celery)"
+    )
     ap.add_argument("--poll-delay", type=float, default=0.01, help="arq poll_delay (tasks_engine does not poll)")
     ap.add_argument("--only", default=",".join(COMPETITORS), help="comma-separated subset of " + ",".join(COMPETITORS))
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the harness in seconds")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks the harness in minutes")
     ap.add_argument(
-        "--db-base", type=int, default=13, help="Redis dbs used: base (tasks_engine), +1 (arq), +2 (celery)"
+        "--db-base",
+        type=int,
+        default=8,
+        help=f"Redis dbs used: base + index in {','.join(COMPETITORS)} (default 8..13; never db 0, the tests' db)",
     )
-    ap.add_argument("--arq-python", help="use this interpreter for arq instead of .bench-venv/arq")
-    ap.add_argument("--celery-python", help="use this interpreter for Celery instead of .bench-venv/celery")
+    for name in COMPETITORS[1:]:
+        ap.add_argument(f"--{name}-python", help=f"use this interpreter for {name} instead of .bench-venv/{name}")
     ap.add_argument("--no-install", action="store_true", help="fail instead of creating a missing competitor venv")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds any single wait may take")
     ap.add_argument("--save", type=Path, help="also write the report (command, machine, table, goals) here")
@@ -499,7 +691,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         a.rounds, a.jobs, a.sleep_jobs, a.celery_sleep_jobs, a.celery_max_jobs = 1, 300, 300, 300, 300
         a.rss_jobs_others = 1_000
         a.latency_jobs, a.chord_sizes, a.rss_jobs, a.warmup, a.timeout = 25, "100,300", 1_000, 100, 120.0
+        a.fast_latency_jobs, a.backlog, a.backlog_jobs = 200, "1000", 300
+    if not 1 <= a.db_base <= 16 - len(COMPETITORS):
+        ap.error(f"--db-base must be 1..{16 - len(COMPETITORS)}: it uses {len(COMPETITORS)} dbs and never db 0")
     return a
+
+
+def acquire_locks(client: Any, dbs: list[int], ttl: int) -> list[str]:
+    """One lock key per db in db 0 (a key only, never a flush): two runs whose dbs overlap refuse."""
+    taken: list[str] = []
+    for db in dbs:
+        key = f"bench-compare-lock:db{db}"
+        if not client.set(key, os.getpid(), nx=True, ex=ttl):
+            for k in taken:
+                client.delete(k)
+            raise SystemExit(f"another compare.py run uses Redis db {db} (key {key} in db 0); pass another --db-base")
+        taken.append(key)
+    return taken
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -513,12 +721,17 @@ def main(argv: list[str] | None = None) -> int:
         if w not in WORKLOADS:
             raise SystemExit(f"unknown workload {w!r}; choose from {WORKLOADS}")
     selected = [c for c in COMPETITORS if c in selected]
+    fast_rate = a.fast_rate if "latency_fast" in workloads else 0.0
+    backlogs = [int(x) for x in a.backlog.split(",") if x.strip()] if "backlog" in workloads else []
+    workloads = [w for w in workloads if not (w == "latency_fast" and a.fast_rate <= 0)]
     sizes = Sizes(
         a.jobs,
         a.sleep_jobs or a.jobs,
         a.celery_sleep_jobs,
         a.latency_jobs,
         a.rate,
+        a.fast_latency_jobs,
+        fast_rate,
         [int(x) for x in a.chord_sizes.split(",") if x],
         a.rss_jobs,
         a.rss_jobs_others,
@@ -527,6 +740,9 @@ def main(argv: list[str] | None = None) -> int:
         a.max_jobs,
         a.poll_delay,
         a.timeout,
+        backlogs,
+        a.backlog_jobs,
+        a.preload_limit,
     )
 
     pythons: dict[str, str] = {}
@@ -538,33 +754,30 @@ def main(argv: list[str] | None = None) -> int:
             pythons[name] = override or str(ensure_venv(name, allow_install=not a.no_install))
 
     lock = common.sync_redis(0)
-    lock_key = f"bench-compare-lock:{a.db_base}"
-    if not lock.set(lock_key, os.getpid(), nx=True, ex=int(a.timeout * 20)):
-        raise SystemExit(
-            f"another compare.py run uses Redis dbs {a.db_base}-{a.db_base + 2} "
-            f"(key {lock_key} in db 0); pass another --db-base"
-        )
+    locks = acquire_locks(lock, [a.db_base + COMPETITORS.index(c) for c in selected], int(a.timeout * 20))
     logdir = a.logdir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
     logdir.mkdir(parents=True, exist_ok=True)
     try:
         machine = describe_machine(pythons)
         for line in machine:
             log(line)
-        runs = plan(a.rounds, workloads, selected, a.rss_rounds)
+        runs = plan(a.rounds, workloads, selected, a.rss_rounds, backlogs, a.backlog_rounds)
         started = time.monotonic()
         for i, run in enumerate(runs, 1):
             execute(run, sizes, pythons, a.db_base, logdir)
             log(progress_line(run, len(runs), i))
         elapsed = time.monotonic() - started
     finally:
-        if lock.get(lock_key) == str(os.getpid()).encode():
-            lock.delete(lock_key)
+        for key in locks:
+            if lock.get(key) == str(os.getpid()).encode():
+                lock.delete(key)
         lock.close()
 
+    latency_ran = "latency" in workloads or "latency_fast" in workloads
     columns = [
         c
-        for c in ("tasks_engine", "arq", "arq-default", "celery")
-        if (c == "arq-default" and "arq" in selected and "latency" in workloads) or c in selected
+        for c in COLUMNS
+        if (c == "arq-default" and "arq" in selected and latency_ran) or (c != "arq-default" and c in selected)
     ]
     table, medians = render_table(runs, sizes, a.rounds, columns)
     command = shlex.join(
@@ -574,22 +787,29 @@ def main(argv: list[str] | None = None) -> int:
             *(sys.argv[1:] if argv is None else argv),
         ]
     )
+    dbs = ", ".join(f"{c} {a.db_base + COMPETITORS.index(c)}" for c in selected)
     report = [
         f"command: {command}",
         f"finished {time.strftime('%Y-%m-%d %H:%M:%S')} after {elapsed:.0f} s; load average at end "
         f"{os.getloadavg()[0]:.2f}; logs in {logdir}",
         *machine,
+        f"Redis dbs: {dbs}",
         f"sizes: rounds {a.rounds}; no-op jobs {sizes.jobs:,}; sleep jobs {sizes.sleep_jobs:,} "
-        f"(Celery capped at {sizes.celery_sleep_jobs:,}); trickle {sizes.latency_jobs} jobs at {sizes.rate:g}/s; "
-        f"chords {', '.join(f'{k:,}' for k in sizes.chord_sizes)}; RSS over {sizes.rss_jobs:,} jobs "
-        f"(arq/Celery {min(sizes.rss_jobs_others, sizes.rss_jobs):,}) after a warm-up of up to {sizes.warmup:,} "
-        f"({a.rss_rounds} round); max_jobs {sizes.max_jobs}; arq poll_delay {sizes.poll_delay:g} s (and 0.5 s in "
-        f"the 'arq 0.5s' latency column); Celery prefork -c {os.cpu_count()} ((6): -c 1 vs -c 2), every Celery "
-        f"job count capped at {sizes.celery_max_jobs:,} (chords above it: n/a)",
-        "worker CPU per job = CPU seconds of the worker process(es) from the first claim to the last result, "
-        "/ jobs: it barely depends on what else runs on the machine, unlike the rates",
+        f"(Celery capped at {sizes.celery_sleep_jobs:,}); trickles {sizes.latency_jobs} jobs at {sizes.rate:g}/s"
+        + (f" and {sizes.fast_latency_jobs:,} at {sizes.fast_rate:g}/s" if sizes.fast_rate > 0 else "")
+        + f"; chords {', '.join(f'{k:,}' for k in sizes.chord_sizes)}; RSS over {sizes.rss_jobs:,} jobs "
+        f"(others {min(sizes.rss_jobs_others, sizes.rss_jobs):,}) after a warm-up of up to {sizes.warmup:,} "
+        f"({a.rss_rounds} round); backlogs {', '.join(f'{b:,}' for b in backlogs) or 'none'} (first "
+        f"{sizes.backlog_jobs:,} measured, {a.backlog_rounds} round, pre-load limit {sizes.preload_limit:g} s); "
+        f"max_jobs / concurrency {sizes.max_jobs} per asyncio worker process; arq poll_delay {sizes.poll_delay:g} s "
+        f"(and 0.5 s in the 'arq 0.5s' latency columns); Celery prefork -c {os.cpu_count()} ((6): -c 1 vs -c 2), "
+        f"every Celery job count capped at {sizes.celery_max_jobs:,} (chords above it: n/a)",
+        "worker CPU per job = CPU seconds of the worker process(es) and their children from the first claim to the "
+        "last result, / jobs: it barely depends on what else runs on the machine, unlike the rates",
         "",
         *table,
+        "",
+        *table_notes(runs, sizes),
         "",
         "goals (tasks_engine, medians of this run):" + (" [smoke sizes: indicative only]" if a.smoke else ""),
         *("  " + g for g in goals(medians, sizes)),
