@@ -23,7 +23,7 @@ from rich.table import Table
 
 from tasks_engine import beat, control
 from tasks_engine.config import redacted_url
-from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConnectionError
+from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConfigurationError, EngineConnectionError
 from tasks_engine.logs import configure_logging
 from tasks_engine.results import AsyncResult
 from tasks_engine.store import get_broker
@@ -66,7 +66,7 @@ def run(app_module: str | None, op: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(main())
     except REDIS_GONE as exc:
         fail(f"Redis at {redacted_url()} is unreachable ({exc})", EXIT_REDIS)
-    except ValueError as exc:
+    except (ValueError, EngineConfigurationError) as exc:
         fail(str(exc), EXIT_USAGE)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -333,6 +333,15 @@ def register(app: typer.Typer) -> None:
             return {name: await control.purge(name) for name in names}
 
         emit(run(app_module, purge_all), as_json)
+
+    @app.command("migrate-keys")
+    def migrate_keys(
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="count only")] = False,
+        app_module: AppOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Move this prefix's keys from the layout before hash tags (``te:…``) to ``{te}:…`` (workers stopped)."""
+        emit(run(app_module, lambda: get_broker().migrate_legacy_keys(dry_run)), as_json)
 
     @app.command()
     def result(task_id: str, app_module: AppOpt = None, as_json: JsonOpt = False) -> None:

@@ -227,3 +227,22 @@ async def test_cluster_metrics_from_redis(engine, prefix):
     finally:
         proc.kill()
         await proc.wait()
+
+
+# ---------------------------------------------------------------- migration to the hash-tagged layout
+async def test_migrate_keys_moves_the_layout_before_hash_tags_and_its_jobs_run(engine, prefix, sync_client, spawn_worker):
+    """Keys written as ``<prefix>:…`` (before 0.x put them under ``{<prefix>}``) are renamed by
+    ``tasks-engine migrate-keys``; the queued job then runs, and a taken new name is left alone."""
+    queued = await t.add.delay(20, 22)
+    tagged = sync_client.keys(f"{{{prefix}}}:*")
+    assert tagged
+    for key in tagged:  # the old spelling of the same keys
+        sync_client.rename(key, key.replace(f"{{{prefix}}}:".encode(), f"{prefix}:".encode(), 1))
+    sync_client.set(f"{prefix}:jobs:taken", "old")
+    sync_client.set(f"{{{prefix}}}:jobs:taken", "new")
+    assert await cli_json(prefix, "migrate-keys", "--dry-run") == {"would_rename": len(tagged), "conflicts": 1}
+    assert await cli_json(prefix, "migrate-keys") == {"renamed": len(tagged), "conflicts": 1}
+    assert sync_client.get(f"{{{prefix}}}:jobs:taken") == b"new" and sync_client.get(f"{prefix}:jobs:taken") == b"old"
+    sync_client.delete(f"{prefix}:jobs:taken")
+    spawn_worker()
+    assert await queued.get(timeout=20) == 42

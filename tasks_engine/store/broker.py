@@ -24,7 +24,12 @@ from redis.exceptions import NoScriptError, ResponseError
 from tasks_engine.clock import Backoff, now_iso, now_ms
 from tasks_engine.codec import dumps, loads
 from tasks_engine.config import EngineSettings, get_settings, redacted_url
-from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConnectionError, NotReplicatedError
+from tasks_engine.exceptions import (
+    REDIS_UNAVAILABLE,
+    EngineConfigurationError,
+    EngineConnectionError,
+    NotReplicatedError,
+)
 from tasks_engine.store.connection import PubSubSource, async_client, sync_client
 from tasks_engine.store.keys import Keys
 from tasks_engine.store.scripts import SCRIPTS, lua
@@ -407,6 +412,24 @@ class Broker(Views):
             "chord_keys_deleted": chord_keys,
             "dead_letters_left": int(await awaited(r.llen(k.dead))),
         }
+
+
+    async def migrate_legacy_keys(self, dry_run: bool = False) -> dict[str, int]:
+        """Rename the keys of the layout before hash tags (``<prefix>:…``) to ``{<prefix>}:…``; a key whose
+        new name is taken is left as it is and counted. Run it with the workers stopped."""
+        if self.cluster:
+            raise EngineConfigurationError("migrate-keys runs on the single Redis the old layout lived on")
+        renamed = conflicts = 0
+        head = len(self.prefix) + 1
+        async for key in self.redis.scan_iter(match=self.keys.legacy(), count=1000):
+            new = f"{self.base}:{key.decode(errors='surrogateescape')[head:]}"
+            if dry_run:
+                taken = bool(await self.redis.exists(new))
+            else:
+                taken = not await self.redis.renamenx(key, new)
+            conflicts += taken
+            renamed += not taken
+        return {"renamed" if not dry_run else "would_rename": renamed, "conflicts": conflicts}
 
 
 def _entry_time(raw: bytes | str) -> datetime | None:
