@@ -221,6 +221,7 @@ class Worker:
             self._idle_wait.cancel()
         if self._stopped.is_set():
             return
+        await self._leave_idle()
         deadline = time.monotonic() + grace
         while self.running and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -255,6 +256,17 @@ class Worker:
                 log.exception("on_shutdown hook failed")
         log.info("worker stopped", worker=self.id, processed=self.processed)
         self._stopped.set()
+
+    async def _leave_idle(self) -> None:
+        """No job may be handed to a stopping worker; those handed already go back to their queue."""
+        if self.broker is None:
+            return
+        try:
+            handed = await self.broker.leave_idle(self.id)
+        except REDIS_UNAVAILABLE:
+            return  # their leases expire and the reaper puts them back
+        if handed:
+            await self._requeue(handed)
 
     async def _requeue(self, ids: list[str]) -> None:
         assert self.broker is not None
@@ -292,10 +304,7 @@ class Worker:
                 await asyncio.sleep(delay)
                 continue
             for tid, raw, revoked, delivered in jobs:
-                run = LimitedRun()
-                job = asyncio.create_task(self._process(tid, raw, revoked, delivered, run))
-                self.running[tid] = (job, run)
-                job.add_done_callback(functools.partial(self._forget_job, tid))
+                self._start_job(tid, raw, revoked, delivered)
             if jobs or self.stopping:
                 continue
             # Redis times a blocking call out only on its cron tick (every 100 ms at the default hz=10)
@@ -306,7 +315,7 @@ class Worker:
             if next_due is not None:  # ms from now, on Redis's clock
                 timeout = min(timeout, next_due / 1000)
             if self._idle_wait is None:
-                self._idle_wait = asyncio.ensure_future(broker.wait_for_work(self.queues))
+                self._idle_wait = asyncio.ensure_future(broker.wait_for_work(self.queues, self.id))
             done, _ = await asyncio.wait({self._idle_wait}, timeout=timeout)
             if not done:
                 continue
@@ -314,11 +323,36 @@ class Worker:
             if finished.cancelled():
                 continue  # stop() cancelled it; the loop condition ends the round
             error = finished.exception()
-            if isinstance(error, REDIS_UNAVAILABLE):
+            if error is None:
+                self._take_handoff(finished.result(), lease_ms)
+            elif isinstance(error, REDIS_UNAVAILABLE):
                 log.error("redis unreachable while idle", error=str(error))
                 await asyncio.sleep(backoff.next())
             elif error is not None:
                 raise error
+
+    def _start_job(self, tid: str, raw: bytes, revoked: bool, delivered: int) -> None:
+        run = LimitedRun()
+        job = asyncio.create_task(self._process(tid, raw, revoked, delivered, run))
+        self.running[tid] = (job, run)
+        job.add_done_callback(functools.partial(self._forget_job, tid))
+
+    def _take_handoff(self, reply: Any, lease_ms: int) -> None:
+        """Start a job an enqueue handed to this idle worker (already leased to it), unless it arrives
+        after its lease ran out (the worker was paused): then the reaper gives it to someone else."""
+        assert self.broker is not None
+        try:
+            handed = self.broker.handed_off(reply, self.id)
+        except ValueError:
+            log.error("unreadable hand-off entry; its lease will expire and another worker takes it")
+            return
+        if handed is None:
+            return
+        tid, raw, delivered, at = handed
+        if self.broker.redis_now_ms() - at > lease_ms:
+            log.warning("hand-off arrived after its lease; left to the reaper", task_id=tid)
+            return
+        self._start_job(tid, raw, False, delivered)
 
     def _forget_job(self, task_id: str, _done: asyncio.Task[None]) -> None:
         self.running.pop(task_id, None)

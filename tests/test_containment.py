@@ -435,6 +435,7 @@ async def test_a_failing_loop_is_logged_visible_in_the_heartbeat_and_restarted(e
 
     with structlog.testing.capture_logs() as logs:
         broker.claim = claim_fails_twice  # type: ignore[method-assign]
+        await broker.leave_idle(worker.id)  # not handed to it directly: the consume loop must claim it
         r = await t.add.delay(1, 2)
         await wait_for(lambda: _async(worker.health.restarts.get("consume", 0) >= 1), 5)
         await wait_for(lambda: _worker_key(sync_client, engine.key_prefix), 5)  # the heartbeat goes on meanwhile

@@ -365,8 +365,8 @@ async def test_blocked_loop_is_reported_with_the_culprit_task_id(engine, worker,
         await asyncio.sleep(0.1)
         sampled: list[list[tuple[str, float]]] = []
         sampler = threading.Timer(0.6, lambda: sampled.append(current_steps()))
+        sampler.start()  # before sending: an idle worker may start the hog before delay() returns
         r = await hog.delay(1.0)
-        sampler.start()
         assert await r.get(timeout=10) == "done"
         for b in bystanders:
             await b.get(timeout=5)

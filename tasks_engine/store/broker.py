@@ -12,7 +12,6 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import redis as sync_redis
@@ -22,15 +21,16 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from tasks_engine.clock import Backoff, now_iso, now_ms
-from tasks_engine.codec import dumps, loads
+from tasks_engine.codec import dumps
 from tasks_engine.config import EngineSettings, get_settings, redacted_url
 from tasks_engine.exceptions import (
     REDIS_UNAVAILABLE,
-    EngineConfigurationError,
     EngineConnectionError,
     NotReplicatedError,
 )
+from tasks_engine.store.batching import EnqueueBatcher
 from tasks_engine.store.connection import PubSubSource, async_client, sync_client
+from tasks_engine.store.housekeeping import Housekeeping
 from tasks_engine.store.keys import Keys
 from tasks_engine.store.scripts import SCRIPTS, lua
 from tasks_engine.store.views import Views
@@ -49,7 +49,7 @@ def awaited(value: Awaitable[T] | T) -> Awaitable[T]:
     return cast("Awaitable[T]", value)
 
 
-class Broker(Views):
+class Broker(Views, Housekeeping):
     """One Redis client and the engine's scripts, bound to one event loop."""
 
     def __init__(self, settings: EngineSettings) -> None:
@@ -72,6 +72,13 @@ class Broker(Views):
         self.static_keys = self.keys.static
         self.base = self.keys.base
         self.waiter = ResultWaiter(self.pubsub, self.keys.done_channel)
+        self.batcher = EnqueueBatcher(self._enqueue_now)
+        self.redis_clock = (0, 0.0)  # (Redis ms, monotonic s) at the last claim: to age hand-offs
+
+    def redis_now_ms(self) -> int:
+        """Redis's clock now, estimated from the last claim (0 before the first)."""
+        at, seen = self.redis_clock
+        return at + int((time.monotonic() - seen) * 1000) if at else 0
 
     def key(self, *parts: str) -> str:
         """A raw key under this prefix (tests and scripts that inspect Redis; the engine uses ``keys``)."""
@@ -113,14 +120,18 @@ class Broker(Views):
         return argv
 
     async def enqueue(self, items: Sequence[Enqueue]) -> int:
-        """Place messages (one script call, atomic by itself); returns how many were new."""
+        """Place messages (with the concurrent callers' ones, one atomic script call); returns how many
+        were new."""
         if not items:
             return 0
+        return await self.batcher.submit(items)
+
+    async def _enqueue_now(self, items: Sequence[Enqueue]) -> list[int]:
         if self.settings.replica_acks:
-            return int(
-                await self.replicated(lambda conn: self.run("enqueue", args=self._enqueue_args(items), client=conn))
-            )
-        return int(await self.run("enqueue", args=self._enqueue_args(items)))
+            flags = await self.replicated(lambda conn: self.run("enqueue", args=self._enqueue_args(items), client=conn))
+        else:
+            flags = await self.run("enqueue", args=self._enqueue_args(items))
+        return [int(f) for f in flags]
 
     def plan_args(self, payload: bytes) -> list[Any]:
         return [self.base, self.settings.result_expires, now_ms(), now_iso(), payload]
@@ -173,6 +184,7 @@ class Broker(Views):
                 *queues,
             ],
         )
+        self.redis_clock = (int(redis_now), time.monotonic())
         out = []
         for tid, raw, revoked, delivered in jobs:
             try:
@@ -186,9 +198,23 @@ class Broker(Views):
         log.error("job quarantined", task_id=repr(task_id) if isinstance(task_id, bytes) else task_id, reason=reason)
         await self.run("quarantine", args=[self.base, task_id, reason, now_iso(), self.settings.result_expires])
 
-    def wait_for_work(self, queues: Sequence[str], timeout: int = 1) -> Awaitable[Any]:
-        """Block until a job is enqueued on one of ``queues`` (or ``timeout`` seconds)."""
-        return awaited(self.redis.blpop([self.keys.wake(q) for q in queues], timeout=timeout))
+    def wait_for_work(self, queues: Sequence[str], worker_id: str, timeout: int = 1) -> Awaitable[Any]:
+        """Block until a job is handed to this worker (``(handoff key, payload)``) or one is enqueued on
+        one of ``queues`` (``(wake key, _)``), or ``timeout`` seconds pass (None)."""
+        keys = [self.keys.handoff(worker_id), *(self.keys.wake(q) for q in queues)]
+        return awaited(self.redis.blpop(keys, timeout=timeout))
+
+    def handed_off(self, reply: Any, worker_id: str) -> tuple[str, bytes, int, int] | None:
+        """A job handed to this worker by an enqueue (see ``te_handoff`` in ``lua/lib.lua``):
+        ``(id, message, delivered, handed at in Redis ms)``; None for a plain wake-up."""
+        if not reply or reply[0].decode() != self.keys.handoff(worker_id):
+            return None
+        task_id, delivered, at, raw = reply[1].split(b"\n", 3)
+        return task_id.decode(errors="surrogateescape"), raw, int(delivered), int(at)
+
+    async def leave_idle(self, worker_id: str) -> list[str]:
+        """End this worker's idle registration; returns the jobs handed to it that it never took."""
+        return [i.decode() for i in await self.run("idle_leave", args=[self.base, worker_id])]
 
     async def requeue(self, ids: Sequence[str], worker_id: str) -> list[str]:
         """Put this worker's running jobs back in their queues at their place, without counting a retry."""
@@ -346,99 +372,6 @@ class Broker(Views):
 
     async def set_beat_last(self, entry: str, tick_ms: int, only_if_missing: bool = False) -> None:
         await self.redis.set(self.keys.beat_last(entry), tick_ms, nx=only_if_missing)
-
-    # ------------------------------------------------------------ housekeeping
-    async def sweep(self, dead_letters_before: datetime | None = None) -> dict[str, int]:
-        """What result TTLs leave behind: dead letters older than ``dead_letters_before``,
-        messages no queue refers to (moved to the dead letters), result records without a TTL whose job
-        can no longer finish, and chord bookkeeping whose chord is gone."""
-        r, k = self.redis, self.keys
-        dead_trimmed = 0
-        while dead_letters_before is not None:  # oldest entries sit at the right end
-            last = await awaited(r.lindex(k.dead, -1))
-            if last is None:
-                break
-            at = _entry_time(last)
-            if at is not None and at >= dead_letters_before:
-                break
-            await awaited(r.lrem(k.dead, -1, last))  # not RPOP: never drop an entry pushed meanwhile
-            dead_trimmed += 1
-        orphans = 0
-        batch: list[str] = []
-        async for key in r.scan_iter(match=k.pattern("msg"), count=1000):
-            batch.append(k.strip("msg", key))
-            if len(batch) >= 200:
-                orphans += len(await self.run("sweep_orphans", args=[self.base, now_iso(), *batch]))
-                batch.clear()
-        if batch:
-            orphans += len(await self.run("sweep_orphans", args=[self.base, now_iso(), *batch]))
-        stale = 0
-        keys: list[bytes] = []
-
-        async def expire_stale() -> int:
-            async with r.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.ttl(key)
-                    pipe.exists(k.message(k.strip("res", key)))
-                answers = await pipe.execute()
-            found = [
-                key
-                for key, ttl, alive in zip(keys, answers[::2], answers[1::2], strict=True)
-                if ttl == -1 and not alive
-            ]
-            if found:
-                async with r.pipeline(transaction=False) as pipe:
-                    for key in found:
-                        pipe.expire(key, self.settings.result_expires)
-                    await pipe.execute()
-            keys.clear()
-            return len(found)
-
-        async for key in r.scan_iter(match=k.pattern("res"), count=1000):
-            keys.append(key)
-            if len(keys) >= 500:
-                stale += await expire_stale()
-        stale += await expire_stale()
-        chord_keys = 0
-        for suffix in ("done", "r"):
-            async for key in r.scan_iter(match=k.pattern("chord", suffix), count=1000):
-                parent = key.decode().rsplit(":", 1)[0]
-                if not await r.exists(parent):
-                    chord_keys += await r.delete(key)
-        return {
-            "dead_letters_trimmed": dead_trimmed,
-            "orphaned_messages": orphans,
-            "stale_results_expiring": stale,
-            "chord_keys_deleted": chord_keys,
-            "dead_letters_left": int(await awaited(r.llen(k.dead))),
-        }
-
-
-    async def migrate_legacy_keys(self, dry_run: bool = False) -> dict[str, int]:
-        """Rename the keys of the layout before hash tags (``<prefix>:…``) to ``{<prefix>}:…``; a key whose
-        new name is taken is left as it is and counted. Run it with the workers stopped."""
-        if self.cluster:
-            raise EngineConfigurationError("migrate-keys runs on the single Redis the old layout lived on")
-        renamed = conflicts = 0
-        head = len(self.prefix) + 1
-        async for key in self.redis.scan_iter(match=self.keys.legacy(), count=1000):
-            new = f"{self.base}:{key.decode(errors='surrogateescape')[head:]}"
-            if dry_run:
-                taken = bool(await self.redis.exists(new))
-            else:
-                taken = not await self.redis.renamenx(key, new)
-            conflicts += taken
-            renamed += not taken
-        return {"renamed" if not dry_run else "would_rename": renamed, "conflicts": conflicts}
-
-
-def _entry_time(raw: bytes | str) -> datetime | None:
-    """When a dead letter was written (entries without a readable time count as old)."""
-    try:
-        moment = datetime.fromisoformat(str(loads(raw).get("at")))
-    except (ValueError, AttributeError):
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class SyncHeartbeat:

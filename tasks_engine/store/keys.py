@@ -32,6 +32,12 @@ a script finds while it runs (the ids it pops from a queue) carry the same hash 
 ``rl-log:<task>``       zset of the task's starts in the last second (caps late catch-up).
 ``rate-limits``         hash task -> limit set at runtime (wins over the declared one).
 ``worker:<id>``         a live worker's heartbeat (JSON), expiring after the lease.
+``idle:<queue>``        zset worker id -> when (Redis ms) its claim found nothing: workers a new job may be
+                        handed to directly (registrations older than 3 s are not used).
+``idle-info``           hash worker id -> ``lease_ms|<queues, one per line>`` of each idle registration.
+``handoff:<worker>``    list of jobs handed to that idle worker, already leased to it:
+                        ``id\ndelivered\nhanded-at ms\nmessage``; the worker blocks on it with its wake lists.
+``rl-tasks``            set of the task names workers declared a rate limit for (never handed off).
 ``beat:<entry>:<tick>`` claim of one periodic tick (SET NX): one job per tick cluster-wide.
 ``beat-last:<entry>``   the last tick sent (ms), for catching up after downtime.
 ``dead``                list of dead letters (JSON), newest first, capped.
@@ -46,7 +52,7 @@ from dataclasses import dataclass
 
 DEAD_LETTERS_KEPT = 10_000
 #: Names of the keys every script declares (``KEYS[1..n]``), in this order (``lua/keys.lua``).
-STATIC_KEYS = ("seq", "delayed", "dq", "active", "inflight", "dead", "failed", "rate-limits")
+STATIC_KEYS = ("seq", "delayed", "dq", "active", "inflight", "dead", "failed", "rate-limits", "idle-info", "rl-tasks")
 
 
 def beat_task_id(entry: str, tick_ms: int) -> str:
@@ -112,6 +118,9 @@ class Keys:
 
     def worker(self, worker_id: str) -> str:
         return self._k("worker", worker_id)
+
+    def handoff(self, worker_id: str) -> str:
+        return self._k("handoff", worker_id)
 
     def beat_claim(self, entry: str, tick_ms: int) -> str:
         return self._k("beat", entry, str(tick_ms))

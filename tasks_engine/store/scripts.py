@@ -42,4 +42,5 @@ SCRIPTS = (
     "quarantine",
     "dead_requeue",
     "plan",
+    "idle_leave",
 )

@@ -145,6 +145,18 @@ if capped then
   redis.call('lpush', p .. ':wake:' .. queues[1], '1')  -- parked a long run of jobs: claim again at once
 elseif taken == 0 then
   for _, q in ipairs(queues) do redis.call('del', p .. ':wake:' .. q) end
+  -- Nothing to do: this worker may be handed the next job directly (lib.lua te_handoff).
+  local limited = {}
+  for name, rl in pairs(limits) do if type(rl) == 'table' and tonumber(rl[1]) and rl[1] > 0 then limited[#limited + 1] = name end end
+  if #limited > 0 then
+    redis.call('sadd', K_RL_TASKS, unpack(limited))
+    redis.call('pexpire', K_RL_TASKS, 86400000)
+  end
+  redis.call('hset', K_IDLE_INFO, wid, string.format('%d', lease_ms) .. '|' .. table.concat(queues, '\n'))
+  for _, q in ipairs(queues) do redis.call('zadd', p .. ':idle:' .. q, rnow, wid) end
+elseif redis.call('hexists', K_IDLE_INFO, wid) == 1 then
+  for _, q in ipairs(queues) do redis.call('zrem', p .. ':idle:' .. q, wid) end  -- busy again
+  redis.call('hdel', K_IDLE_INFO, wid)
 end
 local nxt = redis.call('zrange', K_DELAYED, 0, 0, 'WITHSCORES')
 return {out, nxt[2] or '', rnow}

@@ -80,6 +80,43 @@ local function te_quarantine(p, id, reason, iso, ttl)
   end
 end
 
+-- Direct hand-off: a worker whose claim found nothing is registered as idle (claim.lua); a ready job
+-- goes straight to the freshest such worker, already leased to it as a claim would, so it starts without
+-- a claim round trip. Never for a revoked job or a task with a rate limit (the claim applies those), and
+-- never to a registration older than 3 s; a job handed to a worker that died meanwhile comes back when
+-- its lease expires, like any job of a dead worker. One hand-off per registration.
+local function te_handoff(p, id, msg, q, score)
+  local idle = p .. ':idle:' .. q
+  if redis.call('exists', idle) == 0 then return false end
+  local now = te_time_ms()
+  redis.call('zremrangebyscore', idle, '-inf', now - 3000)
+  local wid = redis.call('zrange', idle, -1, -1)[1]
+  if not wid then return false end
+  local task = string.match(msg, '"task":"(.-)"')
+  if not task or redis.call('sismember', K_RL_TASKS, task) == 1 or redis.call('hexists', K_RATE_LIMITS, task) == 1
+      or redis.call('exists', p .. ':revoked:' .. id) == 1 then
+    return false
+  end
+  local lease_ms, queues = string.match(redis.call('hget', K_IDLE_INFO, wid) or '', '^(%d+)|(.*)$')
+  if not lease_ms then
+    redis.call('zrem', idle, wid)
+    return false
+  end
+  for name in string.gmatch(queues, '[^\n]+') do redis.call('zrem', p .. ':idle:' .. name, wid) end
+  redis.call('hdel', K_IDLE_INFO, wid)
+  redis.call('zadd', K_ACTIVE, string.format('%d', now + tonumber(lease_ms)), id)
+  redis.call('hset', K_INFLIGHT, id, q .. '|' .. score .. '|' .. wid)
+  local rkey = p .. ':res:' .. id
+  local t = redis.call('type', rkey)['ok']
+  if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end
+  local delivered = redis.call('hincrby', rkey, 'delivered', 1)
+  redis.call('hset', rkey, 'state', 'STARTED', 'worker', wid, 'date_started', string.format('%d', now))
+  local box = p .. ':handoff:' .. wid
+  redis.call('rpush', box, id .. '\n' .. delivered .. '\n' .. string.format('%d', now) .. '\n' .. msg)
+  redis.call('pexpire', box, 60000)
+  return true
+end
+
 local function te_enqueue(p, id, msg, q, prio, eta, now, nx)
   local mkey = p .. ':msg:' .. id
   if nx == '1' then
@@ -95,7 +132,7 @@ local function te_enqueue(p, id, msg, q, prio, eta, now, nx)
     redis.call('hset', K_DQ, id, q .. '|' .. score)
     redis.call('lpush', p .. ':wake:' .. q, '1')  -- an idle worker re-reads the next due time
     redis.call('ltrim', p .. ':wake:' .. q, 0, 999)
-  else
+  elseif not te_handoff(p, id, msg, q, score) then
     redis.call('zadd', p .. ':q:' .. q, score, id)
     redis.call('lpush', p .. ':wake:' .. q, '1')
     redis.call('ltrim', p .. ':wake:' .. q, 0, 999)

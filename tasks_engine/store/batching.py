@@ -1,0 +1,90 @@
+"""Client-side group commit of ``delay()``: the enqueues of one event loop that arrive while a script
+call is being made share the next one (as the worker's completions do).
+
+A lone ``delay()`` goes out at once (the flush is scheduled with ``call_soon``, after the calls already
+waiting to run in this loop iteration); concurrent ones — a web server handling many requests, a
+``gather`` of sends — are packed into one ``enqueue.lua`` call of up to ``MAX_ITEMS`` messages. Each
+message is still placed by one atomic script, and every caller gets its own answer. When a shared call
+fails on a script error (a key of the wrong type under one caller's queue, say), each caller's messages
+are sent again on their own, so only the caller whose data is at fault gets the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from redis.exceptions import ResponseError
+
+from tasks_engine.store.writes import Enqueue
+
+MAX_ITEMS = 500
+Flush = Callable[[Sequence[Enqueue]], Awaitable[list[int]]]
+
+
+class EnqueueBatcher:
+    """Collects ``submit`` calls of one loop; at most one script call in flight at a time."""
+
+    def __init__(self, flush: Flush) -> None:
+        self.flush = flush
+        self.pending: list[tuple[Sequence[Enqueue], asyncio.Future[int]]] = []
+        self.running = False
+        self.task: asyncio.Future[None] | None = None
+
+    async def submit(self, items: Sequence[Enqueue]) -> int:
+        """Place ``items`` with the next shared call; returns how many of them were new."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.pending.append((items, fut))
+        if not self.running:
+            self.running = True
+            self.task = asyncio.ensure_future(self._drain())  # runs after the calls already due this turn
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch: list[tuple[Sequence[Enqueue], asyncio.Future[int]]] = []
+                size = 0
+                while self.pending and (not batch or size + len(self.pending[0][0]) <= MAX_ITEMS):
+                    entry = self.pending.pop(0)
+                    batch.append(entry)
+                    size += len(entry[0])
+                await self._send(batch)
+        finally:
+            self.running = False
+
+    async def _send(self, batch: list[tuple[Sequence[Enqueue], asyncio.Future[int]]]) -> None:
+        live = [(items, fut) for items, fut in batch if not fut.cancelled()]
+        if not live:
+            return
+        try:
+            flags = await self.flush([item for items, _ in live for item in items])
+        except ResponseError as exc:
+            if len(live) == 1:
+                _settle(live[0][1], exc)
+                return
+            for items, fut in live:  # find the caller whose data the script refused
+                try:
+                    _settle(fut, sum(await self.flush(items)))
+                except Exception as own:  # noqa: BLE001 - handed to that caller
+                    _settle(fut, own)
+            return
+        except BaseException as exc:
+            for _, fut in live:
+                _settle(fut, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        start = 0
+        for items, fut in live:
+            _settle(fut, sum(flags[start : start + len(items)]))
+            start += len(items)
+
+
+def _settle(fut: asyncio.Future[int], outcome: int | BaseException) -> None:
+    if fut.done():
+        return
+    if isinstance(outcome, BaseException):
+        fut.set_exception(outcome)
+    else:
+        fut.set_result(outcome)
