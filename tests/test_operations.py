@@ -230,7 +230,9 @@ async def test_cluster_metrics_from_redis(engine, prefix):
 
 
 # ---------------------------------------------------------------- migration to the hash-tagged layout
-async def test_migrate_keys_moves_the_layout_before_hash_tags_and_its_jobs_run(engine, prefix, sync_client, spawn_worker):
+async def test_migrate_keys_moves_the_layout_before_hash_tags_and_its_jobs_run(
+    engine, prefix, sync_client, spawn_worker
+):
     """Keys written as ``<prefix>:…`` (before 0.x put them under ``{<prefix>}``) are renamed by
     ``tasks-engine migrate-keys``; the queued job then runs, and a taken new name is left alone."""
     queued = await t.add.delay(20, 22)
