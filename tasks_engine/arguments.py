@@ -37,6 +37,12 @@ class ArgumentSpec:
             p.name: TypeAdapter(hints[p.name]) for p in params if p.name in hints and hints[p.name] is not Any
         }
         self._kinds = {p.name: p.kind for p in params}
+        # Positional-only calls of a plain signature (the common delay(a, b)) need no Signature.bind.
+        positional = [p for p in params if p.kind in _POSITIONAL]
+        plain = all(p.kind in _POSITIONAL or p.default is not inspect.Parameter.empty for p in params)
+        self._arity = (
+            (sum(p.default is inspect.Parameter.empty for p in positional), len(positional)) if plain else None
+        )
 
     @property
     def names(self) -> list[str]:
@@ -48,6 +54,8 @@ class ArgumentSpec:
         return len(positional), inspect.Parameter.VAR_POSITIONAL in self._kinds.values()
 
     def bind_check(self, args: list[Any], kwargs: dict[str, Any], role: str = "") -> None:
+        if not kwargs and self._arity is not None and self._arity[0] <= len(args) <= self._arity[1]:
+            return
         try:
             self.signature.bind(*args, **kwargs)
         except TypeError as exc:
