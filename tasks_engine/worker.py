@@ -323,8 +323,8 @@ class Worker:
             if finished.cancelled():
                 continue  # stop() cancelled it; the loop condition ends the round
             error = finished.exception()
-            if error is None:
-                self._take_handoff(finished.result(), lease_ms)
+            if error is None and self._take_handoff(finished.result(), lease_ms):
+                await asyncio.sleep(0)  # let the handed job start before this loop's next claim call
             elif isinstance(error, REDIS_UNAVAILABLE):
                 log.error("redis unreachable while idle", error=str(error))
                 await asyncio.sleep(backoff.next())
@@ -337,7 +337,7 @@ class Worker:
         self.running[tid] = (job, run)
         job.add_done_callback(functools.partial(self._forget_job, tid))
 
-    def _take_handoff(self, reply: Any, lease_ms: int) -> None:
+    def _take_handoff(self, reply: Any, lease_ms: int) -> bool:
         """Start a job an enqueue handed to this idle worker (already leased to it), unless it arrives
         after its lease ran out (the worker was paused): then the reaper gives it to someone else."""
         assert self.broker is not None
@@ -345,14 +345,15 @@ class Worker:
             handed = self.broker.handed_off(reply, self.id)
         except ValueError:
             log.error("unreadable hand-off entry; its lease will expire and another worker takes it")
-            return
+            return False
         if handed is None:
-            return
+            return False
         tid, raw, delivered, at = handed
         if self.broker.redis_now_ms() - at > lease_ms:
             log.warning("hand-off arrived after its lease; left to the reaper", task_id=tid)
-            return
+            return False
         self._start_job(tid, raw, False, delivered)
+        return True
 
     def _forget_job(self, task_id: str, _done: asyncio.Task[None]) -> None:
         self.running.pop(task_id, None)
