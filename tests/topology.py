@@ -144,17 +144,18 @@ def _cluster_ok(server: Server) -> bool:
 def cluster(primaries: int = 3, replicas: int = 0, root: Path | None = None) -> Iterator[Cluster]:
     """``primaries`` primaries sharing the 16,384 slots evenly, each with ``replicas`` replicas."""
     base = Path(root or tempfile.mkdtemp(prefix="te-cluster-"))
-    servers = []
-    for _ in range(primaries * (1 + replicas)):
-        port = free_port()
-        servers.append(
-            data_server(
-                base / str(port), port, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
-                "--cluster-config-file", "nodes.conf", "--cluster-require-full-coverage", "yes",
-            ).start()
-        )  # fmt: skip
-    topology = Cluster(primaries=servers[:primaries], replicas=servers[primaries:])
+    servers: list[Server] = []
+    topology = Cluster(primaries=servers)  # stops whatever started, should a later step fail
     try:
+        for _ in range(primaries * (1 + replicas)):
+            port = free_port()
+            servers.append(
+                data_server(
+                    base / str(port), port, "--cluster-enabled", "yes", "--cluster-node-timeout", "2000",
+                    "--cluster-config-file", "nodes.conf", "--cluster-require-full-coverage", "yes",
+                ).start()
+            )  # fmt: skip
+        topology = Cluster(primaries=servers[:primaries], replicas=servers[primaries:])
         per = SLOTS // primaries
         for i, server in enumerate(topology.primaries):
             high = SLOTS - 1 if i == primaries - 1 else (i + 1) * per - 1
@@ -210,27 +211,29 @@ def sentinels(root: Path | None = None, down_after_ms: int = 1000) -> Iterator[S
     """One primary, one replica and three sentinels (quorum 2), all on loopback."""
     base = Path(root or tempfile.mkdtemp(prefix="te-sentinel-"))
     p_port, r_port = free_port(), free_port()
-    primary = data_server(base / "primary", p_port).start()
-    replica = data_server(base / "replica", r_port, "--replicaof", "127.0.0.1", str(p_port)).start()
-    wait_until(lambda: replica.client().info("replication").get("master_link_status") == "up", 20,
-               "the replica in sync")  # fmt: skip
-    watchers = []
     name = "te-primary"
-    for i in range(3):
-        port = free_port()
-        directory = base / f"sentinel-{i}"
-        directory.mkdir(parents=True)
-        conf = directory / "sentinel.conf"
-        conf.write_text(
-            f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
-            f"sentinel monitor {name} 127.0.0.1 {p_port} 2\n"
-            f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
-            f"sentinel failover-timeout {name} 5000\n"
-            f"sentinel parallel-syncs {name} 1\n"
-        )
-        watchers.append(Server(port, directory, [str(conf), "--sentinel"]).start())
-    topology = SentinelSet(primary, replica, watchers, name)
+    primary = data_server(base / "primary", p_port)
+    replica = data_server(base / "replica", r_port, "--replicaof", "127.0.0.1", str(p_port))
+    watchers: list[Server] = []
+    topology = SentinelSet(primary, replica, watchers, name)  # stops whatever started, should a step fail
     try:
+        primary.start()
+        replica.start()
+        wait_until(lambda: replica.client().info("replication").get("master_link_status") == "up", 20,
+                   "the replica in sync")  # fmt: skip
+        for i in range(3):
+            port = free_port()
+            directory = base / f"sentinel-{i}"
+            directory.mkdir(parents=True)
+            conf = directory / "sentinel.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"sentinel monitor {name} 127.0.0.1 {p_port} 2\n"
+                f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+                f"sentinel failover-timeout {name} 5000\n"
+                f"sentinel parallel-syncs {name} 1\n"
+            )
+            watchers.append(Server(port, directory, [str(conf), "--sentinel"]).start())
         wait_until(lambda: all(int(dict(zip(*[iter(s.client().execute_command("SENTINEL", "MASTER", name))] * 2,
                                             strict=False))[b"num-other-sentinels"]) == 2 for s in watchers),
                    30, "the sentinels to find each other")  # fmt: skip
