@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -211,6 +211,40 @@ def latency_summary(starts: Sequence[float], results: Sequence[float]) -> dict[s
         "result_p99_ms": percentile(results, 99) * 1000,
         "samples": len(starts),
     }
+
+
+async def measure_rss(
+    p: Params,
+    workers: Any,
+    send: Callable[[int], Awaitable[Any]],
+    drained: Callable[[], Awaitable[Any]],
+    below_5000: Callable[[], Awaitable[bool]],
+) -> dict[str, Any]:
+    """RSS of one running worker after ``p.warmup`` jobs, then after ``p.jobs`` more, sent in chunks of
+    5,000 while fewer than 5,000 are unfinished (the asyncio clients' shared RSS workload)."""
+    await send(p.warmup)
+    await drained()
+    settle = min(1.0, 0.2 + p.jobs / 100_000)  # let the last jobs' garbage go before reading RSS
+    await asyncio.sleep(settle)
+    before = workers.rss_bytes()
+    sent = 0
+    while sent < p.jobs:
+        await async_wait_until(below_5000, p.timeout, interval=0.05, alive=workers.check_alive)
+        n = min(5000, p.jobs - sent)
+        await send(n)
+        sent += n
+    await drained()
+    await asyncio.sleep(settle)
+    return rss_summary(before, workers.rss_bytes(), p.jobs)
+
+
+def run_async(run: Callable[[Params], Coroutine[Any, Any, dict[str, Any]]], p: Params) -> dict[str, Any]:
+    """``run(p)`` on uvloop when the venv has it (every engine gets the same loop), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run(p))
+    return uvloop.run(run(p))
 
 
 def rss_summary(before: int, after: int, jobs: int) -> dict[str, Any]:

@@ -217,23 +217,11 @@ class Client:
         return out
 
     async def rss(self) -> dict[str, Any]:
-        p = self.p
         self.start_workers(1)
-        await self.enqueue(p.task, p.warmup, keep=False)
-        await self.wait_drained()
-        settle = min(1.0, 0.2 + p.jobs / 100_000)  # let the last jobs' garbage go before reading RSS
-        await asyncio.sleep(settle)
-        before = self.workers.rss_bytes()
-        sent = 0
-        while sent < p.jobs:
-            await common.async_wait_until(self._below_5000, p.timeout, interval=0.05, alive=self.workers.check_alive)
-            n = min(5000, p.jobs - sent)
-            await self.enqueue(p.task, n, keep=False)
-            sent += n
-        await self.wait_drained()
-        await asyncio.sleep(settle)
-        after = self.workers.rss_bytes()
-        return common.rss_summary(before, after, p.jobs)
+        task = self.p.task
+        return await common.measure_rss(
+            self.p, self.workers, lambda n: self.enqueue(task, n, keep=False), self.wait_drained, self._below_5000
+        )
 
     async def _below_5000(self) -> bool:
         return await self.unfinished() < 5000
@@ -282,11 +270,7 @@ async def run(p: common.Params) -> dict[str, Any]:
 
 
 def main(p: common.Params) -> dict[str, Any]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run(p))
-    return uvloop.run(run(p))
+    return common.run_async(run, p)
 
 
 if __name__ == "__main__":

@@ -189,25 +189,11 @@ class Client:
 
     async def rss(self) -> dict[str, Any]:
         """RSS of the worker after a warm-up, then after ``jobs`` more jobs (backlog kept under 5,000)."""
-        p = self.p
         self.start_workers(1)
-        await self.enqueue(TASKS[p.task], p.warmup)
-        await self.wait_drained()
-        settle = min(1.0, 0.2 + p.jobs / 100_000)  # let the last jobs' garbage go before reading RSS
-        await asyncio.sleep(settle)
-        before = self.workers.rss_bytes()
-        sent = 0
-        while sent < p.jobs:
-            await common.async_wait_until(
-                lambda: self._below(5000), p.timeout, interval=0.05, alive=self.workers.check_alive
-            )
-            n = min(5000, p.jobs - sent)
-            await self.enqueue(TASKS[p.task], n)
-            sent += n
-        await self.wait_drained()
-        await asyncio.sleep(settle)
-        after = self.workers.rss_bytes()
-        return common.rss_summary(before, after, p.jobs)
+        task = TASKS[self.p.task]
+        return await common.measure_rss(
+            self.p, self.workers, lambda n: self.enqueue(task, n), self.wait_drained, lambda: self._below(5000)
+        )
 
     async def _below(self, limit: int) -> bool:
         return await self.remaining() < limit
@@ -262,11 +248,7 @@ async def run(p: common.Params) -> dict[str, Any]:
 
 
 def main(p: common.Params) -> dict[str, Any]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(run(p))
-    return uvloop.run(run(p))
+    return common.run_async(run, p)
 
 
 if __name__ == "__main__":
