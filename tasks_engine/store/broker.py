@@ -29,7 +29,7 @@ from tasks_engine.exceptions import (
     NotReplicatedError,
 )
 from tasks_engine.store.batching import EnqueueBatcher
-from tasks_engine.store.connection import PubSubSource, async_client, sync_client
+from tasks_engine.store.connection import PubSubSource, async_client, awaited, sync_client
 from tasks_engine.store.housekeeping import Housekeeping
 from tasks_engine.store.keys import Keys
 from tasks_engine.store.scripts import SCRIPTS, lua
@@ -42,11 +42,6 @@ log = structlog.get_logger("tasks_engine.store")
 T = TypeVar("T")
 _EXC_FIELDS = ("exc_type", "exc_module", "exc_message", "exc_args", "traceback")
 CHORD_MIN_TTL = 7 * 86_400
-
-
-def awaited(value: Awaitable[T] | T) -> Awaitable[T]:
-    """redis-py types its asyncio commands as "awaitable or value"; on our async client it is awaitable."""
-    return cast("Awaitable[T]", value)
 
 
 class Broker(Views, Housekeeping):

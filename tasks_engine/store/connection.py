@@ -12,7 +12,8 @@ so subscribers use a plain connection to any one node, the next one after a fail
 from __future__ import annotations
 
 import itertools
-from typing import Any, cast
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 import redis as sync_redis
 from redis.asyncio import Redis
@@ -29,7 +30,13 @@ from tasks_engine.redis_url import RedisTarget
 AsyncClient = Redis | RedisCluster
 SyncClient = sync_redis.Redis | SyncRedisCluster
 
+T = TypeVar("T")
 _TLS_OPTIONS = ("ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_ca_certs", "ssl_check_hostname")
+
+
+def awaited(value: Awaitable[T] | T) -> Awaitable[T]:
+    """redis-py types its asyncio commands as "awaitable or value"; on our async client it is awaitable."""
+    return cast("Awaitable[T]", value)
 
 
 def _tls(target: RedisTarget) -> dict[str, Any]:

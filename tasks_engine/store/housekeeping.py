@@ -6,25 +6,20 @@ A mixin of :class:`tasks_engine.store.broker.Broker`; it needs ``redis``, ``keys
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 from tasks_engine.clock import now_iso
 from tasks_engine.codec import loads
 from tasks_engine.exceptions import EngineConfigurationError
+from tasks_engine.store.connection import awaited
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from tasks_engine.config import EngineSettings
     from tasks_engine.store.keys import Keys
-
-T = TypeVar("T")
-
-
-def awaited(value: Awaitable[T] | T) -> Awaitable[T]:
-    return cast("Awaitable[T]", value)
 
 
 class Housekeeping:
