@@ -93,3 +93,26 @@ async def test_rate_limited_and_revoked_jobs_are_not_handed_off(engine) -> None:
         r = await t.add.apply_async((1, 1), task_id="handoff-revoked")
         await until(lambda: r.ready(), 5)
         assert (await r.record())["state"] == states.REVOKED
+
+
+async def test_a_later_job_never_overtakes_one_already_waiting_for_the_idle_worker(engine) -> None:
+    """An idle worker woken for a queued job must take that job first: a job enqueued before its
+    claim lands is queued behind it, not handed over its head (FIFO and priority order hold)."""
+    broker = get_broker()
+    ghost = "ghost-worker"
+    now = int((await broker.redis.time())[0]) * 1000
+    await broker.redis.hset(broker.key("idle-info"), ghost, "60000|default\nother")
+    for q in ("default", "other"):
+        await broker.redis.zadd(broker.key("idle", q), {ghost: now})
+    await broker.redis.sadd(broker.key("rl-tasks"), "demo.limited")  # as its idle claim registers them
+    waiting = await t.limited.delay("order", "waiting")  # rate-limited: queued, never handed off
+    later = await t.record.delay("order", "later")
+    assert await broker.redis.llen(broker.key("handoff", ghost)) == 0, "the later job jumped the queue"
+    await t.record.apply_async(("order", "other"), queue="other")  # the worker's other queue is busy
+    assert await broker.redis.llen(broker.key("handoff", ghost)) == 0
+    assert await broker.leave_idle(ghost) == []
+    async with running_worker(max_jobs=1, queues=["default", "other"]):
+        assert await later.get(timeout=5) == "later"
+        await asyncio.sleep(0.2)
+    log = await broker.redis.lrange(broker.key("test-log", "order"), 0, -1)
+    assert [e.decode().split("|")[1] for e in log][:2] == ["waiting", "later"]

@@ -84,11 +84,15 @@ end
 -- goes straight to the freshest such worker, already leased to it as a claim would, so it starts without
 -- a claim round trip. Never for a revoked job or a task with a rate limit (the claim applies those), and
 -- never to a registration older than 3 s; a job handed to a worker that died meanwhile comes back when
--- its lease expires, like any job of a dead worker. One hand-off per registration.
+-- its lease expires, like any job of a dead worker. One hand-off per registration. Never past a job
+-- already waiting for that worker (queued in any of its queues, or deferred and due): the claim those
+-- jobs woke it for takes them first, in priority and FIFO order, so a later job cannot overtake them.
 local function te_handoff(p, id, msg, q, score)
   local idle = p .. ':idle:' .. q
-  if redis.call('exists', idle) == 0 then return false end
+  if redis.call('exists', idle) == 0 or redis.call('exists', p .. ':q:' .. q) == 1 then return false end
   local now = te_time_ms()
+  local due = redis.call('zrange', K_DELAYED, 0, 0, 'WITHSCORES')[2]
+  if due and tonumber(due) <= now then return false end
   redis.call('zremrangebyscore', idle, '-inf', now - 3000)
   local wid = redis.call('zrange', idle, -1, -1)[1]
   if not wid then return false end
@@ -101,6 +105,9 @@ local function te_handoff(p, id, msg, q, score)
   if not lease_ms then
     redis.call('zrem', idle, wid)
     return false
+  end
+  for name in string.gmatch(queues, '[^\n]+') do
+    if redis.call('exists', p .. ':q:' .. name) == 1 then return false end
   end
   for name in string.gmatch(queues, '[^\n]+') do redis.call('zrem', p .. ':idle:' .. name, wid) end
   redis.call('hdel', K_IDLE_INFO, wid)
