@@ -105,7 +105,7 @@ async def test_a_later_job_never_overtakes_one_already_waiting_for_the_idle_work
     for q in ("default", "other"):
         await broker.redis.zadd(broker.key("idle", q), {ghost: now})
     await broker.redis.sadd(broker.key("rl-tasks"), "demo.limited")  # as its idle claim registers them
-    waiting = await t.limited.delay("order", "waiting")  # rate-limited: queued, never handed off
+    await t.limited.delay("order", "waiting")  # rate-limited: queued, never handed off
     later = await t.record.delay("order", "later")
     assert await broker.redis.llen(broker.key("handoff", ghost)) == 0, "the later job jumped the queue"
     await t.record.apply_async(("order", "other"), queue="other")  # the worker's other queue is busy
