@@ -55,6 +55,12 @@ KINDS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Signature]] = {}
 COMBINE: dict[str, Callable[..., Signature]] = {}
 
 
+def runs_eagerly() -> bool:
+    """True under ``task_always_eager`` or :func:`tasks_engine.testing.always_eager`: applies run in-process."""
+    eager = eager_override.get()
+    return eager if eager is not None else get_settings().task_always_eager
+
+
 class Signature:
     """A task call described as data: name, args, kwargs, options."""
 
@@ -252,15 +258,19 @@ class Signature:
         Under ``task_always_eager`` (or :func:`tasks_engine.testing.always_eager`) it runs in-process
         instead, as ``apply()`` does, with no Redis.
         """
-        eager = eager_override.get()
-        if eager if eager is not None else get_settings().task_always_eager:
+        if runs_eagerly():
             return await self.apply(args, kwargs, **options)
-        sig = self._prepared(args, kwargs, options)
-        result = sig.freeze_under(None)
-        plan = Plan()
-        sig.plan_into([], Context(), plan)
-        await plan.execute()
+        result = await self._prepared(args, kwargs, options).send()
         self.remember(result)
+        return result
+
+    async def send(self) -> Any:
+        """Send this very signature, not a copy (for one built for this call alone, as ``delay()``
+        builds it); returns its result handle once every first message is in Redis."""
+        result = self.freeze_under(None)
+        plan = Plan()
+        self.plan_into([], Context(), plan)
+        await plan.execute()
         return result
 
     async def apply(

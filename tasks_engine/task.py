@@ -12,7 +12,7 @@ from tasks_engine.context import worker_context
 from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.registry import Request, TaskDefinition, TaskOptions, current_request, register, registry
 from tasks_engine.results import AsyncResult, EagerResult, store_state
-from tasks_engine.signature import Signature
+from tasks_engine.signature import Signature, runs_eagerly
 from tasks_engine.store import get_broker
 
 __all__ = ["Request", "Task", "TaskOptions", "current_request", "registry", "shared_task"]
@@ -44,7 +44,8 @@ class Task(TaskDefinition, Generic[P, R]):
         self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncResult[R]:
         """Send to a worker; returns once the message is in Redis. Options: see :mod:`tasks_engine.plan`."""
-        result: AsyncResult[R] = await Signature(self.name, args, kwargs, options).apply_async()
+        call = Signature(self.name, args, kwargs, options)  # made for this call: sent as it is, not copied
+        result: AsyncResult[R] = await (call.apply() if runs_eagerly() else call.send())
         return result
 
     async def apply(

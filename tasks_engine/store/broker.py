@@ -109,10 +109,7 @@ class Broker(Views, Housekeeping):
 
     # ------------------------------------------------------------ enqueue and plans
     def _enqueue_args(self, items: Sequence[Enqueue]) -> list[Any]:
-        argv: list[Any] = [self.base, now_ms()]
-        for item in items:
-            argv.extend(item.argv())
-        return argv
+        return [self.base, now_ms(), *(item.packed() for item in items)]
 
     async def enqueue(self, items: Sequence[Enqueue]) -> int:
         """Place messages (with the concurrent callers' ones, one atomic script call); returns how many
@@ -143,6 +140,12 @@ class Broker(Views, Housekeeping):
             else:
                 await self.run("plan", args=self.plan_args(writes.payload()))
 
+        if not writes.chords and not writes.groups:
+            try:  # the common case first, without the retry loop's set-up: one shared enqueue call
+                await self.batcher.submit(writes.enqueues)
+                return
+            except REDIS_UNAVAILABLE:
+                pass  # retried below: placing the same ids again replaces them, it does not add jobs
         await self.retrying(attempt, "enqueue")
 
     async def replicated(self, write: Callable[[Redis], Awaitable[T]]) -> T:

@@ -19,8 +19,11 @@ class Enqueue:
     eta_ms: int = 0
     nx: bool = False
 
-    def argv(self) -> list[Any]:
-        return [self.id, self.raw, self.queue, self.priority, self.eta_ms, "1" if self.nx else "0"]
+    def packed(self) -> bytes:
+        """The one argument ``enqueue.lua`` reads for this message: its fields, a line each, then the
+        message (ids and queue names hold no control characters, see validation.py). One argument
+        instead of six: packing the command is most of the client's cost per ``delay()``."""
+        return f"{self.id}\n{self.queue}\n{self.priority}\n{self.eta_ms}\n{1 if self.nx else 0}\n".encode() + self.raw
 
     def stored(self) -> list[Any]:
         """The form kept inside a chord record until the chord fires (always ``nx``)."""

@@ -1,9 +1,15 @@
 -- uses: lib
--- ARGV: prefix, now, then groups of (id, msg, queue, priority, eta_ms, nx). Returns one flag per
--- message: 1 placed, 0 skipped (nx and already known). One call may carry several callers' messages
--- (store/batching.py).
+-- ARGV: prefix, now, then one argument per message: "id\nqueue\npriority\neta_ms\nnx\n" followed by the
+-- message (Enqueue.packed). Returns one flag per message: 1 placed, 0 skipped (nx and already known).
+-- One call may carry several callers' messages (store/batching.py); every one is read before any is placed.
+local items = {}
+for i = 3, #ARGV do
+  local id, q, prio, eta, nx, at = string.match(ARGV[i], '^([^\n]+)\n([^\n]+)\n(%d)\n(%d+)\n([01])\n()')
+  if not id then return redis.error_reply('enqueue: argument ' .. (i - 2) .. ' is not a packed message') end
+  items[#items + 1] = {id, string.sub(ARGV[i], at), q, prio, eta, nx}
+end
 local placed = {}
-for i = 3, #ARGV, 6 do
-  placed[#placed + 1] = te_enqueue(ARGV[1], ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[2], ARGV[i+5])
+for _, m in ipairs(items) do
+  placed[#placed + 1] = te_enqueue(ARGV[1], m[1], m[2], m[3], m[4], m[5], ARGV[2], m[6])
 end
 return placed
