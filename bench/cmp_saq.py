@@ -138,8 +138,11 @@ class Client:
         self.workers.stop()
         memory.read("drained")
         await first.refresh()
-        started_at = float(first.result)
         finished = await self.fetch([j.key for j in jobs])
+        if first.result is not None:
+            started_at = float(first.result)
+        else:  # the stamp job itself was swept (the SAQ race below): the first start SAQ recorded
+            started_at = min(j.started for j in finished if j is not None and j.started) / 1000
         stored = sum(1 for j in finished if j is not None and j.status == "complete")
         # Seen once in ~10 runs: a job BLMOVEd to "active" but not yet marked active when the sweep
         # that SAQ's worker runs at start-up looks at "active" is swept (aborted). Reported, not hidden.

@@ -4,6 +4,11 @@ enqueue → start of one job at a time against an idle worker in another process
     .venv/bin/py-spy record --format raw -o /tmp/enqueue.txt -- .venv/bin/python bench/profile_paths.py enqueue
     .venv/bin/python bench/profile_paths.py --summary /tmp/enqueue.txt      # self time by function
     .venv/bin/python bench/profile_paths.py wakeup                          # where enqueue -> start goes
+    .venv/bin/python bench/profile_paths.py floor                           # the machine's own wake-up floor
+
+``floor`` is what no engine on this machine can beat at a 50/s trickle: a bare redis-py client
+RPUSHes, a bare BLPOP listener in another process notes when it sees the item. Every engine pays
+this cross-process wake-up (client, Redis, worker) and adds its own Python on both sides.
 """
 
 from __future__ import annotations
@@ -76,6 +81,48 @@ async def wakeup(jobs: int) -> None:
         await cleanup()
 
 
+_LISTENER = """
+import asyncio, sys, time
+import redis.asyncio as aioredis
+import uvloop
+async def main():
+    client = aioredis.Redis.from_url(sys.argv[1])
+    while True:
+        _, sent = await client.blpop(["bench-floor"], timeout=0)
+        await client.rpush("bench-floor-seen", f"{sent.decode()}|{time.time()}")
+uvloop.run(main())
+"""
+
+
+async def floor(jobs: int) -> None:
+    """Send -> seen by a bare BLPOP in another process, one item every 20 ms (the 50/s trickle)."""
+    import redis.asyncio as aioredis
+
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    listener = subprocess.Popen([sys.executable, "-c", _LISTENER, url])
+    client = aioredis.Redis.from_url(url)
+    try:
+        await asyncio.sleep(1.5)
+        seen = []
+        for _ in range(jobs):
+            await client.rpush("bench-floor", str(time.time()))
+            reply = await client.blpop(["bench-floor-seen"], timeout=5)
+            assert reply is not None, "the listener did not answer"
+            sent, got = reply[1].decode().split("|")
+            seen.append(float(got) - float(sent))
+            await asyncio.sleep(0.02)
+        seen.sort()
+        p50, p99 = seen[len(seen) // 2], seen[min(len(seen) - 1, int(len(seen) * 0.99))]
+        print(
+            f"bare RPUSH -> BLPOP in another process: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms ({jobs} at 50/s)"
+        )
+    finally:
+        listener.kill()
+        listener.wait()
+        await client.delete("bench-floor", "bench-floor-seen")
+        await client.aclose()
+
+
 def summary(path: Path, top: int) -> None:
     """py-spy raw output (collapsed stacks with counts) as self time by function, the top ``top``."""
     own: collections.Counter[str] = collections.Counter()
@@ -93,7 +140,7 @@ def summary(path: Path, top: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("path", nargs="?", choices=["enqueue", "wakeup"])
+    ap.add_argument("path", nargs="?", choices=["enqueue", "wakeup", "floor"])
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--in-flight", type=int, default=100)
     ap.add_argument("--summary", type=Path)
@@ -105,8 +152,10 @@ def main() -> None:
         asyncio.run(enqueue(a.jobs, a.in_flight))
     elif a.path == "wakeup":
         asyncio.run(wakeup(min(a.jobs, 300)))
+    elif a.path == "floor":
+        asyncio.run(floor(min(a.jobs, 500)))
     else:
-        ap.error("name a path (enqueue, wakeup) or --summary FILE")
+        ap.error("name a path (enqueue, wakeup, floor) or --summary FILE")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class Deliveries:
             await signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
         with consumer_span(msg.task, msg.id, msg.retries, msg.headers) as traced:
             started = time.monotonic()
-            attempt = await run_attempt(task, req, soft, hard, run)
+            attempt = await run_attempt(task, req, soft, hard, run, log_context_bound=True)
             if attempt.outcome == "failure":
                 log.error("task failed", error=repr(attempt.exc), seconds=round(time.monotonic() - started, 3))
             elif attempt.outcome == "retry":

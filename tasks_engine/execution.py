@@ -53,11 +53,21 @@ def _retrying(retry: Retry) -> Attempt:
 
 
 async def run_attempt(
-    task: TaskDefinition, req: Request, soft: float | None, hard: float | None, run: LimitedRun | None = None
+    task: TaskDefinition,
+    req: Request,
+    soft: float | None,
+    hard: float | None,
+    run: LimitedRun | None = None,
+    log_context_bound: bool = False,
 ) -> Attempt:
-    # bound_, not bind_: on the way out the caller's own context (the worker's) is restored, not wiped.
-    with structlog.contextvars.bound_contextvars(task_id=req.id, task_name=task.name, retries=req.retries):
+    """One attempt; its log lines carry the task's id, name and retries (``log_context_bound``: the
+    caller has bound them already, as the worker's delivery does for the whole job)."""
+    if log_context_bound:
         attempt = await _attempt(task, req, soft, hard, run or LimitedRun())
+    else:
+        # bound_, not bind_: on the way out the caller's own context is restored, not wiped.
+        with structlog.contextvars.bound_contextvars(task_id=req.id, task_name=task.name, retries=req.retries):
+            attempt = await _attempt(task, req, soft, hard, run or LimitedRun())
     attempt.children = list(req.children)
     return attempt
 

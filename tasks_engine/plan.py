@@ -19,7 +19,7 @@ from tasks_engine.ids import own_id
 from tasks_engine.messages import CHORD_RESULTS, ChordRef, Message, compression_of, encode_sized
 from tasks_engine.registry import check_time_limits, current_request, get_task, registry, route_queue
 from tasks_engine.store import ChordRecord, Enqueue, Writes, get_broker
-from tasks_engine.tracing import producer_span
+from tasks_engine.tracing import sending_span
 from tasks_engine.validation import check_count, check_name, check_queue, check_seconds, check_task_name
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
     # The call's compression, else the task's (as Celery: a false call option falls back to the task's).
     compression = compression_of(call.task, opts.get("compression") or (task.options.compression if task else None))
     headers = dict(headers)
-    with producer_span(call.task, task_id, queue, headers):  # its trace context goes into the headers
+    with sending_span(call.task, task_id, queue, headers):  # its trace context goes into the headers
         message = Message(
             id=task_id,
             task=call.task,

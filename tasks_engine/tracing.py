@@ -8,7 +8,7 @@ retries and final state. Without the package (or without an SDK configured) this
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 try:
@@ -25,6 +25,15 @@ def _active() -> bool:
     if trace is None:
         return False
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+#: What :func:`sending_span` gives while no SDK is installed: nothing to enter or leave.
+NO_SPAN = nullcontext()
+
+
+def sending_span(task: str, task_id: str, queue: str, headers: dict[str, Any]) -> AbstractContextManager[None]:
+    """:func:`producer_span` once an SDK is installed, else :data:`NO_SPAN` (every send asks)."""
+    return producer_span(task, task_id, queue, headers) if _active() else NO_SPAN
 
 
 @contextmanager

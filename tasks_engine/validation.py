@@ -28,14 +28,29 @@ def check_name(task: str, field: str, value: Any, forbidden: str = "") -> str:
     return value
 
 
+#: Task and queue names already accepted (an app has a few, checked on every send); bounded.
+_accepted: set[tuple[str, str]] = set()
+
+
+def _remember(kind: str, value: str) -> str:
+    if len(_accepted) >= 4096:
+        _accepted.clear()
+    _accepted.add((kind, value))
+    return value
+
+
 def check_queue(task: str, value: Any) -> str:
     # '|' separates the queue from the score in the store's bookkeeping.
-    return check_name(task, "queue", value, forbidden="|")
+    if isinstance(value, str) and ("queue", value) in _accepted:
+        return value
+    return _remember("queue", check_name(task, "queue", value, forbidden="|"))
 
 
 def check_task_name(value: Any) -> str:
     # A quote or backslash would be escaped in the JSON message, where Lua reads the name back.
-    return check_name(str(value), "name", value, forbidden='"\\')
+    if isinstance(value, str) and ("name", value) in _accepted:
+        return value
+    return _remember("name", check_name(str(value), "name", value, forbidden='"\\'))
 
 
 def check_seconds(task: str, field: str, value: Any, allow_negative: bool = True) -> float:

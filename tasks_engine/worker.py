@@ -80,6 +80,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._background: list[asyncio.Task[Any]] = []
         self._idle_wait: asyncio.Future[Any] | None = None
+        self._handed_started = False  # the last idle wake-up started a handed job (see _on_wake)
         self.loop_tick = time.monotonic()
         self.health = LoopHealth()
         self.started_at = now_iso()
@@ -316,6 +317,8 @@ class Worker:
                 timeout = min(timeout, next_due / 1000)
             if self._idle_wait is None:
                 self._idle_wait = asyncio.ensure_future(broker.wait_for_work(self.queues, self.id))
+                # A handed job starts from the wake-up's own callback, a loop turn before this loop resumes.
+                self._idle_wait.add_done_callback(functools.partial(self._on_wake, lease_ms))
             done, _ = await asyncio.wait({self._idle_wait}, timeout=timeout)
             if not done:
                 continue
@@ -323,7 +326,8 @@ class Worker:
             if finished.cancelled():
                 continue  # stop() cancelled it; the loop condition ends the round
             error = finished.exception()
-            if error is None and self._take_handoff(finished.result(), lease_ms):
+            if error is None and self._handed_started:
+                self._handed_started = False
                 await asyncio.sleep(0)  # let the handed job start before this loop's next claim call
             elif isinstance(error, REDIS_UNAVAILABLE):
                 log.error("redis unreachable while idle", error=str(error))
@@ -336,6 +340,11 @@ class Worker:
         job = asyncio.create_task(self._process(tid, raw, revoked, delivered, run))
         self.running[tid] = (job, run)
         job.add_done_callback(functools.partial(self._forget_job, tid))
+
+    def _on_wake(self, lease_ms: int, finished: asyncio.Future[Any]) -> None:
+        """Done callback of the idle wait: start a job handed to this worker (``_handed_started``)."""
+        if not finished.cancelled() and finished.exception() is None:
+            self._handed_started = self._take_handoff(finished.result(), lease_ms)
 
     def _take_handoff(self, reply: Any, lease_ms: int) -> bool:
         """Start a job an enqueue handed to this idle worker (already leased to it), unless it arrives

@@ -93,9 +93,13 @@ local function te_handoff(p, id, msg, q, score)
   local now = te_time_ms()
   local due = redis.call('zrange', K_DELAYED, 0, 0, 'WITHSCORES')[2]
   if due and tonumber(due) <= now then return false end
-  redis.call('zremrangebyscore', idle, '-inf', now - 3000)
-  local wid = redis.call('zrange', idle, -1, -1)[1]
+  local freshest = redis.call('zrange', idle, -1, -1, 'WITHSCORES')
+  local wid = freshest[1]
   if not wid then return false end
+  if tonumber(freshest[2]) < now - 3000 then  -- every registration is stale (the freshest is)
+    redis.call('del', idle)
+    return false
+  end
   local task = string.match(msg, '"task":"(.-)"')
   if not task or redis.call('sismember', K_RL_TASKS, task) == 1 or redis.call('hexists', K_RATE_LIMITS, task) == 1
       or redis.call('exists', p .. ':revoked:' .. id) == 1 then
