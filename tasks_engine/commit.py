@@ -61,19 +61,33 @@ class CommitQueue:
                     fut.set_result(outcome)
 
     async def _commit(self, batch: list[Completion]) -> list[str | BaseException]:
+        """Commit ``batch``; while Redis is unreachable, keep retrying what it has not taken yet. On a
+        Cluster each completion is its own call, so an outage (a slot moving, a primary being elected)
+        can refuse some of them and take the others: only the refused ones are sent again."""
         backoff = Backoff()
+        outcomes: list[str | BaseException] = [RuntimeError("not committed")] * len(batch)
+        todo = list(range(len(batch)))
         while True:
+            error: BaseException
             try:
-                return await self.broker.commit(batch)
+                replies = await self.broker.commit([batch[i] for i in todo])
             except REDIS_UNAVAILABLE as exc:
-                if not backoff.failing:
-                    log.error(
-                        "redis unreachable: results buffered until it is back",
-                        jobs=len(batch),
-                        task_ids=[c.task_id for c in batch[:10]],
-                        error=str(exc),
-                    )
-                await asyncio.sleep(backoff.next())
+                error = exc
+            else:
+                for i, reply in zip(todo, replies, strict=True):
+                    outcomes[i] = reply
+                refused = [(i, r) for i, r in zip(todo, replies, strict=True) if isinstance(r, REDIS_UNAVAILABLE)]
+                if not refused:
+                    return outcomes
+                todo, error = [i for i, _ in refused], refused[0][1]
+            if not backoff.failing:
+                log.error(
+                    "redis unreachable: results buffered until it is back",
+                    jobs=len(todo),
+                    task_ids=[batch[i].task_id for i in todo[:10]],
+                    error=str(error),
+                )
+            await asyncio.sleep(backoff.next())
 
     async def flush(self, timeout: float | None) -> None:
         """Wait for buffered completions (at shutdown: up to ``timeout``, then give up loudly; the

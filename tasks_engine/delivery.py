@@ -27,7 +27,7 @@ from tasks_engine.messages import Message, decode
 from tasks_engine.registry import Request, TaskDefinition, get_task
 from tasks_engine.store import Broker, Completion
 from tasks_engine.timelimits import LimitedRun
-from tasks_engine.tracing import consumer_span
+from tasks_engine.tracing import running_span
 
 if TYPE_CHECKING:
     from tasks_engine.metrics import WorkerMetrics
@@ -103,7 +103,7 @@ class Deliveries:
             log.warning("job delivered again (a worker died or shut down while running it)", delivered=delivered)
         if signals.task_prerun.receivers:
             await signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
-        with consumer_span(msg.task, msg.id, msg.retries, msg.headers) as traced:
+        with running_span(msg.task, msg.id, msg.retries, msg.headers) as traced:
             started = time.monotonic()
             attempt = await run_attempt(task, req, soft, hard, run, log_context_bound=True)
             if attempt.outcome == "failure":

@@ -18,6 +18,10 @@ REDIS_UNAVAILABLE: tuple[type[BaseException], ...] = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.MasterDownError,
     redis.exceptions.TryAgainError,
+    # A Cluster moving a slot or electing a primary: redirections that did not settle within redis-py's
+    # attempts ("TTL exhausted"), CLUSTERDOWN, a slot no node serves yet.
+    redis.exceptions.ClusterError,
+    redis.exceptions.SlotNotCoveredError,
     OSError,
 )
 

@@ -18,7 +18,7 @@ from tasks_engine.ids import own_id
 from tasks_engine.plan import Context, Plan, as_list, aware, build_enqueue
 from tasks_engine.registry import get_task, registry
 from tasks_engine.results import AsyncResult
-from tasks_engine.store import Enqueue
+from tasks_engine.store import Enqueue, Writes, get_broker
 
 CALL_OPTIONS = frozenset(
     {
@@ -268,6 +268,9 @@ class Signature:
         """Send this very signature, not a copy (for one built for this call alone, as ``delay()``
         builds it); returns its result handle once every first message is in Redis."""
         result = self.freeze_under(None)
+        if self.subtask_type is None:  # one task call: one message, no plan to assemble
+            await get_broker().write(Writes([self.to_enqueue([], Context())]))
+            return result
         plan = Plan()
         self.plan_into([], Context(), plan)
         await plan.execute()

@@ -50,6 +50,18 @@ def producer_span(task: str, task_id: str, queue: str, headers: dict[str, Any]) 
         yield
 
 
+def _no_outcome(state: str, exc: BaseException | None = None) -> None:
+    """What a span-less attempt records of its outcome: nothing."""
+
+
+NO_RUN_SPAN = nullcontext(_no_outcome)
+
+
+def running_span(task: str, task_id: str, retries: int, headers: dict[str, Any]) -> AbstractContextManager[Any]:
+    """:func:`consumer_span` once an SDK is installed, else :data:`NO_RUN_SPAN` (every attempt asks)."""
+    return consumer_span(task, task_id, retries, headers) if _active() else NO_RUN_SPAN
+
+
 @contextmanager
 def consumer_span(task: str, task_id: str, retries: int, headers: dict[str, Any]) -> Iterator[Any]:
     """Around one attempt in the worker; yields a callable that records the outcome's state."""

@@ -337,7 +337,8 @@ class Worker:
 
     def _start_job(self, tid: str, raw: bytes, revoked: bool, delivered: int) -> None:
         run = LimitedRun()
-        job = asyncio.create_task(self._process(tid, raw, revoked, delivered, run))
+        assert self.deliveries is not None
+        job = asyncio.create_task(self.deliveries.process(tid, raw, revoked, delivered, run))
         self.running[tid] = (job, run)
         job.add_done_callback(functools.partial(self._forget_job, tid))
 
@@ -384,11 +385,6 @@ class Worker:
                 )
                 return True
         return False
-
-    # ------------------------------------------------------------ one job
-    async def _process(self, task_id: str, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
-        assert self.deliveries is not None
-        await self.deliveries.process(task_id, raw, revoked, delivered, run)
 
     # ------------------------------------------------------------ background duties
     async def _reaper(self) -> None:

@@ -16,3 +16,13 @@ async def mark(self: object, pause: float = 0.002) -> str:
     with open(os.environ["TE_TEST_RUNS_FILE"], "a", encoding="utf-8") as runs:
         runs.write(task_id + "\n")  # one short append per run: whole lines even from two processes
     return task_id
+
+
+@shared_task(name="scaleout.limited", rate_limit="100/s")
+async def limited() -> None:
+    """Declared so the workers list a rate-limited task (``rl-tasks``), as most apps have one."""
+
+
+@shared_task(name="scaleout.fail")
+async def fail() -> None:
+    raise RuntimeError("fails for good: the failed-jobs index has an entry")

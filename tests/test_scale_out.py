@@ -5,7 +5,8 @@
   workers and the producer carry on without a restart. Each run of a job appends its id to a file, so
   lost, duplicated and stuck jobs are counted outside Redis. With ``replica_acks=1`` none is lost.
 - Cluster: the default suite's core, canvas, retries, rate-limit, revoke and beat modules run against a
-  3-primary cluster, and a primary failover (``CLUSTER FAILOVER`` on its replica) mid-run loses no job.
+  3-primary cluster; a primary failover (``CLUSTER FAILOVER`` on its replica) and a migration of the
+  app's slot to another primary, each in the middle of a run, lose no job.
 
 Each case prints one ``SCALEOUT {json}`` line: the figures in the README come from these.
 """
@@ -27,9 +28,9 @@ import pytest
 import redis as sync_redis
 from redis.exceptions import RedisError
 
-from tasks_engine import configure
+from tasks_engine import configure, control, send_task
 from tasks_engine.config import EngineSettings
-from tasks_engine.exceptions import EngineConnectionError, NotReplicatedError
+from tasks_engine.exceptions import EngineConnectionError, NotRegistered, NotReplicatedError
 from tasks_engine.store import get_broker
 from tasks_engine.store.connection import sync_client
 from tasks_engine.store.keys import Keys
@@ -44,14 +45,25 @@ FAIL_AT = 600
 
 
 def spawn_workers(
-    url: str, prefix: str, runs: Path, logs: Path, count: int = 2, **env: Any
+    url: str, prefix: str, runs: Path, logs: Path, count: int = 2, queues: str = "default", **env: Any
 ) -> list[subprocess.Popen[bytes]]:
     procs = []
     for i in range(count):
-        with open(logs / f"worker-{i}.log", "ab") as out:
+        with open(logs / f"worker-{queues}-{i}.log", "ab") as out:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.scaleout_tasks"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "tasks_engine.cli",
+                        "worker",
+                        "--app",
+                        "none",
+                        "-I",
+                        "tests.scaleout_tasks",
+                        "-Q",
+                        queues,
+                    ],  # fmt: skip
                     cwd=ROOT,
                     env={
                         **os.environ,
@@ -257,6 +269,87 @@ async def test_cluster_primary_failover_mid_run_loses_no_job(tmp_path: Path) -> 
     report("cluster primary failover (CLUSTER FAILOVER)", {**figures, "resent": repeats})
     assert figures["lost"] == 0 and figures["stuck"] == 0, figures
     assert figures["ran"] == JOBS
+
+
+def migrate_slot(topology: Any, key: str, batch: int = 20, pause: float = 0.01) -> tuple[Any, int, float]:
+    """Move ``key``'s slot to another primary the way ``redis-cli --cluster reshard`` does (IMPORTING,
+    MIGRATING, MIGRATE in batches, SETSLOT NODE); returns the new node, the keys moved and the seconds."""
+    started = time.monotonic()
+    source = topology.node_of(key)
+    target = next(s for s in topology.primaries if s.port != source.port)
+    src, dst = source.client(), target.client()
+    slot = int(src.execute_command("CLUSTER", "KEYSLOT", key))
+    src_id, dst_id = (c.execute_command("CLUSTER", "MYID").decode() for c in (src, dst))
+    dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    moved = 0
+    while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+        src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+        moved += len(keys)
+        time.sleep(pause)  # jobs keep being sent and run while the slot is half moved
+    for server in (target, source, *(s for s in topology.primaries if s.port not in (source.port, target.port))):
+        server.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    return target, moved, time.monotonic() - started
+
+
+async def test_cluster_slot_migration_mid_run_loses_no_job(tmp_path: Path) -> None:
+    """The app's slot moves to another primary while jobs are sent and run. Scripts declare a key that
+    never exists (``slot-guard``), so the Cluster refuses them (TRYAGAIN) until the move is done instead
+    of letting one run on half-moved keys; clients and workers retry, and nothing is lost."""
+    with cluster(primaries=3, root=tmp_path / "redis") as topology:
+        prefix = "soslot"
+        runs = tmp_path / "runs.txt"
+        procs = spawn_workers(topology.url, prefix, runs, tmp_path)
+        procs += spawn_workers(topology.url, prefix, runs, tmp_path, count=1, queues="quiet")  # stays idle
+        configure(EngineSettings(redis_url=topology.url, key_prefix=prefix, enqueue_wait_seconds=30))
+        keys = Keys(prefix)
+        # Every key the scripts declare exists, as in an app that has run a while: the Cluster then
+        # refuses a script during the move only because of the never-written slot-guard key.
+        await control.set_rate_limit("scaleout.limited", "50/s")  # rate-limits
+        await scaleout_tasks.mark.apply_async(countdown=3600)  # delayed, dq
+        rejected = await send_task("scaleout.not_registered")  # dead
+        failed = await scaleout_tasks.fail.delay()  # failed
+        with pytest.raises(RuntimeError):
+            await failed.get(timeout=10)
+        with pytest.raises(NotRegistered):
+            await rejected.get(timeout=10)
+        await scaleout_tasks.mark.delay(pause=8)  # active, inflight: running through the move
+        static = [k for k in keys.static if not k.endswith(":slot-guard")]
+        await asyncio.to_thread(
+            wait_until, lambda: topology.node_of(keys.active).client().exists(*static) == len(static), 10,
+            "every declared key to exist",
+        )  # fmt: skip
+        key = keys.active
+        before = topology.node_of(key).port
+        migration: list[asyncio.Task[Any]] = []
+
+        async def maybe_move(i: int) -> None:
+            if i == FAIL_AT:
+                migration.append(asyncio.create_task(asyncio.to_thread(migrate_slot, topology, key)))
+
+        try:
+            acked, repeats = await produce(maybe_move)
+            target, moved, seconds = await migration[0]
+            assert topology.node_of(key).port == target.port != before, "the slot did not move"
+            figures = await asyncio.to_thread(tally, acked, runs, topology.url, prefix)
+            for proc in procs:
+                assert proc.poll() is None, "a worker died while the slot moved"
+            node = topology.node_of(key).client()
+            states_seen = collections.Counter(
+                (node.hget(keys.result(i), "state") or b"none").decode() for i in acked
+            )  # fmt: skip
+            dead_letters = node.llen(keys.dead)
+        finally:
+            stop(procs)
+            await get_broker().close()
+    report("cluster slot migration", {**figures, "resent": repeats, "keys_moved": moved, "move_s": round(seconds, 1)})
+    assert moved > 100, moved  # the move happened with the app's keys in the slot, not on an empty one
+    assert figures["lost"] == 0 and figures["stuck"] == 0, figures
+    assert figures["ran"] == JOBS
+    # Without the guard a completion script can run on the half-moved slot, fail on a key already
+    # moved and get its job quarantined: a job that ran recorded as FAILURE, with a dead letter.
+    assert states_seen == {"SUCCESS": JOBS}, states_seen
+    assert dead_letters == 1, "only the unregistered task's message is a dead letter"
 
 
 def test_a_sentinel_url_reaches_the_primary_from_the_cli_and_arq_settings(sentinel_set: Any) -> None:

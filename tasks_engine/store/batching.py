@@ -1,9 +1,9 @@
 """Client-side group commit of ``delay()``: the enqueues of one event loop that arrive while a script
 call is being made share the next one (as the worker's completions do).
 
-A lone ``delay()`` goes out at once (the flush is scheduled with ``call_soon``, after the calls already
-waiting to run in this loop iteration); concurrent ones — a web server handling many requests, a
-``gather`` of sends — are packed into one ``enqueue.lua`` call of up to ``MAX_ITEMS`` messages. Each
+A ``delay()`` that finds no call in flight goes out at once, from its own coroutine; the ones that
+arrive while a call is in flight — a web server handling many requests, a ``gather`` of sends — wait
+for it and are then packed into one ``enqueue.lua`` call of up to ``MAX_ITEMS`` messages. Each
 message is still placed by one atomic script, and every caller gets its own answer. When a shared call
 fails on a script error (a key of the wrong type under one caller's queue, say), each caller's messages
 are sent again on their own, so only the caller whose data is at fault gets the error.
@@ -33,12 +33,21 @@ class EnqueueBatcher:
 
     async def submit(self, items: Sequence[Enqueue]) -> int:
         """Place ``items`` with the next shared call; returns how many of them were new."""
+        if not self.running:  # nothing in flight: this caller's call is the shared one, sent now
+            self.running = True
+            try:
+                return sum(await self.flush(items))
+            finally:
+                self.running = False
+                if self.pending:  # callers that arrived meanwhile go together, in the background
+                    self._start()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.pending.append((items, fut))
-        if not self.running:
-            self.running = True
-            self.task = asyncio.ensure_future(self._drain())  # runs after the calls already due this turn
         return await fut
+
+    def _start(self) -> None:
+        self.running = True
+        self.task = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
         try:

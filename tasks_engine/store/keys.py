@@ -42,6 +42,7 @@ a script finds while it runs (the ids it pops from a queue) carry the same hash 
 ``beat-last:<entry>``   the last tick sent (ms), for catching up after downtime.
 ``dead``                list of dead letters (JSON), newest first, capped.
 ``failed``              zset id -> time (ms) of jobs that failed for good: the last 10,000 within the TTL.
+``slot-guard``          never written: declared by every script (see ``STATIC_KEYS``).
 ``jobs:…``              the application's own keys (``Keys.app``), under the same prefix.
 ``arq``, ``arq:health-check``  arq's own queue and health key under ``arq settings.WorkerSettings``.
 """
@@ -52,7 +53,12 @@ from dataclasses import dataclass
 
 DEAD_LETTERS_KEPT = 10_000
 #: Names of the keys every script declares (``KEYS[1..n]``), in this order (``lua/keys.lua``).
-STATIC_KEYS = ("seq", "delayed", "dq", "active", "inflight", "dead", "failed", "rate-limits", "idle-info", "rl-tasks")
+#: The last, ``slot-guard``, is never written: declaring a key that never exists makes a Cluster refuse
+#: every script (TRYAGAIN) while the app's slot is being migrated, when some of its keys are already on
+#: the new node and some not yet, so no script runs on half of the app's keys and leaves half its
+#: writes behind. Clients retry TRYAGAIN; the app waits out the move (README: Scale-out).
+STATIC_KEYS = ("seq", "delayed", "dq", "active", "inflight", "dead", "failed", "rate-limits", "idle-info", "rl-tasks",
+               "slot-guard")  # fmt: skip
 
 
 def beat_task_id(entry: str, tick_ms: int) -> str:

@@ -1,0 +1,73 @@
+"""Group commit of ``delay()`` (store/batching.py) against a real Redis: what a user would notice is
+that concurrent sends all land, each with its own answer, in few script calls, and that one caller's
+bad data fails that caller only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from redis.exceptions import ResponseError
+
+from tasks_engine.store import Enqueue, get_broker
+from tests import sample_tasks as t
+from tests.conftest import running_worker
+
+
+def count_flushes() -> list[int]:
+    """Wrap this loop's batcher so each script call's message count is recorded."""
+    batcher = get_broker().batcher
+    sizes: list[int] = []
+    flush = batcher.flush
+
+    async def counted(items: Sequence[Enqueue]) -> list[int]:
+        sizes.append(len(items))
+        return await flush(items)
+
+    batcher.flush = counted
+    return sizes
+
+
+async def test_concurrent_sends_share_script_calls_and_all_run(engine) -> None:
+    sizes = count_flushes()
+    results = await asyncio.gather(*(t.add.delay(i, 1) for i in range(300)))
+    assert sum(sizes) == 300 and len(sizes) <= 3, sizes  # the first goes alone, the rest together
+    assert len({r.id for r in results}) == 300
+    async with running_worker():
+        assert [await r.get(timeout=10) for r in results] == [i + 1 for i in range(300)]
+
+
+async def test_a_lone_send_goes_out_at_once(engine) -> None:
+    sizes = count_flushes()
+    for i in range(3):
+        await t.add.delay(i, i)
+    assert sizes == [1, 1, 1]
+
+
+async def test_one_callers_bad_queue_fails_that_caller_only(engine, sync_client, prefix) -> None:
+    sync_client.set(f"{{{prefix}}}:q:broken", "not a sorted set")  # what a stray client could leave
+    sizes = count_flushes()
+    outcomes = await asyncio.gather(
+        t.add.delay(1, 1),
+        *(t.add.apply_async((i, 0), queue="broken" if i == 2 else None) for i in range(5)),
+        return_exceptions=True,
+    )
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], ResponseError), outcomes
+    assert "WRONGTYPE" in str(failed[0])
+    assert len(sizes) >= 2
+    async with running_worker():
+        good = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert sorted([await r.get(timeout=10) for r in good]) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("concurrent", [1, 50])
+async def test_a_cancelled_sender_does_not_strand_the_others(engine, concurrent: int) -> None:
+    first = asyncio.ensure_future(t.add.delay(0, 0))
+    others = [asyncio.ensure_future(t.add.delay(i, 0)) for i in range(1, concurrent + 1)]
+    await asyncio.sleep(0)
+    first.cancel()
+    results = await asyncio.gather(*others)
+    async with running_worker():
+        assert sorted([await r.get(timeout=10) for r in results]) == list(range(1, concurrent + 1))
