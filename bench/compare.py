@@ -697,11 +697,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs on this machine (the locks are meant for runs sharing one machine's Redis)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def acquire_locks(client: Any, dbs: list[int], ttl: int) -> list[str]:
     """One lock key per db in db 0 (a key only, never a flush): two runs whose dbs overlap refuse."""
     taken: list[str] = []
     for db in dbs:
         key = f"bench-compare-lock:db{db}"
+        holder = client.get(key)
+        if holder is not None and not _alive(int(holder)):  # left by a run that was killed
+            client.delete(key)
         if not client.set(key, os.getpid(), nx=True, ex=ttl):
             for k in taken:
                 client.delete(k)
