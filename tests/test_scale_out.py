@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 JOBS = 2_000
 RATE = 400  # jobs/s sent: the run lasts ~5 s, the failover happens in the middle
 FAIL_AT = 600
+WORKER_COMMAND = [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.scaleout_tasks"]
 
 
 def spawn_workers(
@@ -52,18 +53,7 @@ def spawn_workers(
         with open(logs / f"worker-{queues}-{i}.log", "ab") as out:
             procs.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "tasks_engine.cli",
-                        "worker",
-                        "--app",
-                        "none",
-                        "-I",
-                        "tests.scaleout_tasks",
-                        "-Q",
-                        queues,
-                    ],  # fmt: skip
+                    [*WORKER_COMMAND, "-Q", queues],
                     cwd=ROOT,
                     env={
                         **os.environ,
