@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks_engine import configure  # noqa: E402
-from tasks_engine.config import EngineSettings  # noqa: E402
+from tasks_engine.core.config import EngineSettings  # noqa: E402
 from tasks_engine.store import get_broker  # noqa: E402
 from tasks_engine.store.connection import sync_client  # noqa: E402
 from tasks_engine.store.keys import Keys  # noqa: E402

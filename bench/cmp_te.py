@@ -16,8 +16,8 @@ from typing import Any
 import cmp_common as common
 
 from tasks_engine import AsyncResult, chord, group, shared_task
+from tasks_engine.client.task import Task
 from tasks_engine.store import get_broker
-from tasks_engine.task import Task
 
 
 @shared_task(name="bench.noop")

@@ -76,17 +76,27 @@ async def keys_memory(prefix: str) -> tuple[int, int]:
 
 
 async def main(jobs: int) -> dict[str, Any]:
-    from tasks_engine.config import EngineSettings, configure
-    from tasks_engine.control import workers as live_workers
-    from tasks_engine.plan import Context
-    from tasks_engine.signature import Signature
+    from tasks_engine.client.plan import Context
+    from tasks_engine.client.signature import Signature
+    from tasks_engine.core.config import EngineSettings, configure
+    from tasks_engine.ops.control import workers as live_workers
 
     prefix = f"bench-eta-{uuid.uuid4().hex[:8]}"
     configure(EngineSettings(key_prefix=prefix, beat_enabled=False))
     broker = get_broker()
     env = dict(os.environ, TE_KEY_PREFIX=prefix, TE_BEAT_ENABLED="false")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "bench.eta_memory", "--no-beat"],
+        [
+            sys.executable,
+            "-m",
+            "tasks_engine.cli",
+            "worker",
+            "--app",
+            "none",
+            "-I",
+            "bench.eta_memory",
+            "--no-beat",
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -74,10 +74,10 @@ def spawn_workers(prefix: str, count: int) -> list[subprocess.Popen[bytes]]:
 
 
 async def main(jobs: int, workers: int) -> dict[str, Any]:
-    from tasks_engine.config import EngineSettings, configure
-    from tasks_engine.control import workers as live_workers
-    from tasks_engine.plan import Context, Plan
-    from tasks_engine.signature import Signature
+    from tasks_engine.client.plan import Context, Plan
+    from tasks_engine.client.signature import Signature
+    from tasks_engine.core.config import EngineSettings, configure
+    from tasks_engine.ops.control import workers as live_workers
 
     prefix = f"bench-rl-{uuid.uuid4().hex[:8]}"
     configure(EngineSettings(key_prefix=prefix, beat_enabled=False))

@@ -30,10 +30,11 @@ import redis as sync_redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks_engine import configure, states  # noqa: E402
-from tasks_engine.codec import loads  # noqa: E402
-from tasks_engine.config import EngineSettings  # noqa: E402
-from tasks_engine.embedded import server_binary  # noqa: E402
+from tasks_engine import configure  # noqa: E402
+from tasks_engine.core.codec import loads  # noqa: E402
+from tasks_engine.core.config import EngineSettings  # noqa: E402
+from tasks_engine.integrations.embedded import server_binary  # noqa: E402
+from tasks_engine.model import states  # noqa: E402
 from tasks_engine.store import get_broker  # noqa: E402
 
 

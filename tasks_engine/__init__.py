@@ -1,22 +1,20 @@
 """tasks_engine: Celery's task model on asyncio, arq and Redis — without Celery, without pickle.
 
-Flow: :mod:`task` / :mod:`canvas` (what to call) → :mod:`plan` (options → :mod:`messages`) →
-:mod:`store` (the only code that touches Redis) → :mod:`worker` (claim, :mod:`execution` under
-:mod:`timelimits`) → :mod:`completion` (a pure decision) → store → :mod:`results` (``get()``).
-The layers and their rules are in the README ("How it works").
+The subpackages are the layers, each importing only those below it (contracts in pyproject.toml):
+``core`` → ``model`` → ``store`` → ``execution`` → ``client`` → ``runtime`` → ``ops`` →
+``integrations`` / ``dashboard`` → ``cli``. One job's path through them is in docs/architecture.md.
 """
 
 from typing import Any
 
-from tasks_engine import (
-    builtins,  # noqa: F401 - registers the engine's own tasks
-    states,
-)
-from tasks_engine.arq_bridge import worker_settings
-from tasks_engine.beat import configure_beat
-from tasks_engine.canvas import Signature, chain, chord, group, signature
-from tasks_engine.config import EngineSettings, configure, get_settings
-from tasks_engine.context import worker_context
+from tasks_engine.client.beat import configure_beat
+from tasks_engine.client.canvas import Signature, chain, chord, group, signature
+from tasks_engine.client.results import AsyncResult, EagerResult, GroupResult
+from tasks_engine.client.task import Task, shared_task
+from tasks_engine.core import legacy_paths
+from tasks_engine.core.config import EngineSettings, configure, get_settings
+from tasks_engine.core.context import worker_context
+from tasks_engine.core.logs import route_to_stdlib
 from tasks_engine.exceptions import (
     ChordError,
     EngineConnectionError,
@@ -28,11 +26,13 @@ from tasks_engine.exceptions import (
     TaskRevokedError,
     TimeLimitExceeded,
 )
-from tasks_engine.logs import route_to_stdlib
-from tasks_engine.results import AsyncResult, EagerResult, GroupResult
-from tasks_engine.schedules import crontab
-from tasks_engine.task import Task, shared_task
+from tasks_engine.integrations.arq_bridge import worker_settings
+from tasks_engine.model import states
+from tasks_engine.model.schedules import crontab
+from tasks_engine.runtime import builtins  # noqa: F401 - registers the engine's own tasks
 from tasks_engine.version import __version__ as __version__
+
+legacy_paths.install(__name__)  # `tasks_engine.config`, `tasks_engine.worker`, … still import
 
 route_to_stdlib()  # engine lines go to the host's logging (stderr without handlers), never to stdout
 

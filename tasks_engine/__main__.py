@@ -1,5 +1,5 @@
 """``python -m tasks_engine …`` is ``tasks-engine …``."""
 
-from tasks_engine.cli import app
+from tasks_engine.cli.main import app
 
 app(prog_name="tasks-engine")

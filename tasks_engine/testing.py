@@ -21,11 +21,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from tasks_engine.config import configure, get_settings
-from tasks_engine.context import eager_override
-from tasks_engine.embedded import ensure_redis
+from tasks_engine.core.config import configure, get_settings
+from tasks_engine.core.context import eager_override
+from tasks_engine.integrations.embedded import ensure_redis
+from tasks_engine.runtime.worker import Worker
 from tasks_engine.store import get_broker
-from tasks_engine.worker import Worker
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from tasks_engine import shared_task
-from tasks_engine.beat import configure_beat, periodic
+from tasks_engine.client.beat import configure_beat, periodic
 from tasks_engine.store import get_broker
 
 

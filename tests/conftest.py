@@ -17,14 +17,14 @@ from typing import Any, cast
 import pytest
 import redis as sync_redis
 
-import tasks_engine.builtins  # noqa: F401
+import tasks_engine.runtime.builtins  # noqa: F401
 import tests.sample_tasks  # noqa: F401 - registers the sample tasks
 from tasks_engine import configure
-from tasks_engine.config import EngineSettings
-from tasks_engine.embedded import ensure_redis
+from tasks_engine.core.config import EngineSettings
+from tasks_engine.integrations.embedded import ensure_redis
+from tasks_engine.runtime.worker import Worker
 from tasks_engine.store import get_broker
 from tasks_engine.store.connection import sync_client as sync_client_for
-from tasks_engine.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -11,7 +11,7 @@ from typing import Any
 
 import tests.sample_tasks  # noqa: F401 - the ordinary tasks too
 from tasks_engine import shared_task
-from tasks_engine.beat import configure_beat
+from tasks_engine.client.beat import configure_beat
 from tasks_engine.store import get_broker
 
 

@@ -9,7 +9,7 @@ import orjson
 import redis
 
 from tasks_engine import Task, shared_task, signals
-from tasks_engine.config import get_settings
+from tasks_engine.core.config import get_settings
 
 
 def note(kind: str, **data: Any) -> None:

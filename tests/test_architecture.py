@@ -1,7 +1,8 @@
-"""The engine's structure as rules: layers import only downward, no cycles, one owner for Redis.
+"""The engine's structure as rules import-linter cannot state: one owner for Redis keys and Lua,
+no import of the package root from inside, small modules.
 
-Every import counts — module level, inside functions and under ``TYPE_CHECKING`` — because a
-function-level import is still a dependency, only a hidden one.
+The layers between subpackages are import-linter contracts in pyproject.toml (``lint-imports``,
+run by scripts/test beside ruff and mypy).
 """
 
 from __future__ import annotations
@@ -15,144 +16,28 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "tasks_engine"
 
-# Lower layers never import higher ones. Within a layer imports are allowed, as long as there is no cycle.
-LAYERS: dict[str, int] = {
-    # L0: settings, time, JSON, errors, states, logging (no engine imports but each other)
-    "config": 0,
-    "clock": 0,
-    "codec": 0,
-    "exceptions": 0,
-    "states": 0,
-    "logs": 0,
-    "ids": 0,
-    "context": 0,
-    "version": 0,
-    "embedded": 0,
-    "redis_url": 0,
-    # L1: the vocabulary: messages, arguments, task definitions and routing, grammars, record format
-    "arguments": 1,
-    "validation": 1,
-    "registry": 1,
-    "ratelimit": 1,
-    "retries": 1,
-    "schedules": 1,
-    "messages": 1,
-    "records": 1,
-    "signals": 1,
-    "tracing": 1,
-    # L2: the store, the only code that talks to Redis
-    "store": 2,
-    # L3: running one attempt, results, planning, the canvas, the client-facing Task
-    "timelimits": 3,
-    "results": 3,
-    "execution": 3,
-    "plan": 3,
-    "eager": 3,
-    "signature": 3,
-    "canvas": 3,
-    "task": 3,
-    # L4: completion decision, engine tasks, beat, operations, the worker
-    "completion": 4,
-    "supervision": 4,
-    "metrics": 4,
-    "commit": 4,
-    "delivery": 4,
-    "builtins": 4,
-    "beat": 4,
-    "control": 4,
-    "worker": 4,
-    # L5: entry points
-    "arq_bridge": 5,
-    "cli_ops": 5,
-    "testing": 5,
-    "dashboard": 5,
-    "cli": 5,
-    "__init__": 5,
-    "__main__": 5,
-}
-
-
-def modules() -> dict[str, Path]:
-    out = {}
+def test_no_engine_module_imports_the_package_root() -> None:
+    """``from tasks_engine import X`` in the engine would import everything (import-linter can't say it:
+    the root package contains every layer). Only the root's own modules may; a module of a subpackage
+    imports from where a name lives."""
+    offenders = []
     for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(ROOT).with_suffix("")
-        parts = list(rel.parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = path
-    return out
-
-
-def layer_of(module: str) -> int:
-    parts = module.split(".")
-    if len(parts) == 1:
-        return LAYERS["__init__"]
-    return LAYERS[parts[1]]
-
-
-def imports_of(path: Path, known: set[str]) -> set[str]:
-    """Engine modules imported anywhere in ``path`` (``from a import b`` counts ``a.b`` when it is a module)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [
-                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module for a in node.names
-            ]
-        else:
+        if path.parent == PACKAGE:
             continue
-        for name in names:
-            while name and name not in known:
-                name = name.rpartition(".")[0]
-            if name.startswith("tasks_engine"):
-                found.add(name)
-    return found
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "tasks_engine" and node.level == 0:
+                offenders += [
+                    f"{path.relative_to(ROOT)}: {a.name}" for a in node.names if a.name not in {"signals", "version"}
+                ]
+    assert not offenders, "\n".join(offenders)
 
 
-def graph() -> dict[str, set[str]]:
-    mods = modules()
-    known = set(mods)
-    return {name: imports_of(path, known) - {name} for name, path in mods.items()}
-
-
-def test_every_module_has_a_layer() -> None:
-    for name in modules():
-        layer_of(name)  # KeyError names a module that was added without a layer
-
-
-def test_imports_only_go_down() -> None:
-    upward = []
-    for name, deps in graph().items():
-        if name == "tasks_engine":
-            continue
-        for dep in deps:
-            if dep == "tasks_engine" or layer_of(dep) > layer_of(name):
-                upward.append(f"{name} (L{layer_of(name)}) imports {dep} (L{layer_of(dep)})")
-    assert not upward, "\n".join(sorted(upward))
-
-
-def test_no_import_cycle() -> None:
-    g = graph()
-    state: dict[str, int] = {}
-    stack: list[str] = []
-    cycles: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for dep in sorted(g.get(node, ())):
-            if state.get(dep) == 1:
-                cycles.append([*stack[stack.index(dep) :], dep])
-            elif dep not in state:
-                visit(dep)
-        stack.pop()
-        state[node] = 2
-
-    for node in sorted(g):
-        if node not in state:
-            visit(node)
-    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+def test_the_root_holds_a_few_modules_and_each_subpackage_says_what_it_is() -> None:
+    root_modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert root_modules == ["__init__.py", "__main__.py", "exceptions.py", "signals.py", "testing.py", "version.py"]
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "import" in doc.lower(), f"{init.relative_to(ROOT)}: say what it may import and who imports it"
 
 
 def test_no_private_names_cross_modules() -> None:

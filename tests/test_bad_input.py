@@ -39,9 +39,9 @@ from tasks_engine import (
     shared_task,
     states,
 )
+from tasks_engine.client.plan import Context
 from tasks_engine.exceptions import MessageError
-from tasks_engine.messages import Message, decode, encode
-from tasks_engine.plan import Context
+from tasks_engine.model.messages import Message, decode, encode
 from tasks_engine.store import Broker, Enqueue, get_broker, loop_broker
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tasks_engine import configure, crontab, get_settings
-from tasks_engine.beat import Beat, add_entry, entries, view
+from tasks_engine.client.beat import Beat, add_entry, entries, view
 from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.store import get_broker
 from tests.conftest import ROOT, not_on_cluster, worker_env

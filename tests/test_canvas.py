@@ -27,11 +27,11 @@ from tasks_engine import (
     chain,
     chord,
     group,
-    signature,
     states,
 )
+from tasks_engine.client import signature
+from tasks_engine.runtime.worker import Worker
 from tasks_engine.store import Enqueue, get_broker
-from tasks_engine.worker import Worker
 from tests import sample_tasks as t
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,7 +250,7 @@ async def test_group_restore_across_processes(worker, prefix):
     script = (
         "import asyncio, sys, json\n"
         "from tasks_engine import configure, group, GroupResult\n"
-        "from tasks_engine.config import EngineSettings\n"
+        "from tasks_engine.core.config import EngineSettings\n"
         "import tests.sample_tasks as t\n"
         "async def main():\n"
         "    configure(EngineSettings(key_prefix=sys.argv[1], beat_enabled=False))\n"

@@ -11,14 +11,14 @@ import pytest
 
 import tests.sample_tasks as t
 from tasks_engine import states
-from tasks_engine.codec import loads
-from tasks_engine.completion import decide, rejected
+from tasks_engine.client.plan import Context
+from tasks_engine.client.signature import Signature
+from tasks_engine.core.codec import loads
 from tasks_engine.exceptions import Retry, TaskRevokedError
-from tasks_engine.execution import Attempt
-from tasks_engine.messages import ChordRef, Message, decode
-from tasks_engine.plan import Context
-from tasks_engine.registry import get_task
-from tasks_engine.signature import Signature
+from tasks_engine.execution.attempt import Attempt
+from tasks_engine.model.messages import ChordRef, Message, decode
+from tasks_engine.model.registry import get_task
+from tasks_engine.runtime.completion import decide, rejected
 
 NOW = 1_800_000_000.0
 

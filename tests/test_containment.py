@@ -24,11 +24,11 @@ import structlog.testing
 
 import tests.containment_tasks as bad
 from tasks_engine import AsyncResult, TaskError, configure, states
-from tasks_engine.codec import loads
-from tasks_engine.config import EngineSettings
+from tasks_engine.core.codec import loads
+from tasks_engine.core.config import EngineSettings
 from tasks_engine.exceptions import EngineConnectionError
-from tasks_engine.messages import Message, encode
-from tasks_engine.records import rebuild_exception
+from tasks_engine.model.messages import Message, encode
+from tasks_engine.model.records import rebuild_exception
 from tasks_engine.store import Enqueue, get_broker
 from tests import sample_tasks as t
 from tests.conftest import ROOT, worker_env

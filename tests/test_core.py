@@ -259,7 +259,7 @@ async def test_retry_then_max_retries(worker):
 async def test_structlog_lines_in_task_carry_task_context(worker, capsys):
     import logging
 
-    from tasks_engine.logs import configure_logging
+    from tasks_engine.core.logs import configure_logging
 
     configure_logging()
     r = await t.echo_request.delay()
@@ -275,7 +275,7 @@ async def test_json_log_format_by_setting(worker, capsys):
     import logging
 
     from tasks_engine import get_settings
-    from tasks_engine.logs import configure_logging
+    from tasks_engine.core.logs import configure_logging
 
     configure_logging(get_settings().model_copy(update={"log_format": "json"}))
     try:

@@ -26,7 +26,8 @@ from typing import Any
 import pytest
 
 import tests.containment_tasks as bad
-from tasks_engine import AsyncResult, control, send_task, states
+from tasks_engine import AsyncResult, send_task, states
+from tasks_engine.ops import control
 from tasks_engine.store import get_broker
 from tests import sample_tasks as t
 from tests.conftest import ROOT, worker_env

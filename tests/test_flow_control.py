@@ -34,17 +34,17 @@ from tasks_engine import (
     chain,
     chord,
     configure,
-    control,
     get_settings,
     group,
     send_task,
     shared_task,
     states,
 )
+from tasks_engine.client.plan import Context, Plan
+from tasks_engine.client.signature import Signature
 from tasks_engine.exceptions import TaskDefinitionError
-from tasks_engine.plan import Context, Plan
-from tasks_engine.ratelimit import parse_rate_limit
-from tasks_engine.signature import Signature
+from tasks_engine.model.ratelimit import parse_rate_limit
+from tasks_engine.ops import control
 from tasks_engine.store import Enqueue, get_broker
 from tests import sample_tasks as t
 from tests.conftest import REDIS_URL, ROOT, not_on_cluster, redis_client, running_worker, worker_env
@@ -74,7 +74,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, lis
         with open(logs / f"worker-{i}.log", "wb") as out:  # the child keeps its own copy of the descriptor
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.sample_tasks"],
+                    [
+                        sys.executable,
+                        "-m",
+                        "tasks_engine.cli",
+                        "worker",
+                        "--app",
+                        "none",
+                        "-I",
+                        "tests.sample_tasks",
+                    ],
                     cwd=ROOT,
                     env=worker_env(prefix),
                     stdout=out,

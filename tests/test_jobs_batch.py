@@ -18,7 +18,7 @@ from jobs.config import JobsSettings
 from jobs.db import get_engine, orders
 from jobs.seed import order_is_valid, seed
 from tasks_engine import AsyncResult, states
-from tasks_engine.worker import Worker
+from tasks_engine.runtime.worker import Worker
 from tests import jobs_support as support
 from tests.conftest import running_worker
 

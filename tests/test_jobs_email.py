@@ -26,8 +26,8 @@ from jobs.email import (
 )
 from jobs.sink import SinkHandler, SmtpSink, free_port
 from tasks_engine import configure, states
-from tasks_engine.task import registry
-from tasks_engine.worker import Worker
+from tasks_engine.client.task import registry
+from tasks_engine.runtime.worker import Worker
 from tests import jobs_support as support
 from tests.conftest import running_worker
 from tests.jobs_support import close_broker

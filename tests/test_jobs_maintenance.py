@@ -21,9 +21,9 @@ from jobs.email import send_email_task
 from jobs.maintenance import cleanup_reports, cleanup_results, daily_summary
 from jobs.sink import SmtpSink, free_port
 from tasks_engine import AsyncResult, send_task, states
-from tasks_engine.codec import dumps
+from tasks_engine.core.codec import dumps
+from tasks_engine.runtime.worker import Worker
 from tasks_engine.store import get_broker
-from tasks_engine.worker import Worker
 from tests import jobs_support as support
 from tests.conftest import running_worker, worker_env
 

@@ -26,7 +26,7 @@ from jobs.db import dispose_engines, get_engine, orders, users
 from jobs.reports import ReportParamsError, generate_report_task
 from jobs.seed import seed
 from tasks_engine import SoftTimeLimitExceeded, configure, states
-from tasks_engine.worker import Worker
+from tasks_engine.runtime.worker import Worker
 from tests import jobs_support as support
 from tests.jobs_support import close_broker
 

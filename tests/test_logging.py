@@ -45,7 +45,7 @@ def test_host_root_handlers_are_kept_and_receive_engine_lines():
         print(captured.getvalue())
     """)
     assert proc.returncode == 0, proc.stderr
-    assert "HOST tasks_engine.results" in proc.stdout and "seen by the host" in proc.stdout
+    assert "HOST tasks_engine.client.results" in proc.stdout and "seen by the host" in proc.stdout
 
 
 def test_configure_logging_without_the_root_logger_leaves_the_host_alone():
@@ -55,7 +55,7 @@ def test_configure_logging_without_the_root_logger_leaves_the_host_alone():
         logging.basicConfig(stream=io.StringIO(), level=logging.INFO)
         before = list(logging.getLogger().handlers)
         from tasks_engine import configure, EngineSettings
-        from tasks_engine.logs import configure_logging
+        from tasks_engine.core.logs import configure_logging
         configure_logging(configure(EngineSettings(log_configure_root=False)))
         assert logging.getLogger().handlers == before
         assert logging.getLogger("tasks_engine").handlers and not logging.getLogger("tasks_engine").propagate

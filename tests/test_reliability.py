@@ -15,9 +15,9 @@ import pytest
 import redis as sync_redis
 
 from tasks_engine import AsyncResult, configure, states
-from tasks_engine.config import EngineSettings
-from tasks_engine.embedded import server_binary
+from tasks_engine.core.config import EngineSettings
 from tasks_engine.exceptions import EngineConnectionError
+from tasks_engine.integrations.embedded import server_binary
 from tasks_engine.store import get_broker
 from tests import sample_tasks as t
 from tests.conftest import ROOT, worker_env

@@ -30,8 +30,8 @@ from tasks_engine import (
     states,
     worker_settings,
 )
-from tasks_engine.clock import now_ms
-from tasks_engine.retries import backoff_countdown, backoff_factor
+from tasks_engine.core.clock import now_ms
+from tasks_engine.model.retries import backoff_countdown, backoff_factor
 from tasks_engine.store import get_broker
 from tests import sample_tasks as t
 from tests.conftest import ROOT, not_on_cluster, running_worker, worker_env

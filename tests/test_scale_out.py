@@ -28,9 +28,10 @@ import pytest
 import redis as sync_redis
 from redis.exceptions import RedisError
 
-from tasks_engine import configure, control, send_task
-from tasks_engine.config import EngineSettings
+from tasks_engine import configure, send_task
+from tasks_engine.core.config import EngineSettings
 from tasks_engine.exceptions import EngineConnectionError, NotRegistered, NotReplicatedError
+from tasks_engine.ops import control
 from tasks_engine.store import get_broker
 from tasks_engine.store.connection import sync_client
 from tasks_engine.store.keys import Keys
@@ -42,7 +43,16 @@ ROOT = Path(__file__).resolve().parent.parent
 JOBS = 2_000
 RATE = 400  # jobs/s sent: the run lasts ~5 s, the failover happens in the middle
 FAIL_AT = 600
-WORKER_COMMAND = [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.scaleout_tasks"]
+WORKER_COMMAND = [
+    sys.executable,
+    "-m",
+    "tasks_engine.cli",
+    "worker",
+    "--app",
+    "none",
+    "-I",
+    "tests.scaleout_tasks",
+]
 
 
 def spawn_workers(
@@ -344,7 +354,7 @@ async def test_cluster_slot_migration_mid_run_loses_no_job(tmp_path: Path) -> No
 
 def test_a_sentinel_url_reaches_the_primary_from_the_cli_and_arq_settings(sentinel_set: Any) -> None:
     """The CLI and arq's own RedisSettings take the same URL (arq gets ``sentinel=True``)."""
-    from tasks_engine.arq_bridge import arq_redis_settings
+    from tasks_engine.integrations.arq_bridge import arq_redis_settings
 
     url = sentinel_set.url(db=3)
     settings = arq_redis_settings(url)

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tasks_engine.schedules import (
+from tasks_engine.model.schedules import (
     ScheduleError,
     as_schedule,
     crontab,

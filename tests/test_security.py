@@ -41,12 +41,12 @@ from tasks_engine import (
     send_task,
     states,
 )
-from tasks_engine.arq_bridge import worker_settings
-from tasks_engine.config import redacted_url
-from tasks_engine.embedded import server_binary
+from tasks_engine.client.plan import Context
+from tasks_engine.core.config import redacted_url
 from tasks_engine.exceptions import MessageError
-from tasks_engine.messages import arq_job_deserializer, arq_job_serializer
-from tasks_engine.plan import Context
+from tasks_engine.integrations.arq_bridge import worker_settings
+from tasks_engine.integrations.embedded import server_binary
+from tasks_engine.model.messages import arq_job_deserializer, arq_job_serializer
 from tasks_engine.store import Broker, Enqueue, get_broker
 
 ROOT = Path(__file__).resolve().parent.parent

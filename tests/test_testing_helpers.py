@@ -79,7 +79,7 @@ def test_the_plugins_worker_fixture_cleaned_up(sync_client: sync_redis.Redis):
 
 
 def test_eager_fixture(tasks_engine_eager):
-    from tasks_engine.context import eager_override
+    from tasks_engine.core.context import eager_override
 
     assert eager_override.get() is True
 

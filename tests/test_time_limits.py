@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from tasks_engine import SoftTimeLimitExceeded, TimeLimitExceeded, shared_task, states
-from tasks_engine.logs import configure_logging
+from tasks_engine.core.logs import configure_logging
+from tasks_engine.execution.timelimits import current_steps
+from tasks_engine.runtime.worker import Worker
 from tasks_engine.store import get_broker
-from tasks_engine.timelimits import current_steps
-from tasks_engine.worker import Worker
 from tests import sample_tasks as t
 from tests.conftest import ROOT
 

@@ -41,8 +41,10 @@ async def test_spans_link_the_call_to_its_run_in_the_worker(worker):
     assert send.kind is SpanKind.PRODUCER and run.kind is SpanKind.CONSUMER
     assert send.parent.span_id == request_span.get_span_context().span_id  # the app's request → send
     assert run.context.trace_id == send.context.trace_id and run.parent.span_id == send.context.span_id
-    assert run.attributes["tasks_engine.task"] == "demo.add" and run.attributes["tasks_engine.state"] == "SUCCESS"
-    assert run.attributes["tasks_engine.retries"] == 0
+    assert (
+        run.attributes["tasks_engine.client.task"] == "demo.add" and run.attributes["tasks_engine.state"] == "SUCCESS"
+    )
+    assert run.attributes["tasks_engine.model.retries"] == 0
     bad = spans[("run demo.fail", failed.id)]
     assert bad.attributes["tasks_engine.state"] == "FAILURE" and bad.status.status_code is StatusCode.ERROR
     assert any(e.name == "exception" for e in bad.events)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from tasks_engine.embedded import server_binary
+from tasks_engine.integrations.embedded import server_binary
 
 SLOTS = 16384
 

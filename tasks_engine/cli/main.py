@@ -15,14 +15,15 @@ import structlog
 import typer
 from rich.console import Console
 
-from tasks_engine import cli_ops, control
-from tasks_engine.cli_ops import load_app
-from tasks_engine.config import configure, get_settings
-from tasks_engine.embedded import ensure_redis
+from tasks_engine.cli import ops as cli_ops
+from tasks_engine.cli.ops import load_app
+from tasks_engine.core.config import configure, get_settings
+from tasks_engine.core.logs import configure_logging
 from tasks_engine.exceptions import EngineConfigurationError
-from tasks_engine.logs import configure_logging
+from tasks_engine.integrations.embedded import ensure_redis
+from tasks_engine.ops import control
+from tasks_engine.runtime.worker import Worker
 from tasks_engine.version import __version__
-from tasks_engine.worker import Worker
 
 app = typer.Typer(help="Celery's task model on asyncio, arq and Redis.", no_args_is_help=True)
 console = Console()
@@ -128,7 +129,7 @@ def _supervise(count: int, argv: list[str]) -> None:
     worker that cannot even import its app must not crash-loop forever."""
     configure_logging()
     log = structlog.get_logger("tasks_engine.supervisor")
-    command = [sys.executable, "-m", "tasks_engine.cli", *_child_argv(argv), "--child"]
+    command = [sys.executable, "-m", "tasks_engine.cli.main", *_child_argv(argv), "--child"]
     children: list[subprocess.Popen[bytes]] = []
     started: list[float] = []
     quick_exits = [0] * count
@@ -229,7 +230,7 @@ def metrics(
 ) -> None:
     """Serve cluster-wide Prometheus metrics (queues, oldest job age, consumers, dead letters) from Redis."""
     try:
-        from tasks_engine.metrics import cluster_exposition, prometheus, serve
+        from tasks_engine.ops.metrics import cluster_exposition, prometheus, serve
     except ImportError:
         typer.echo("tasks-engine metrics: prometheus_client is missing: pip install 'tasks-engine[metrics]'", err=True)
         raise typer.Exit(2) from None

@@ -21,11 +21,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tasks_engine import beat, control
-from tasks_engine.config import redacted_url
+from tasks_engine.client import beat
+from tasks_engine.client.results import AsyncResult
+from tasks_engine.core.config import redacted_url
+from tasks_engine.core.logs import configure_logging
 from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConfigurationError, EngineConnectionError
-from tasks_engine.logs import configure_logging
-from tasks_engine.results import AsyncResult
+from tasks_engine.ops import control
 from tasks_engine.store import get_broker
 
 T = TypeVar("T")

@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from tasks_engine.config import get_settings
+from tasks_engine.client.plan import Context
+from tasks_engine.client.signature import Signature
+from tasks_engine.core.config import get_settings
 from tasks_engine.exceptions import REDIS_UNAVAILABLE, TaskDefinitionError
-from tasks_engine.plan import Context
-from tasks_engine.schedules import Schedule, ScheduleError, as_schedule, crontab
-from tasks_engine.signature import Signature
+from tasks_engine.model.schedules import Schedule, ScheduleError, as_schedule, crontab
 from tasks_engine.store import beat_task_id, get_broker
 
 log = structlog.get_logger("tasks_engine.beat")

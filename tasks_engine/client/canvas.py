@@ -25,14 +25,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from tasks_engine import states
-from tasks_engine.exceptions import ChordError
-from tasks_engine.ids import derived_id, own_id
-from tasks_engine.messages import CHORD_RESULTS, ChordRef
-from tasks_engine.plan import Context, Plan, chain_ids
-from tasks_engine.registry import COLLECT_TASK, STARMAP_TASK, UNWIND_TASK, registry
-from tasks_engine.results import EagerResult, GroupResult
-from tasks_engine.signature import (
+from tasks_engine.client.plan import Context, Plan, chain_ids
+from tasks_engine.client.results import EagerResult, GroupResult
+from tasks_engine.client.signature import (
     COMBINE,
     KINDS,
     Signature,
@@ -42,6 +37,11 @@ from tasks_engine.signature import (
     from_dict,
     pop_workflow_options,
 )
+from tasks_engine.core.ids import derived_id, own_id
+from tasks_engine.exceptions import ChordError
+from tasks_engine.model import states
+from tasks_engine.model.messages import CHORD_RESULTS, ChordRef
+from tasks_engine.model.registry import COLLECT_TASK, STARMAP_TASK, UNWIND_TASK, registry
 from tasks_engine.store import ChordRecord
 
 
@@ -424,7 +424,7 @@ def chunks(task: Any, items: Iterable[Any], n: int) -> group:
         raise ValueError("chunk size must be >= 1")
     data = list(items)
     if STARMAP_TASK not in registry:
-        raise RuntimeError("tasks_engine.builtins is not imported")
+        raise RuntimeError("tasks_engine.runtime.builtins is not imported")
     return group(
         Signature(STARMAP_TASK, (task.name, [list(x) if isinstance(x, list | tuple) else [x] for x in data[i : i + n]]))
         for i in range(0, len(data), n)

@@ -11,18 +11,18 @@ from typing import Any, Protocol
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from tasks_engine import states
-from tasks_engine.codec import dumps, loads
+from tasks_engine.client.plan import as_list
+from tasks_engine.client.results import EagerResult
+from tasks_engine.core.codec import dumps, loads
+from tasks_engine.core.ids import new_id
 from tasks_engine.exceptions import TaskRevokedError
-from tasks_engine.execution import run_attempt
-from tasks_engine.ids import new_id
-from tasks_engine.plan import as_list
-from tasks_engine.registry import Request, current_request, get_task
-from tasks_engine.results import EagerResult
+from tasks_engine.execution.attempt import run_attempt
+from tasks_engine.model import states
+from tasks_engine.model.registry import Request, current_request, get_task
 
 
 class EagerCall(Protocol):
-    """What eager execution needs of a signature (see :class:`tasks_engine.signature.Signature`)."""
+    """What eager execution needs of a signature (see :class:`tasks_engine.client.signature.Signature`)."""
 
     task: str
     args: tuple[Any, ...]

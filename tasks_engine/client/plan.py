@@ -13,17 +13,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tasks_engine.codec import dumps
-from tasks_engine.config import get_settings
-from tasks_engine.ids import own_id
-from tasks_engine.messages import CHORD_RESULTS, ChordRef, Message, compression_of, encode_sized
-from tasks_engine.registry import check_time_limits, current_request, get_task, registry, route_queue
+from tasks_engine.core.codec import dumps
+from tasks_engine.core.config import get_settings
+from tasks_engine.core.ids import own_id
+from tasks_engine.core.tracing import sending_span
+from tasks_engine.model.messages import CHORD_RESULTS, ChordRef, Message, compression_of, encode_sized
+from tasks_engine.model.registry import check_time_limits, current_request, get_task, registry, route_queue
+from tasks_engine.model.validation import check_count, check_name, check_queue, check_seconds, check_task_name
 from tasks_engine.store import ChordRecord, Enqueue, Writes, get_broker
-from tasks_engine.tracing import sending_span
-from tasks_engine.validation import check_count, check_name, check_queue, check_seconds, check_task_name
 
 if TYPE_CHECKING:
-    from tasks_engine.results import GroupResult
+    from tasks_engine.client.results import GroupResult
 
 
 #: Call options accepted for Celery compatibility that deliberately change nothing (their type is still checked).
@@ -52,7 +52,7 @@ def check_inert_options(task: str, opts: dict[str, Any]) -> None:
 
 
 class Call(Protocol):
-    """What planning needs of a signature (see :class:`tasks_engine.signature.Signature`)."""
+    """What planning needs of a signature (see :class:`tasks_engine.client.signature.Signature`)."""
 
     task: str
     args: tuple[Any, ...]

@@ -12,12 +12,12 @@ from typing import Any, Generic, TypeVar, cast
 
 import structlog
 
-from tasks_engine import states
-from tasks_engine.clock import ms_to_iso, now_iso
-from tasks_engine.codec import dumps, loads
+from tasks_engine.core.clock import ms_to_iso, now_iso
+from tasks_engine.core.codec import dumps, loads
 from tasks_engine.exceptions import ChordError, TaskRevokedError
-from tasks_engine.records import parse_record, rebuild_exception
-from tasks_engine.registry import current_request
+from tasks_engine.model import states
+from tasks_engine.model.records import parse_record, rebuild_exception
+from tasks_engine.model.registry import current_request
 from tasks_engine.store import get_broker
 
 log = structlog.get_logger("tasks_engine.results")

@@ -2,7 +2,7 @@
 
 Engine-facing methods (``plan_into``, ``run_eager``, ``merged``, ``push_down``, ``errback_call``,
 ``parts``, ``leaf_ids``, ``check_waiting``) are overridden by chain, group and chord in
-:mod:`tasks_engine.canvas`; :func:`from_dict` rebuilds any kind from its dict form.
+:mod:`tasks_engine.client.canvas`; :func:`from_dict` rebuilds any kind from its dict form.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
-from tasks_engine.config import get_settings
-from tasks_engine.context import eager_override
-from tasks_engine.eager import run_call
-from tasks_engine.ids import own_id
-from tasks_engine.plan import Context, Plan, as_list, aware, build_enqueue
-from tasks_engine.registry import get_task, registry
-from tasks_engine.results import AsyncResult
+from tasks_engine.client.eager import run_call
+from tasks_engine.client.plan import Context, Plan, as_list, aware, build_enqueue
+from tasks_engine.client.results import AsyncResult
+from tasks_engine.core.config import get_settings
+from tasks_engine.core.context import eager_override
+from tasks_engine.core.ids import own_id
+from tasks_engine.model.registry import get_task, registry
 from tasks_engine.store import Enqueue, Writes, get_broker
 
 CALL_OPTIONS = frozenset(
@@ -49,9 +49,9 @@ CALL_OPTIONS = frozenset(
     }
 )
 _CALLBACK_OPTIONS = ("link", "link_error")
-#: Workflow kinds by ``subtask_type`` (built from their dict form), filled in by :mod:`tasks_engine.canvas`.
+#: Workflow kinds by ``subtask_type`` (built from their dict form), filled in by :mod:`tasks_engine.client.canvas`.
 KINDS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Signature]] = {}
-#: ``a | b`` for two plain signatures: a chain, registered by :mod:`tasks_engine.canvas`.
+#: ``a | b`` for two plain signatures: a chain, registered by :mod:`tasks_engine.client.canvas`.
 COMBINE: dict[str, Callable[..., Signature]] = {}
 
 
@@ -307,7 +307,7 @@ class Signature:
         plan.ids.append(self.options["task_id"])
 
     def to_enqueue(self, prefix: list[Any], ctx: Context) -> Enqueue:
-        """This call as one message (see :func:`tasks_engine.plan.build_enqueue`)."""
+        """This call as one message (see :func:`tasks_engine.client.plan.build_enqueue`)."""
         return build_enqueue(self, prefix, ctx)
 
     def errback_call(self, failed_id: str, exc: BaseException | None = None, traceback: str | None = None) -> Signature:

@@ -7,12 +7,12 @@ from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, Type
 
 from pydantic import ValidationError
 
-from tasks_engine.canvas import chunks, group
-from tasks_engine.context import worker_context
+from tasks_engine.client.canvas import chunks, group
+from tasks_engine.client.results import AsyncResult, EagerResult, store_state
+from tasks_engine.client.signature import Signature, runs_eagerly
+from tasks_engine.core.context import worker_context
 from tasks_engine.exceptions import TaskDefinitionError
-from tasks_engine.registry import Request, TaskDefinition, TaskOptions, current_request, register, registry
-from tasks_engine.results import AsyncResult, EagerResult, store_state
-from tasks_engine.signature import Signature, runs_eagerly
+from tasks_engine.model.registry import Request, TaskDefinition, TaskOptions, current_request, register, registry
 from tasks_engine.store import get_broker
 
 __all__ = ["Request", "Task", "TaskOptions", "current_request", "registry", "shared_task"]
@@ -43,7 +43,7 @@ class Task(TaskDefinition, Generic[P, R]):
     async def apply_async(
         self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncResult[R]:
-        """Send to a worker; returns once the message is in Redis. Options: see :mod:`tasks_engine.plan`."""
+        """Send to a worker; returns once the message is in Redis. Options: see :mod:`tasks_engine.client.plan`."""
         call = Signature(self.name, args, kwargs, options)  # made for this call: sent as it is, not copied
         result: AsyncResult[R] = await (call.apply() if runs_eagerly() else call.send())
         return result

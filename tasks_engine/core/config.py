@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tasks_engine.redis_url import RedisTarget, RedisURLError, parse_redis_url
+from tasks_engine.core.redis_url import RedisTarget, RedisURLError, parse_redis_url
 
 
 class EngineSettings(BaseSettings):

@@ -17,7 +17,7 @@ import sys
 
 import structlog
 
-from tasks_engine.config import EngineSettings, get_settings
+from tasks_engine.core.config import EngineSettings, get_settings
 
 SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,

@@ -44,7 +44,7 @@ def producer_span(task: str, task_id: str, queue: str, headers: dict[str, Any]) 
         return
     tracer = trace.get_tracer(TRACER_NAME)
     attributes = {"messaging.system": "tasks_engine", "messaging.destination.name": queue,
-                  "messaging.message.id": task_id, "tasks_engine.task": task}  # fmt: skip
+                  "messaging.message.id": task_id, "tasks_engine.client.task": task}  # fmt: skip
     with tracer.start_as_current_span(f"send {task}", kind=SpanKind.PRODUCER, attributes=attributes):
         propagate.inject(headers)
         yield
@@ -71,8 +71,8 @@ def consumer_span(task: str, task_id: str, retries: int, headers: dict[str, Any]
     tracer = trace.get_tracer(TRACER_NAME)
     parent = propagate.extract({k: v for k, v in headers.items() if isinstance(v, str)})
     attributes: dict[str, str | int] = {"messaging.system": "tasks_engine", "messaging.message.id": task_id,
-                                        "tasks_engine.task": task,
-                  "tasks_engine.retries": retries}  # fmt: skip
+                                        "tasks_engine.client.task": task,
+                  "tasks_engine.model.retries": retries}  # fmt: skip
     with tracer.start_as_current_span(f"run {task}", context=parent, kind=SpanKind.CONSUMER,
                                       attributes=attributes) as span:  # fmt: skip
 

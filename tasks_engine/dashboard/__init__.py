@@ -1,8 +1,8 @@
 """The web dashboard: what Flower showed on port 5555, for this engine (``tasks-engine dashboard``).
 
-Layer 5 (an entry point): it reads and acts only through :mod:`tasks_engine.control` and below.
-Its dependencies are the ``dashboard`` extra (Starlette, uvicorn, Jinja2), so the package imports
-them only in :mod:`tasks_engine.dashboard.app`; importing this package costs nothing.
+It reads and acts only through ``ops`` (control, metrics) and below, never the worker runtime, and
+only ``cli`` imports it. Its dependencies are the ``dashboard`` extra (Starlette, uvicorn, Jinja2), so
+the package imports them only in :mod:`tasks_engine.dashboard.app`; importing this package costs nothing.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Pages are rendered once and then kept live by ``/api/events`` (server-sent events: the page's JSON
 snapshot every ``refresh_seconds``), so an operator watching a job sees it change without reloading.
-Every read and action goes through :mod:`tasks_engine.control`; nothing here spells a Redis key.
+Every read and action goes through :mod:`tasks_engine.ops.control`; nothing here spells a Redis key.
 
 JSON API — the pages use exactly these; all need the dashboard's credentials when configured:
 
@@ -46,14 +46,14 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from tasks_engine import control
-from tasks_engine.config import redacted_url
+from tasks_engine.core.config import redacted_url
+from tasks_engine.core.logs import configure_logging
 from tasks_engine.dashboard import data
 from tasks_engine.dashboard.security import CSRF_FIELD, CSRF_HEADER, AuthMiddleware, Guard
 from tasks_engine.dashboard.settings import DashboardConfigError, DashboardSettings, check_exposure
 from tasks_engine.exceptions import REDIS_UNAVAILABLE
-from tasks_engine.logs import configure_logging
-from tasks_engine.metrics import cluster_exposition, prometheus
+from tasks_engine.ops import control
+from tasks_engine.ops.metrics import cluster_exposition, prometheus
 from tasks_engine.store import get_broker
 
 log = structlog.get_logger("tasks_engine.dashboard")

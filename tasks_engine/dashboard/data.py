@@ -1,4 +1,4 @@
-"""What the pages show, read from Redis at each request through :mod:`tasks_engine.control`.
+"""What the pages show, read from Redis at each request through :mod:`tasks_engine.ops.control`.
 
 Nothing is cached except the overview's series: Redis keeps counts, not history, so a small ring of
 samples (taken every ``sample_seconds`` while the dashboard runs) is the only way to draw throughput
@@ -16,12 +16,14 @@ from typing import Any
 
 import structlog
 
-from tasks_engine import beat, control, states
-from tasks_engine.clock import ms_to_iso, now_iso
-from tasks_engine.codec import loads
+from tasks_engine.client import beat
+from tasks_engine.client.results import AsyncResult
+from tasks_engine.core.clock import ms_to_iso, now_iso
+from tasks_engine.core.codec import loads
 from tasks_engine.exceptions import REDIS_UNAVAILABLE
-from tasks_engine.records import parse_record
-from tasks_engine.results import AsyncResult
+from tasks_engine.model import states
+from tasks_engine.model.records import parse_record
+from tasks_engine.ops import control
 from tasks_engine.store import get_broker
 
 log = structlog.get_logger("tasks_engine.dashboard")

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import structlog
 
 from tasks_engine.exceptions import Retry, TaskExitError, TimeLimitExceeded
-from tasks_engine.registry import Request, TaskDefinition, current_request
-from tasks_engine.retries import backoff_countdown, backoff_factor, matches
-from tasks_engine.timelimits import LimitedRun
+from tasks_engine.execution.timelimits import LimitedRun
+from tasks_engine.model.registry import Request, TaskDefinition, current_request
+from tasks_engine.model.retries import backoff_countdown, backoff_factor, matches
 
 log = structlog.get_logger("tasks_engine.execution")
 

@@ -1,7 +1,7 @@
 """``arq settings.WorkerSettings``: arq's CLI hosts the tasks_engine worker.
 
 arq's own Worker polls, reads one queue, has no priorities, dies on Redis errors and never renews
-its leases, so the jobs are run by :class:`tasks_engine.worker.Worker`, started from arq's
+its leases, so the jobs are run by :class:`tasks_engine.runtime.worker.Worker`, started from arq's
 ``on_startup`` and drained from ``on_shutdown``. arq keeps what it is good at here: the CLI,
 ``--check`` health key, signal handling. Its own queue gets one no-op function (arq requires one)
 and a JSON serializer, so nothing in the process ever unpickles.
@@ -17,14 +17,14 @@ from typing import Any
 from arq.connections import RedisSettings
 from redis.connection import parse_url
 
-from tasks_engine.config import get_settings
-from tasks_engine.context import Hook
+from tasks_engine.core.config import get_settings
+from tasks_engine.core.context import Hook
+from tasks_engine.core.logs import configure_logging
+from tasks_engine.core.redis_url import parse_redis_url
 from tasks_engine.exceptions import EngineConfigurationError, TaskDefinitionError
-from tasks_engine.logs import configure_logging
-from tasks_engine.messages import arq_job_deserializer, arq_job_serializer
-from tasks_engine.redis_url import parse_redis_url
+from tasks_engine.model.messages import arq_job_deserializer, arq_job_serializer
+from tasks_engine.runtime.worker import Worker
 from tasks_engine.store.keys import Keys
-from tasks_engine.worker import Worker
 
 #: arq settings the engine sets itself: overriding one would leave a worker that runs no job.
 ENGINE_OWNED = frozenset({

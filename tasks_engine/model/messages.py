@@ -37,10 +37,10 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 
-from tasks_engine.codec import non_finite_path
-from tasks_engine.config import get_settings
+from tasks_engine.core.codec import non_finite_path
+from tasks_engine.core.config import get_settings
 from tasks_engine.exceptions import MessageError
-from tasks_engine.registry import argument_label
+from tasks_engine.model.registry import argument_label
 
 #: A chord body is stored with this JSON string as its first argument; the chord-part script puts
 #: the header results in its place when the chord fires.

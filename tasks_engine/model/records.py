@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-from tasks_engine.codec import dumps, loads
+from tasks_engine.core.codec import dumps, loads
 from tasks_engine.exceptions import TaskError
 
 log = structlog.get_logger("tasks_engine.records")

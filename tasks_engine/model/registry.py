@@ -1,7 +1,7 @@
 """What a task is to the engine: its options, its registration by name, the per-call request and routing.
 
 :class:`TaskDefinition` holds everything the worker needs to run a task (function, options, argument
-spec, retry decision); :class:`tasks_engine.task.Task` adds the client API (``delay``, ``s``, …) on top.
+spec, retry decision); :class:`tasks_engine.client.task.Task` adds the client API (``delay``, ``s``, …) on top.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks_engine.arguments import ArgumentSpec
-from tasks_engine.config import get_settings
+from tasks_engine.core.config import get_settings
 from tasks_engine.exceptions import MaxRetriesExceededError, NotRegistered, Retry, TaskDefinitionError
-from tasks_engine.ratelimit import RateLimit, parse_rate_limit
-from tasks_engine.validation import check_seconds
+from tasks_engine.model.arguments import ArgumentSpec
+from tasks_engine.model.ratelimit import RateLimit, parse_rate_limit
+from tasks_engine.model.validation import check_seconds
 
-#: Names of the engine's own tasks (defined in :mod:`tasks_engine.builtins`).
+#: Names of the engine's own tasks (defined in :mod:`tasks_engine.runtime.builtins`).
 STARMAP_TASK = "tasks_engine.starmap"
 COLLECT_TASK = "tasks_engine.collect"
 UNWIND_TASK = "tasks_engine.chord_unwind"

@@ -8,16 +8,16 @@ from typing import Any
 
 import structlog
 
-from tasks_engine import states
-from tasks_engine.clock import ms_to_iso
-from tasks_engine.codec import dumps, loads
-from tasks_engine.config import get_settings
+from tasks_engine.client.results import revoke as revoke  # re-exported: control.revoke is the operation
+from tasks_engine.client.signature import Signature
+from tasks_engine.core.clock import ms_to_iso
+from tasks_engine.core.codec import dumps, loads
+from tasks_engine.core.config import get_settings
 from tasks_engine.exceptions import MessageError
-from tasks_engine.messages import decode
-from tasks_engine.ratelimit import parse_rate_limit
-from tasks_engine.records import parse_record
-from tasks_engine.results import revoke as revoke  # re-exported: control.revoke is the operation
-from tasks_engine.signature import Signature
+from tasks_engine.model import states
+from tasks_engine.model.messages import decode
+from tasks_engine.model.ratelimit import parse_rate_limit
+from tasks_engine.model.records import parse_record
 from tasks_engine.store import Enqueue, get_broker
 
 log = structlog.get_logger("tasks_engine.control")

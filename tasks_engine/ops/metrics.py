@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from tasks_engine import control
+from tasks_engine.ops import control
 
 log = structlog.get_logger("tasks_engine.metrics")
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]

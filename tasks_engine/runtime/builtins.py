@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks_engine import states
-from tasks_engine.clock import now_iso
-from tasks_engine.plan import Context, Plan
-from tasks_engine.records import EXCEPTION_FIELDS, parse_record, rebuild_exception
-from tasks_engine.registry import COLLECT_TASK, STARMAP_TASK, UNWIND_TASK, get_task
-from tasks_engine.signature import from_dict
+from tasks_engine.client.plan import Context, Plan
+from tasks_engine.client.signature import from_dict
+from tasks_engine.client.task import Task, shared_task
+from tasks_engine.core.clock import now_iso
+from tasks_engine.model import states
+from tasks_engine.model.records import EXCEPTION_FIELDS, parse_record, rebuild_exception
+from tasks_engine.model.registry import COLLECT_TASK, STARMAP_TASK, UNWIND_TASK, get_task
 from tasks_engine.store import ChordPart, get_broker
-from tasks_engine.task import Task, shared_task
 
 
 @shared_task(name=STARMAP_TASK)

@@ -12,7 +12,7 @@ import asyncio
 
 import structlog
 
-from tasks_engine.clock import Backoff
+from tasks_engine.core.clock import Backoff
 from tasks_engine.exceptions import REDIS_UNAVAILABLE
 from tasks_engine.store import Broker, Completion
 

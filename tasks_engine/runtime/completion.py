@@ -17,17 +17,17 @@ from typing import Any
 import structlog
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from tasks_engine import states
-from tasks_engine.canvas import leaf_ids_of
-from tasks_engine.clock import now_iso
-from tasks_engine.codec import dumps
+from tasks_engine.client.canvas import leaf_ids_of
+from tasks_engine.client.plan import Context, Plan
+from tasks_engine.client.signature import from_dict
+from tasks_engine.core.clock import now_iso
+from tasks_engine.core.codec import dumps
 from tasks_engine.exceptions import NotRegistered, TaskRevokedError
-from tasks_engine.execution import Attempt
-from tasks_engine.messages import Message, encode, peek_id
-from tasks_engine.plan import Context, Plan
-from tasks_engine.records import exception_fields
-from tasks_engine.registry import TaskDefinition
-from tasks_engine.signature import from_dict
+from tasks_engine.execution.attempt import Attempt
+from tasks_engine.model import states
+from tasks_engine.model.messages import Message, encode, peek_id
+from tasks_engine.model.records import exception_fields
+from tasks_engine.model.registry import TaskDefinition
 from tasks_engine.store import ChordPart, Completion, Enqueue
 
 log = structlog.get_logger("tasks_engine.worker")

@@ -2,7 +2,7 @@
 
 The worker hands every claimed job to :meth:`Deliveries.process`: decode (a bad message is a dead
 letter), the checks before running (revoked, expired, delivered too often, unknown task,
-idempotent replay), the attempt itself, then :func:`tasks_engine.completion.decide` and the group
+idempotent replay), the attempt itself, then :func:`tasks_engine.runtime.completion.decide` and the group
 commit. Any failure on the way still ends in a final record, a retry or a dead letter.
 """
 
@@ -16,21 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from tasks_engine import signals, states
-from tasks_engine.codec import loads
-from tasks_engine.commit import CommitQueue
-from tasks_engine.completion import decide, format_error, rejected, settle_failed
-from tasks_engine.config import EngineSettings
+from tasks_engine import signals
+from tasks_engine.core.codec import loads
+from tasks_engine.core.config import EngineSettings
+from tasks_engine.core.tracing import running_span
 from tasks_engine.exceptions import DeliveryLimitExceeded, MessageError, NotRegistered, TaskRevokedError
-from tasks_engine.execution import Attempt, run_attempt
-from tasks_engine.messages import Message, decode
-from tasks_engine.registry import Request, TaskDefinition, get_task
+from tasks_engine.execution.attempt import Attempt, run_attempt
+from tasks_engine.execution.timelimits import LimitedRun
+from tasks_engine.model import states
+from tasks_engine.model.messages import Message, decode
+from tasks_engine.model.registry import Request, TaskDefinition, get_task
+from tasks_engine.runtime.commit import CommitQueue
+from tasks_engine.runtime.completion import decide, format_error, rejected, settle_failed
 from tasks_engine.store import Broker, Completion
-from tasks_engine.timelimits import LimitedRun
-from tasks_engine.tracing import running_span
 
 if TYPE_CHECKING:
-    from tasks_engine.metrics import WorkerMetrics
+    from tasks_engine.ops.metrics import WorkerMetrics
 
 log = structlog.get_logger("tasks_engine.worker")
 OUTCOME_STATES = {"success": states.SUCCESS, "failure": states.FAILURE, "retry": states.RETRY,

@@ -19,11 +19,11 @@ from typing import Any, Protocol
 
 import structlog
 
-from tasks_engine.clock import Backoff, now_iso
-from tasks_engine.config import EngineSettings
+from tasks_engine.core.clock import Backoff, now_iso
+from tasks_engine.core.config import EngineSettings
 from tasks_engine.exceptions import REDIS_UNAVAILABLE
+from tasks_engine.execution.timelimits import current_steps
 from tasks_engine.store import SyncHeartbeat
-from tasks_engine.timelimits import current_steps
 
 log = structlog.get_logger("tasks_engine.worker")
 CLEAN_RUN_SECONDS = 30.0  # a loop that ran this long before failing starts its backoff afresh

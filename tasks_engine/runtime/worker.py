@@ -29,25 +29,25 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from tasks_engine import signals
-from tasks_engine.beat import Beat
-from tasks_engine.beat import entries as beat_entries
-from tasks_engine.clock import Backoff, now_iso
-from tasks_engine.codec import dumps, loads
-from tasks_engine.commit import CommitQueue
-from tasks_engine.config import EngineSettings, get_settings, redacted_url
-from tasks_engine.context import Hook, current_worker_context
-from tasks_engine.delivery import Deliveries
+from tasks_engine.client.beat import Beat
+from tasks_engine.client.beat import entries as beat_entries
+from tasks_engine.core.clock import Backoff, now_iso
+from tasks_engine.core.codec import dumps, loads
+from tasks_engine.core.config import EngineSettings, get_settings, redacted_url
+from tasks_engine.core.context import Hook, current_worker_context
 from tasks_engine.exceptions import (
     REDIS_UNAVAILABLE,
     EngineConfigurationError,
 )
-from tasks_engine.registry import registry
+from tasks_engine.execution.timelimits import LimitedRun
+from tasks_engine.model.registry import registry
+from tasks_engine.runtime.commit import CommitQueue
+from tasks_engine.runtime.delivery import Deliveries
+from tasks_engine.runtime.supervision import HeartbeatThread, LoopHealth, supervised
 from tasks_engine.store import Broker, get_broker
-from tasks_engine.supervision import HeartbeatThread, LoopHealth, supervised
-from tasks_engine.timelimits import LimitedRun
 
 if TYPE_CHECKING:
-    from tasks_engine.metrics import WorkerMetrics
+    from tasks_engine.ops.metrics import WorkerMetrics
 
 log = structlog.get_logger("tasks_engine.worker")
 
@@ -169,7 +169,7 @@ class Worker:
     async def _serve_metrics(self, host: str, port: int) -> None:
         assert self.broker is not None
         # Imported here: prometheus_client is the optional `metrics` extra, needed only with a metrics port.
-        from tasks_engine.metrics import WorkerMetrics, serve_worker_probes
+        from tasks_engine.ops.metrics import WorkerMetrics, serve_worker_probes
 
         self.metrics = WorkerMetrics(lambda: len(self.running), lambda: self.health.healthy)
 

@@ -1,4 +1,8 @@
-"""The store: the only code that names a Redis key or holds Lua (see :mod:`tasks_engine.store.keys`)."""
+"""The store: the only code that names a Redis key, holds Lua or talks to Redis (connections,
+enqueue batching, the broker's claim/complete/housekeeping, read-only views, the idle-worker waiter).
+
+Imports only ``core``; used by ``client``, ``runtime``, ``ops``, the dashboard and the entry points.
+"""
 
 from tasks_engine.store.broker import Broker, SyncHeartbeat, get_broker, loop_broker
 from tasks_engine.store.connection import awaited

@@ -20,9 +20,9 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
-from tasks_engine.clock import Backoff, now_iso, now_ms
-from tasks_engine.codec import dumps
-from tasks_engine.config import EngineSettings, get_settings, redacted_url
+from tasks_engine.core.clock import Backoff, now_iso, now_ms
+from tasks_engine.core.codec import dumps
+from tasks_engine.core.config import EngineSettings, get_settings, redacted_url
 from tasks_engine.exceptions import (
     REDIS_UNAVAILABLE,
     EngineConnectionError,
@@ -402,7 +402,7 @@ _brokers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Broker] = weakref
 def get_broker() -> Broker:
     """The broker of the running event loop (redis-py's asyncio clients cannot cross loops).
 
-    A new one is made when :func:`tasks_engine.config.configure` installed other settings."""
+    A new one is made when :func:`tasks_engine.core.config.configure` installed other settings."""
     loop = asyncio.get_running_loop()
     broker = _brokers.get(loop)
     if broker is None or broker.settings is not get_settings():

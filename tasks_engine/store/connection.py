@@ -1,4 +1,4 @@
-"""Redis clients for one server, a Sentinel-watched primary or a Cluster (see :mod:`tasks_engine.redis_url`).
+"""Redis clients for one server, a Sentinel-watched primary or a Cluster (see :mod:`tasks_engine.core.redis_url`).
 
 Sentinel: redis-py's Sentinel pools ask the sentinels for the primary on every new connection, so a
 client carries on after a failover without a restart; a demoted primary's ``READONLY`` reply closes the
@@ -23,9 +23,9 @@ from redis.cluster import ClusterNode as SyncClusterNode
 from redis.cluster import RedisCluster as SyncRedisCluster
 from redis.sentinel import Sentinel as SyncSentinel
 
-from tasks_engine.config import EngineSettings
+from tasks_engine.core.config import EngineSettings
+from tasks_engine.core.redis_url import RedisTarget
 from tasks_engine.exceptions import REDIS_UNAVAILABLE
-from tasks_engine.redis_url import RedisTarget
 
 AsyncClient = Redis | RedisCluster
 SyncClient = sync_redis.Redis | SyncRedisCluster

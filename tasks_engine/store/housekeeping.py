@@ -10,15 +10,15 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tasks_engine.clock import now_iso
-from tasks_engine.codec import loads
+from tasks_engine.core.clock import now_iso
+from tasks_engine.core.codec import loads
 from tasks_engine.exceptions import EngineConfigurationError
 from tasks_engine.store.connection import awaited
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from tasks_engine.config import EngineSettings
+    from tasks_engine.core.config import EngineSettings
     from tasks_engine.store.keys import Keys
 
 

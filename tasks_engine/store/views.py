@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from redis.exceptions import ResponseError
 
-from tasks_engine.codec import dumps, loads
+from tasks_engine.core.codec import dumps, loads
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from tasks_engine.config import EngineSettings
+    from tasks_engine.core.config import EngineSettings
     from tasks_engine.store.keys import Keys
 
 

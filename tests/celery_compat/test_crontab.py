@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tasks_engine.schedules import ScheduleError, crontab, interval
+from tasks_engine.model.schedules import ScheduleError, crontab, interval
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

@@ -26,7 +26,7 @@ from tasks_engine import (
     shared_task,
     states,
 )
-from tasks_engine.ids import new_id
+from tasks_engine.core.ids import new_id
 from tests import sample_tasks as t
 
 

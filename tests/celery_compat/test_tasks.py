@@ -26,12 +26,12 @@ from tasks_engine import (
     shared_task,
     states,
 )
+from tasks_engine.client.plan import INERT_CALL_OPTIONS
+from tasks_engine.client.results import AsyncResult
 from tasks_engine.exceptions import MessageError, TaskDefinitionError
-from tasks_engine.messages import Message, decode, encode
-from tasks_engine.plan import INERT_CALL_OPTIONS
-from tasks_engine.records import exception_fields, rebuild_exception
-from tasks_engine.registry import INERT_TASK_OPTIONS, TaskOptions
-from tasks_engine.results import AsyncResult
+from tasks_engine.model.messages import Message, decode, encode
+from tasks_engine.model.records import exception_fields, rebuild_exception
+from tasks_engine.model.registry import INERT_TASK_OPTIONS, TaskOptions
 from tasks_engine.store import get_broker
 from tests.celery_compat import task_defs as d
 from tests.conftest import running_worker
