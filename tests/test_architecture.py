@@ -16,6 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "tasks_engine"
 
+
 def test_no_engine_module_imports_the_package_root() -> None:
     """``from tasks_engine import X`` in the engine would import everything (import-linter can't say it:
     the root package contains every layer). Only the root's own modules may; a module of a subpackage
