@@ -27,9 +27,9 @@ from tasks_engine import (
     chain,
     chord,
     group,
+    signature,
     states,
 )
-from tasks_engine.client import signature
 from tasks_engine.runtime.worker import Worker
 from tasks_engine.store import Enqueue, get_broker
 from tests import sample_tasks as t

@@ -45,7 +45,7 @@ def test_host_root_handlers_are_kept_and_receive_engine_lines():
         print(captured.getvalue())
     """)
     assert proc.returncode == 0, proc.stderr
-    assert "HOST tasks_engine.client.results" in proc.stdout and "seen by the host" in proc.stdout
+    assert "HOST tasks_engine.results" in proc.stdout and "seen by the host" in proc.stdout
 
 
 def test_configure_logging_without_the_root_logger_leaves_the_host_alone():

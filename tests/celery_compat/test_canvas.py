@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tasks_engine import AsyncResult, ChordError, EagerResult, GroupResult, chain, chord, group
-from tasks_engine.client import signature
+from tasks_engine import AsyncResult, ChordError, EagerResult, GroupResult, chain, chord, group, signature
 from tests.celery_compat import canvas_tasks as ct
 from tests.celery_compat.canvas_tasks import (
     ExpectedException,
