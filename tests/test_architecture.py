@@ -96,3 +96,19 @@ def test_lua_scripts_ship_as_package_data() -> None:
     assert on_disk == set(SCRIPTS)
     assert "local function te_enqueue" in lua("enqueue")  # the shared library is prepended
     assert "local function te_enqueue" not in lua("purge")  # only where a script asks for it
+
+
+def test_the_architecture_page_names_every_module_in_its_package_row() -> None:
+    """docs/architecture.md's table lists each subpackage's modules: a module added or moved without
+    saying what it owns fails here."""
+    rows = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| `(\w+)/` \| ([^|]+) \|", (ROOT / "docs" / "architecture.md").read_text(), re.M)
+    }
+    missing = []
+    for package in sorted(p.parent for p in PACKAGE.glob("*/__init__.py")):
+        listed = set(re.findall(r"`([\w/*.]+)`", rows.get(package.name, "")))
+        for module in package.glob("*.py"):
+            if module.stem not in {"__init__", "__main__"} and module.stem not in listed:
+                missing.append(f"{package.name}/{module.name}")
+    assert not missing, f"add to docs/architecture.md's table: {missing}"
