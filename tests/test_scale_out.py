@@ -223,6 +223,7 @@ CLUSTER_MODULES = [
 ]
 
 
+@pytest.mark.timeout(660)  # a whole sub-suite; its own run is bounded at 600 s below
 def test_core_canvas_retries_rate_limits_revoke_and_beat_pass_on_a_cluster(tmp_path: Path) -> None:
     with cluster(primaries=3, root=tmp_path / "redis") as topology:
         proc = subprocess.run(
