@@ -25,6 +25,7 @@ primitive: its closest documented equivalent, marked); (5) worker RSS before and
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -122,6 +123,25 @@ def ensure_venv(name: str, allow_install: bool) -> Path:
             return python
         errors.append(f"{spec}: {proc.stderr[-1500:]}")
     raise SystemExit(f"could not install the {name} venv:\n" + "\n".join(errors))
+
+
+#: Competitors the project's own venv already carries: arq is a dependency, Celery 5.6 (with redis-py 5, as arq
+#: needs) is in the test extra. With ``--no-install`` and no ``.bench-venv/<name>``, they run from this
+#: interpreter instead of failing, so the harness smoke runs in CI; the report's machine lines name the versions.
+IN_PROJECT_VENV = {"arq": "arq", "celery": "celery"}
+
+
+def competitor_python(name: str, override: str | None, allow_install: bool) -> str:
+    """``--<name>-python`` if given, else the bench venv, else (``--no-install`` only) this interpreter."""
+    if override:
+        return override
+    venv_python = VENV_DIR / name / "bin" / "python"
+    ready = venv_python.exists() and (VENV_DIR / name / ".bench-installed").exists()
+    module = IN_PROJECT_VENV.get(name)
+    if not ready and not allow_install and module is not None and importlib.util.find_spec(module) is not None:
+        log(f"{VENV_DIR / name} is missing: {name} runs from this interpreter ({sys.executable})")
+        return sys.executable
+    return str(ensure_venv(name, allow_install=allow_install))
 
 
 def venv_versions(python: str, modules: list[str]) -> dict[str, str]:
@@ -682,7 +702,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     for name in COMPETITORS[1:]:
         ap.add_argument(f"--{name}-python", help=f"use this interpreter for {name} instead of .bench-venv/{name}")
-    ap.add_argument("--no-install", action="store_true", help="fail instead of creating a missing competitor venv")
+    ap.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never create a competitor venv: arq and Celery then run from this interpreter, others fail",
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds any single wait may take")
     ap.add_argument("--save", type=Path, help="also write the report (command, machine, table, goals) here")
     ap.add_argument("--logdir", type=Path, help="worker and client logs (default: a temp dir)")
@@ -764,8 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "tasks_engine":
             pythons[name] = sys.executable
         else:
-            override = getattr(a, f"{name}_python")
-            pythons[name] = override or str(ensure_venv(name, allow_install=not a.no_install))
+            pythons[name] = competitor_python(name, getattr(a, f"{name}_python"), allow_install=not a.no_install)
 
     lock = common.sync_redis(0)
     locks = acquire_locks(lock, [a.db_base + COMPETITORS.index(c) for c in selected], int(a.timeout * 20))

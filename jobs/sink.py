@@ -1,5 +1,8 @@
 """A local SMTP sink (aiosmtpd) that keeps what it receives: for the demo and the tests.
 
+``python -m jobs.sink`` runs one on ``TE_SMTP_HOST:TE_SMTP_PORT`` (127.0.0.1:8025, where the mail jobs
+send by default) and prints a line per mail, until Ctrl-C or SIGTERM: the README's quick start uses it.
+
 Not a mock: a real SMTP server on a loopback port, speaking the protocol aiosmtplib talks to.
 Rules let it answer like real servers do: ``reject`` answers RCPT with a permanent 5xx,
 ``defer`` answers 4xx the first N times, ``credentials`` turns on AUTH (PLAIN/LOGIN).
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import signal
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -134,3 +138,30 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def main() -> None:
+    """Serve until interrupted, printing who sent what to whom (the mail itself stays in memory)."""
+    from jobs.config import JobsSettings
+
+    settings = JobsSettings()
+    sink = SmtpSink(settings.smtp_host, settings.smtp_port).start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(f"SMTP sink listening on {settings.smtp_host}:{settings.smtp_port} (Ctrl-C stops it)", flush=True)
+    shown = 0
+    try:
+        while not stop.wait(0.1):
+            with sink.handler.lock:
+                new = sink.handler.messages[shown:]
+            shown += len(new)
+            for m in new:
+                print(f"received from {m.mail_from} for {', '.join(m.rcpt_tos)}: {m.message['Subject']}", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.stop()
+
+
+if __name__ == "__main__":
+    main()

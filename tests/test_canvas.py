@@ -189,9 +189,8 @@ async def test_revoke_chain_result_through_a_chord(worker):
     r = await (t.sleep.si(0.4) | chord([t.add.si(1, 1), t.add.si(2, 2)], t.tsum.s()) | t.add.s(1)).delay()
     header = r.parent.parent
     assert isinstance(header, GroupResult)
-    first = getattr(header, "parent", None)
-    if first is None:
-        pytest.skip("needs GroupResult.parent, AsyncResult.revoke through a chord header (results.py diff)")
+    first = header.parent
+    assert isinstance(first, AsyncResult), "the chord header's GroupResult leads back to the first step"
     await wait_until(lambda: _started(first.id))
     await r.revoke()
     with pytest.raises(TaskRevokedError):

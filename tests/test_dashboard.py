@@ -30,12 +30,11 @@ from tasks_engine import AsyncResult, send_task, states
 from tasks_engine.ops import control
 from tasks_engine.store import get_broker
 from tests import sample_tasks as t
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, skip_or_fail_in_ci, worker_env
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-IN_CI = os.environ.get("CI", "").lower() == "true"
-if CHROMIUM is None and not IN_CI:
-    pytest.skip(
+if CHROMIUM is None:
+    skip_or_fail_in_ci(
         "no chromium found: run scripts/ensure-chromium (Debian's chromium + playwright)", allow_module_level=True
     )
 from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
+from tests.conftest import skip_or_fail_in_ci
 
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("fastapi")
+try:
+    import fastapi  # noqa: F401
+    import httpx
+except ImportError as exc:
+    skip_or_fail_in_ci(
+        f"the FastAPI example needs fastapi and httpx (the test extra has them): {exc}", allow_module_level=True
+    )
 
 from examples.fastapi_app import app, lifespan  # noqa: E402
 from tasks_engine.store import get_broker  # noqa: E402

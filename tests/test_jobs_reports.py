@@ -28,6 +28,7 @@ from jobs.seed import seed
 from tasks_engine import SoftTimeLimitExceeded, configure, states
 from tasks_engine.runtime.worker import Worker
 from tests import jobs_support as support
+from tests.conftest import skip_or_fail_in_ci
 from tests.jobs_support import close_broker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +80,7 @@ async def postgres_or_skip(url: str) -> None:
     try:
         conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"), timeout=3)
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL not reachable at {url}: {exc}")
+        skip_or_fail_in_ci(f"PostgreSQL not reachable at {url}: {exc}")
     await conn.close()
 
 

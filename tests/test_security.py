@@ -48,6 +48,7 @@ from tasks_engine.integrations.arq_bridge import worker_settings
 from tasks_engine.integrations.embedded import server_binary
 from tasks_engine.model.messages import arq_job_deserializer, arq_job_serializer
 from tasks_engine.store import Broker, Enqueue, get_broker
+from tests.conftest import skip_or_fail_in_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -484,7 +485,7 @@ async def test_acl_user_restricted_to_the_key_prefix_end_to_end(lab, use):
 # ---------------------------------------------------------------- Redis over TLS
 async def test_tls_redis_end_to_end_with_certificate_verification(lab, use):
     if lab.tls_skip:
-        pytest.skip(lab.tls_skip)
+        skip_or_fail_in_ci(lab.tls_skip)
     handle = lab.wait("tls")
     url = lab.urls["tls"]
     port = int(url.split("@127.0.0.1:")[1].split("/")[0])
@@ -508,7 +509,7 @@ async def test_tls_redis_end_to_end_with_certificate_verification(lab, use):
 async def test_tls_redis_under_arq_hosting(lab, use):
     """``arq settings.WorkerSettings`` (the production entry point) on the same TLS + password Redis."""
     if lab.tls_skip:
-        pytest.skip(lab.tls_skip)
+        skip_or_fail_in_ci(lab.tls_skip)
     handle = lab.wait("arqtls")
     use(handle)
     assert await (await _send_builtin()).get(timeout=15) == []
