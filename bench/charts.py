@@ -41,7 +41,9 @@ class Row:
 def parse_compare(text: str) -> dict[str, Row]:
     """The median table of a ``compare.py --save`` file, by workload name."""
     lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("workload (median of rounds)"))
+    start = next((i for i, line in enumerate(lines) if line.startswith("workload (median of rounds)")), None)
+    if start is None:
+        raise ValueError("no median table ('workload (median of rounds) ...' header) in the results file")
     header = re.split(r"\s{2,}", lines[start].strip())
     rows: dict[str, Row] = {}
     for line in lines[start + 2 :]:
