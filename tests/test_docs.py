@@ -59,7 +59,7 @@ def test_settings_reference_lists_every_field_with_its_variable(site: Path) -> N
             assert f"<td><code>{name}</code></td>" in html, name
             if name != "redis_url":
                 assert f"<code>{prefix}{name.upper()}</code>" in html, name
-    assert "<code>REDIS_URL</code>" in html and "&#x27;redis://127.0.0.1:6379/0&#x27;" in html
+    assert "<code>REDIS_URL</code>" in html and "<code>'redis://127.0.0.1:6379/0'</code>" in html
     assert "Seconds a result record is kept." in html  # descriptions come from the model
 
 

@@ -13,6 +13,7 @@ import importlib.util
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
@@ -36,6 +37,16 @@ def example(name: str) -> ModuleType:
         spec.loader.exec_module(module)
         _loaded[name] = module
     return _loaded[name]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_example_schedule() -> Iterator[None]:
+    """periodic.py's entries must not fire in later tests' in-process beat."""
+    yield
+    from tasks_engine.client import beat
+
+    for name in ("nightly-cleanup", "every-ten-minutes"):
+        beat.entries.pop(name, None)
 
 
 def test_every_example_file_is_run_by_a_test() -> None:

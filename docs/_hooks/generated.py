@@ -63,19 +63,13 @@ def env_names(model: Any, name: str, field: Any) -> list[str]:
 
 
 def settings_table(model: Any) -> str:
-    rows = []
+    """A Markdown table (Material styles it); Python-Markdown leaves pipes inside code spans alone."""
+    rows = ["| setting | environment | type | default | what it does |", "|---|---|---|---|---|"]
     for name, field in model.model_fields.items():
-        envs = "<br>".join(f"<code>{html.escape(env)}</code>" for env in env_names(model, name, field))
-        rows.append(
-            "<tr>"
-            f"<td><code>{name}</code></td><td>{envs}</td>"
-            f"<td><code>{html.escape(type_name(field.annotation))}</code></td>"
-            f"<td><code>{html.escape(default_of(field))}</code></td>"
-            f"<td>{html.escape(field.description or '')}</td>"
-            "</tr>"
-        )
-    head = "<tr><th>field</th><th>environment</th><th>type</th><th>default</th><th>what it does</th></tr>"
-    return f'<table class="settings-table">\n<thead>{head}</thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody></table>\n"
+        envs = "<br>".join(f"`{env}`" for env in env_names(model, name, field))
+        description = html.escape(field.description or "").replace("|", "&#124;")
+        rows.append(f"| `{name}` | {envs} | `{type_name(field.annotation)}` | `{default_of(field)}` | {description} |")
+    return "\n".join(rows) + "\n"
 
 
 # ---------------------------------------------------------------- CLI

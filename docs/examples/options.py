@@ -6,7 +6,7 @@ from tasks_engine import shared_task
 
 
 @shared_task(
-    name="custom.task_name",  # the name workers and send_task() know it by
+    name="docs.custom_task_name",  # the name workers and send_task() know it by
     bind=True,  # the first argument is the task: self.request.id, self.request.retries, self.retry()
     max_retries=3,
     default_retry_delay=60,
@@ -25,7 +25,7 @@ async def advanced_task(self: Any, data: dict[str, int]) -> dict[str, Any]:
     return {"task_id": self.request.id, "retries": self.request.retries, "total": sum(data.values())}
 
 
-@shared_task(name="admin.process_data", queue="admin")  # every call goes to the "admin" queue
+@shared_task(name="docs.process_data", queue="admin")  # every call goes to the "admin" queue
 async def admin_task(data: dict[str, int]) -> int:
     return len(data)
 

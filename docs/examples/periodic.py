@@ -3,15 +3,15 @@
 from tasks_engine import configure_beat, crontab, shared_task
 
 
-@shared_task(name="maintenance.cleanup")
+@shared_task(name="docs.cleanup")
 async def scheduled_cleanup() -> dict[str, str]:
     return {"status": "completed"}
 
 
 configure_beat(
     {
-        "nightly-cleanup": {"task": "maintenance.cleanup", "schedule": crontab(hour=2, minute=0)},
-        "every-ten-minutes": {"task": "maintenance.cleanup", "schedule": 600.0},  # seconds
+        "nightly-cleanup": {"task": "docs.cleanup", "schedule": crontab(hour=2, minute=0)},
+        "every-ten-minutes": {"task": "docs.cleanup", "schedule": 600.0},  # seconds
     }
 )
 
