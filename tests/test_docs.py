@@ -50,6 +50,7 @@ def test_api_reference_has_every_public_name(site: Path) -> None:
     missing = [name for name in tasks_engine.__all__ if f"tasks_engine.{name}" not in ids]
     assert not missing, f"not in the API reference: {missing}"
     assert "tasks_engine.testing.always_eager" in ids and "tasks_engine.signals" in ids
+    assert ":class:<code>" not in html and ":meth:<code>" not in html  # Sphinx roles of the docstrings dropped
 
 
 def test_settings_reference_lists_every_field_with_its_variable(site: Path) -> None:
@@ -140,6 +141,19 @@ def test_charts_refuse_a_results_file_they_cannot_read(tmp_path: Path) -> None:
         charts.parse_compare("no table here\n")
 
 
-def test_front_page_draft_is_short() -> None:
+def test_front_page_draft_is_short_and_its_example_is_the_tested_one() -> None:
     draft = (ROOT / "docs" / "_front_page_draft.md").read_text()
     assert len(draft.splitlines()) < 150
+    blocks = re.findall(r"```python\n(.*?)```", draft, re.S)
+    assert blocks == [(ROOT / "docs" / "examples" / "front_page.py").read_text()]
+
+
+def test_every_python_example_on_a_page_is_an_example_file() -> None:
+    """Inline Python on a page would be untested: every ``python`` block includes a docs/examples file."""
+    for md in (ROOT / "docs").rglob("*.md"):
+        if md.name.startswith("_") or "charts" in md.parts:
+            continue
+        for block in re.findall(r"```python\n(.*?)```", md.read_text(), re.S):
+            assert re.fullmatch(r'--8<-- "[\w./-]+\.py"\n', block), (
+                f"{md.relative_to(ROOT)}: inline Python {block[:60]!r}"
+            )

@@ -22,8 +22,8 @@ from tasks_engine import EngineSettings, configure
 from tests.conftest import ROOT, running_worker, worker_env
 
 EXAMPLES = ROOT / "docs" / "examples"
-WITH_WORKER = ["options", "calling", "results", "retries", "time_limits", "rate_limits", "canvas", "periodic",
-               "idempotency", "service"]  # fmt: skip
+WITH_WORKER = ["front_page", "options", "calling", "results", "retries", "time_limits", "rate_limits", "canvas",
+               "periodic", "idempotency", "service"]  # fmt: skip
 _loaded: dict[str, ModuleType] = {}
 
 

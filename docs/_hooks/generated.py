@@ -9,7 +9,8 @@ A page asks for one with a marker line:
 type, default and description, read from ``model_fields`` and ``model_config``. ``cli`` walks the
 click command tree that typer builds for ``tasks-engine`` (typer vendors its own click, so the walk
 is by duck typing, not ``isinstance``) and renders every command with its usage,
-help and options. A marker naming something that doesn't exist fails the build.
+help and options. A marker naming something that doesn't exist fails the build. The hook also drops the Sphinx roles
+of the engine's docstrings from the rendered API pages.
 """
 
 from __future__ import annotations
@@ -22,10 +23,17 @@ from typing import Any
 from pydantic import AliasChoices, SecretStr
 
 MARKER = re.compile(r"^<!-- generated: (\w+)(?: (\S+))? -->$", re.MULTILINE)
+SPHINX_ROLE = re.compile(r":(?:class|meth|func|data|attr|mod|exc|obj):(?=<code>)")
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     return MARKER.sub(lambda m: render(m.group(1), m.group(2), page.file.src_path), markdown)
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """The engine's docstrings use Sphinx roles (``:class:`X```); Markdown shows them as text, so drop
+    the role and keep the code span."""
+    return SPHINX_ROLE.sub("", html)
 
 
 def render(kind: str, arg: str | None, where: str) -> str:
