@@ -110,6 +110,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=30_000)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--save",
+        type=Path,
+        help="also write the table here (bench/results-cluster-latest.txt; bench/charts.py draws it)",
+    )
     a = ap.parse_args()
     logdir = Path(os.environ.get("TMPDIR", "/tmp")) / "te-cluster-scale"
     logdir.mkdir(exist_ok=True)
@@ -120,13 +125,19 @@ def main() -> None:
         for _ in range(a.rounds):
             for label, prefixes in (("1 prefix", one), ("3 prefixes", spread)):
                 results[label].append(case(topology, prefixes, a.workers, a.jobs, logdir))
-    print(f"Redis Cluster, 3 primaries on loopback; {a.jobs:,} no-op jobs (results stored), {a.workers} worker "
-          f"processes, {os.cpu_count()} cores, best of {a.rounds} rounds")  # fmt: skip
     best = {label: max(runs) for label, runs in results.items()}
+    lines = [
+        f"Redis Cluster, 3 primaries on loopback; {a.jobs:,} no-op jobs (results stored), {a.workers} worker "
+        f"processes, {os.cpu_count()} cores, best of {a.rounds} rounds"
+    ]
     for label, (rate, cpu) in best.items():
         where = "1 primary " if label == "1 prefix" else "3 primaries"
-        print(f"  {label:<11} on {where}: {rate:>8,.0f} jobs/s, busiest primary {cpu:.0%} of a core")
-    print(f"  ratio 3 prefixes / 1 prefix: {best['3 prefixes'][0] / best['1 prefix'][0]:.2f}x")
+        lines.append(f"  {label:<11} on {where}: {rate:>8,.0f} jobs/s, busiest primary {cpu:.0%} of a core")
+    lines.append(f"  ratio 3 prefixes / 1 prefix: {best['3 prefixes'][0] / best['1 prefix'][0]:.2f}x")
+    print("\n".join(lines))
+    if a.save:
+        command = "command: .venv/bin/python bench/cluster_scale.py " + " ".join(sys.argv[1:])
+        a.save.write_text(f"{command}\nfinished {time.strftime('%Y-%m-%d %H:%M:%S')}\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

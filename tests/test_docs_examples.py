@@ -1,0 +1,110 @@
+"""Every code example of the documentation site runs, against a real Redis and a real worker.
+
+The pages include these files (``docs/examples/*.py``, pymdownx.snippets), so an example that stops
+working fails here before a reader finds out. Getting started runs as the page says: a
+``tasks-engine worker -A getting_started`` process and ``python getting_started.py`` beside it.
+The others run their ``main()`` against a worker in this test's loop; ``testing.py`` is run by
+pytest itself, with the plugin's ``tasks_engine_worker`` fixture.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from types import ModuleType
+
+import pytest
+
+from tasks_engine import EngineSettings, configure
+from tests.conftest import ROOT, running_worker, worker_env
+
+EXAMPLES = ROOT / "docs" / "examples"
+WITH_WORKER = ["front_page", "options", "calling", "results", "retries", "time_limits", "rate_limits", "canvas",
+               "periodic", "idempotency", "service"]  # fmt: skip
+_loaded: dict[str, ModuleType] = {}
+
+
+def example(name: str) -> ModuleType:
+    """Import ``docs/examples/<name>.py`` once (its tasks register by name, like any app module)."""
+    if name not in _loaded:
+        spec = importlib.util.spec_from_file_location(f"docs_examples.{name}", EXAMPLES / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        _loaded[name] = module
+    return _loaded[name]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_example_schedule() -> Iterator[None]:
+    """periodic.py's entries must not fire in later tests' in-process beat."""
+    yield
+    from tasks_engine.client import beat
+
+    for name in ("nightly-cleanup", "every-ten-minutes"):
+        beat.entries.pop(name, None)
+
+
+def test_every_example_file_is_run_by_a_test() -> None:
+    files = {p.stem for p in EXAMPLES.glob("*.py")}
+    assert files == {*WITH_WORKER, "getting_started", "testing"}, "add the new example to this module"
+
+
+@pytest.mark.parametrize("name", WITH_WORKER)
+async def test_example_runs_against_a_real_worker(name: str, engine: EngineSettings) -> None:
+    module = example(name)
+    hooks = {"on_startup": module.on_startup, "on_shutdown": module.on_shutdown} if name == "service" else {}
+    async with running_worker(**hooks):
+        await module.main()
+
+
+async def test_service_example_tasks_see_what_on_startup_made(engine: EngineSettings) -> None:
+    module = example("service")
+    async with running_worker(on_startup=module.on_startup, on_shutdown=module.on_shutdown):
+        assert await (await module.sync_user.delay(1)).get(timeout=10) == "user 1 synced via the pool"
+
+
+def test_periodic_example_registers_its_entries() -> None:
+    from tasks_engine.client import beat
+
+    example("periodic")
+    names = {entry["name"] for entry in beat.view()}
+    assert {"nightly-cleanup", "every-ten-minutes"} <= names
+
+
+def test_testing_examples_pass_under_pytest() -> None:
+    """As a user runs them: pytest with the plugin the package registers (the real-worker fixture)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "testing.py")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 passed" in run.stdout, run.stdout
+
+
+def test_getting_started_as_the_page_says(prefix: str, sync_client) -> None:  # type: ignore[no-untyped-def]
+    env = worker_env(prefix)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tasks_engine.cli", "worker", "-A", "getting_started"],
+        cwd=EXAMPLES, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not list(sync_client.scan_iter(f"{{{prefix}}}:worker:*")):
+            assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
+            assert time.monotonic() < deadline, "the worker never announced itself"
+            time.sleep(0.1)
+        sent = subprocess.run(
+            [sys.executable, "getting_started.py"], cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert sent.returncode == 0, sent.stderr
+        lines = sent.stdout.splitlines()
+        assert lines[0].startswith("sent ") and lines[1:] == ["5", "SUCCESS"], sent.stdout
+    finally:
+        worker.terminate()
+        worker.wait(15)
+    configure(EngineSettings())
