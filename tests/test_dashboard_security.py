@@ -376,3 +376,11 @@ def test_the_cookie_is_secure_only_over_https_or_behind_a_trusted_proxy(dashboar
     reply = call(port, "GET", "/", {"Host": f"127.0.0.1:{port}"}, tls=True)
     assert reply.status == 200 and csrf_cookie(reply).endswith("; Secure")
     assert_security_headers(reply, "https")
+
+
+def test_allowed_hosts_entries_are_checked_where_they_are_read():
+    good = ["dash.example.com", "dash.example.com:8443", "*.corp.example", "10.0.0.5", "[::1]:5555", "*", " Up.Case "]
+    assert DashboardSettings(allowed_hosts=good).allowed_hosts[-1] == "up.case"
+    for bad in ("*.", "*foo.example", "a.*.example", "host:99999", "host:port", "[::1", "a:b:c", "x/y", " ", ":80"):
+        with pytest.raises(ValueError, match="allowed_hosts"):
+            DashboardSettings(allowed_hosts=[bad])

@@ -77,20 +77,16 @@ class HostPolicy:
         if ":" in bound and not bound.startswith("["):
             bound = f"[{bound}]"
         self.bound = () if bound in WILDCARD_BINDS or bound in LOOPBACK_NAMES else (bound,)
-        self.extra = tuple(check_allowed_host(h) for h in allowed_hosts)
+        entries = [check_allowed_host(h) for h in allowed_hosts]
+        self.extra = tuple(("*", None) if e == "*" else split_host(e) or ("", None) for e in entries)
 
     def entries(self, scope: Scope) -> Iterable[tuple[str, int | None]]:
+        """The loopback names and bound address with the port the request came in on, then ``allowed_hosts``."""
         server = scope.get("server")
         port = int(server[1]) if server and server[1] is not None else self.bound_port
         for name in (*LOOPBACK_NAMES, *self.bound):
             yield name, port
-        for entry in self.extra:
-            if entry == "*":
-                yield "*", None
-            else:
-                parsed = split_host(entry)
-                if parsed is not None:
-                    yield parsed
+        yield from self.extra
 
     def allows(self, scope: Scope, netloc: str, scheme: str) -> bool:
         parsed = split_host(netloc)
