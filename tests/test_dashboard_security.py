@@ -89,6 +89,8 @@ def routes() -> list[tuple[str, str]]:
                 for m in sorted(route.methods or {"GET"})
                 if m != "HEAD"
             )
+        else:
+            raise AssertionError(f"a new kind of route, {route!r}: send it a request here too")
     assert len(found) >= 20 and any(m == "POST" for m, _ in found)  # the enumeration saw the app's routes
     return [*found, ("GET", "/no-such-page")]
 
