@@ -45,7 +45,7 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     else:
         name, _, port_text = value.partition(":")
         rest = value[len(name) :]
-        if ":" in port_text:
+        if ":" in port_text or "[" in name or "]" in name:
             return None  # an unbracketed IPv6 address or garbage
     if rest and not (rest.startswith(":") and rest[1:].isdigit() and int(rest[1:]) <= 65535):
         return None
