@@ -148,8 +148,12 @@ async def new_page(browser: Browser, **options: Any) -> Page:
 
 
 async def live(page: Page) -> None:
-    """The page has received at least one snapshot from ``/api/events`` since it loaded."""
-    await page.wait_for_function("window.dashboardUpdates > 0", timeout=10_000)
+    """The page has received at least one snapshot from ``/api/events`` since it loaded. (Polled from here:
+    ``wait_for_function`` evaluates its predicate with ``eval`` in the page, which the CSP refuses.)"""
+    deadline = time.monotonic() + 10
+    while not await page.evaluate("window.dashboardUpdates > 0"):
+        assert time.monotonic() < deadline, "no update from /api/events in 10 s"
+        await asyncio.sleep(0.1)
 
 
 async def state_is(result: AsyncResult, state: str) -> bool:
@@ -182,7 +186,7 @@ async def test_every_page_loads_and_the_task_list_filters(engine, spawn_worker, 
     await expect(row).to_contain_text("nobody consumes")
     await expect(page.locator("tbody[data-rows=queues] tr", has_text="default")).to_contain_text("1 (")
     await expect(page.locator("svg[data-chart=throughput] polyline")).to_have_count(1)
-    await page.wait_for_function("document.querySelector('svg[data-chart=throughput]').textContent.includes('max')")
+    await expect(page.locator("svg[data-chart=throughput]")).to_contain_text("max")
     await page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
     assert (tmp_path / "overview.png").stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
@@ -236,6 +240,41 @@ async def test_every_page_loads_and_the_task_list_filters(engine, spawn_worker, 
     assert status == 200 and 'tasks_engine_queue_ready{queue="nobody-consumes"} 1.0' in body
     status, _, body = request(base + "/api/tasks?state=waiting")
     assert status == 200 and waiting.id in body and running.id not in body
+
+
+async def test_the_pages_run_under_the_content_security_policy(engine, spawn_worker, dashboard, browser):
+    """Every page with its script, its live updates and an action, while the browser enforces the CSP
+    (a violation is reported by the page, and the script would not have run); no page can be framed."""
+    spawn_worker(imports=IMPORTS)
+    failed = await bad.fail_once.delay("dash-csp", 1)
+    await wait_for(lambda: state_is(failed, states.FAILURE), 15)
+    await t.add.apply_async((1, 1), queue="nobody-consumes")
+    base = dashboard()
+    page = await new_page(browser)
+    await page.add_init_script(
+        "window.cspViolations = [];"
+        "document.addEventListener('securitypolicyviolation', (e) => window.cspViolations.push(e.violatedDirective));"
+    )
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(msg.text) if msg.type in ("error", "warning") else None)
+    for path in ("/", "/workers", "/tasks", f"/tasks/{failed.id}", "/periodic", "/dead",
+                 "/queues/nobody-consumes/purge"):  # fmt: skip
+        response = await page.goto(base + path)
+        assert response is not None and "script-src 'self'" in response.headers["content-security-policy"]
+        await live(page)  # the script ran and /api/events reached it
+        assert await page.evaluate("window.cspViolations") == [], path
+    await page.goto(f"{base}/tasks?state=failed")
+    await live(page)
+    await page.locator("#failed tr", has_text=failed.id).get_by_role("button", name="retry").click()
+    await expect(page.locator("#notice")).to_contain_text("sent again")  # an action posted by the script
+    assert await page.evaluate("window.cspViolations") == []
+    assert not [line for line in console if "Content Security Policy" in line], console
+
+    framing = await new_page(browser)
+    await framing.set_content(f'<iframe id="f" src="{base}/"></iframe>')
+    await framing.wait_for_timeout(1000)
+    frame = await (await framing.query_selector("#f")).content_frame()  # type: ignore[union-attr]
+    assert frame is not None and await frame.query_selector("#live") is None  # refused: frame-ancestors 'none'
 
 
 # ---------------------------------------------------------------- actions, live

@@ -254,6 +254,12 @@ def dashboard(
     port: Annotated[int | None, typer.Option(help="port (default 5555)")] = None,
     host: Annotated[str | None, typer.Option(help="address (default 127.0.0.1)")] = None,
     read_only: Annotated[bool | None, typer.Option("--read-only/--read-write")] = None,
+    allowed_host: Annotated[
+        list[str] | None, typer.Option(help="Host name browsers use besides loopback (repeat)")
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None, typer.Option(help="proxies whose X-Forwarded-Proto is trusted (e.g. 127.0.0.1)")
+    ] = None,
     app_module: AppOpt = None,
     imports: ImportsOpt = None,
 ) -> None:
@@ -266,7 +272,7 @@ def dashboard(
         typer.echo(f"tasks-engine dashboard: {exc}: pip install 'tasks-engine[dashboard]'", err=True)
         raise typer.Exit(2) from None
     try:
-        main(host, port, read_only=read_only)
+        main(host, port, read_only=read_only, allowed_hosts=allowed_host, forwarded_allow_ips=forwarded_allow_ips)
     except DashboardConfigError as exc:
         typer.echo(f"tasks-engine dashboard: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -25,6 +25,8 @@ JSON API — the pages use exactly these; all need the dashboard's credentials w
 
 A POST needs the CSRF token (form field ``csrf_token`` or header ``X-CSRF-Token``) and is refused
 with 403 in read-only mode; with ``Accept: application/json`` it answers JSON, else 303 to the page.
+Every route, ``/healthz`` and ``/static/`` included, first passes :mod:`tasks_engine.dashboard.edge`
+(Host and Origin allow-list, security headers).
 """
 
 from __future__ import annotations
@@ -39,18 +41,21 @@ from urllib.parse import parse_qs, quote, urlencode
 import orjson
 import structlog
 import uvicorn
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp
 
 from tasks_engine.core.config import redacted_url
 from tasks_engine.core.logs import configure_logging
 from tasks_engine.dashboard import data
+from tasks_engine.dashboard.edge import EdgeMiddleware, HostPolicy
 from tasks_engine.dashboard.security import CSRF_FIELD, CSRF_HEADER, AuthMiddleware, Guard
-from tasks_engine.dashboard.settings import DashboardConfigError, DashboardSettings, check_exposure
+from tasks_engine.dashboard.settings import DashboardConfigError, DashboardSettings, check_exposure, is_loopback
 from tasks_engine.exceptions import REDIS_UNAVAILABLE
 from tasks_engine.ops import control
 from tasks_engine.ops.metrics import cluster_exposition, prometheus
@@ -78,7 +83,8 @@ class Dashboard:
 
     def __init__(self, settings: DashboardSettings) -> None:
         self.settings = settings
-        self.guard = Guard(settings)
+        self.policy = HostPolicy(settings.host, settings.port, settings.allowed_hosts)
+        self.guard = Guard(settings, self.policy)
         self.sampler = data.Sampler(settings.sample_seconds, settings.samples_kept)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -271,7 +277,7 @@ class Dashboard:
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ]  # fmt: skip
         handlers: dict[Any, Any] = dict.fromkeys(REDIS_UNAVAILABLE, self.redis_down)
-        app = Starlette(routes=routes, lifespan=self.lifespan, exception_handlers=handlers)
+        app = DashboardApp(self.policy, routes=routes, lifespan=self.lifespan, exception_handlers=handlers)
         app.add_middleware(AuthMiddleware, guard=self.guard)
         return app
 
@@ -279,6 +285,17 @@ class Dashboard:
         log.warning("dashboard request failed: redis unavailable", path=request.url.path, error=str(exc))
         message = f"Redis at {redacted_url()} is unavailable ({exc})"
         return self.refuse(request, request.url.path.startswith("/api/"), 503, message)
+
+
+class DashboardApp(Starlette):
+    """Starlette with :class:`EdgeMiddleware` outside even its error handler (a 500 carries the headers)."""
+
+    def __init__(self, policy: HostPolicy, **kwargs: Any) -> None:
+        self.policy = policy
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return EdgeMiddleware(super().build_middleware_stack(), self.policy)
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -310,9 +327,22 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def load_settings(**overrides: Any) -> DashboardSettings:
+    """``TE_DASHBOARD_*`` with overrides; a bad value is a :class:`DashboardConfigError` naming the setting
+    (pydantic's own message would echo the input, and a password is an input)."""
+    try:
+        return DashboardSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"TE_DASHBOARD_{'_'.join(str(p) for p in e['loc'][:1]).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise DashboardConfigError(problems) from None
+
+
 def create_app(settings: DashboardSettings | None = None) -> Starlette:
-    """The ASGI app (also for running under another server); refuses unsafe exposure like :func:`main`."""
-    settings = settings or DashboardSettings()
+    """The ASGI app (also for running under another server, e.g. ``uvicorn --factory`` with TLS); refuses
+    unsafe exposure like :func:`main`. Proxy headers are then the server's business (its own trust list)."""
+    settings = settings or load_settings()
     check_exposure(settings)
     return Dashboard(settings).app()
 
@@ -326,6 +356,8 @@ def main(
     token: str | None = None,
     read_only: bool | None = None,
     imports: Sequence[str] = (),
+    allowed_hosts: Sequence[str] | None = None,
+    forwarded_allow_ips: str | None = None,
 ) -> None:
     """Serve the dashboard until interrupted. Arguments override ``TE_DASHBOARD_*``; ``imports`` are the
     app's modules (their beat schedule is what the periodic page shows).
@@ -334,8 +366,9 @@ def main(
     import importlib
 
     overrides: dict[str, Any] = {"host": host, "port": port, "username": username, "password": password,
-                                 "token": token, "read_only": read_only}  # fmt: skip
-    settings = DashboardSettings(**{k: v for k, v in overrides.items() if v is not None})
+                                 "token": token, "read_only": read_only, "allowed_hosts": allowed_hosts,
+                                 "forwarded_allow_ips": forwarded_allow_ips}  # fmt: skip
+    settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     check_exposure(settings)
     for name in imports:
         importlib.import_module(name)
@@ -343,9 +376,15 @@ def main(
     app = Dashboard(settings).app()
     auth = "token" if settings.token else "basic" if settings.has_credentials else "none (loopback only)"
     log.info("dashboard serving", url=f"http://{settings.host}:{settings.port}/", auth=auth,
-             read_only=settings.read_only, redis=redacted_url())  # fmt: skip
+             read_only=settings.read_only, redis=redacted_url(), allowed_hosts=settings.allowed_hosts,
+             forwarded_allow_ips=settings.forwarded_allow_ips)  # fmt: skip
+    if not settings.allowed_hosts and not is_loopback(settings.host):
+        log.warning("dashboard answers only its loopback names and bound address: set TE_DASHBOARD_ALLOWED_HOSTS "
+                    "to the name browsers use", host=settings.host)  # fmt: skip
+    trusted = settings.forwarded_allow_ips  # uvicorn would trust 127.0.0.1's X-Forwarded-* by default
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=1, lifespan="on")  # fmt: skip
+                            timeout_graceful_shutdown=1, lifespan="on", proxy_headers=bool(trusted),
+                            forwarded_allow_ips=trusted)  # fmt: skip
     uvicorn.Server(config).run()
 
 

@@ -4,7 +4,9 @@ Authentication is an ASGI middleware so that nothing — pages, ``/api/``, the e
 ``/metrics`` — can be added later without it; only ``/healthz`` (no data) and the static files stay open.
 CSRF uses a random cookie (``SameSite=Strict``, HttpOnly) and a token derived from it with a key that
 lives only in this process: a page on another site can neither read the token nor compute it, and
-a restart invalidates every old form (the next page load gets a fresh one).
+a restart invalidates every old form (the next page load gets a fresh one). The cookie is ``Secure``
+when the request came over HTTPS: ``scope["scheme"]``, which a proxy's X-Forwarded-Proto sets only
+where the server was told to trust that proxy (``forwarded_allow_ips``).
 """
 
 from __future__ import annotations
@@ -16,12 +18,12 @@ import hmac
 import secrets
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tasks_engine.dashboard.edge import HostPolicy
 from tasks_engine.dashboard.settings import DashboardSettings
 
 CSRF_COOKIE = "te_dashboard_csrf"
@@ -34,8 +36,9 @@ REALM = 'Basic realm="tasks_engine dashboard", charset="UTF-8"'
 class Guard:
     """Checks credentials and hands out CSRF tokens; one per app (its key dies with the process)."""
 
-    def __init__(self, settings: DashboardSettings) -> None:
+    def __init__(self, settings: DashboardSettings, policy: HostPolicy) -> None:
         self.settings = settings
+        self.policy = policy
         self._key = secrets.token_bytes(32)
 
     # ------------------------------------------------------------ authentication
@@ -60,12 +63,13 @@ class Guard:
         return hmac.new(self._key, cookie.encode(), hashlib.sha256).hexdigest()
 
     def csrf_ok(self, request: Request, submitted: str | None) -> bool:
-        """The submitted token matches this browser's cookie, and the request does not come from another site."""
+        """The submitted token matches this browser's cookie, and the request comes from an allowed origin
+        (never compared with the request's own Host, which a rebinding page chooses)."""
         cookie = request.cookies.get(CSRF_COOKIE)
         if not cookie or not submitted or not hmac.compare_digest(submitted, self.token_for(cookie)):
             return False
         origin = request.headers.get("origin")
-        return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+        return origin is None or self.policy.origin_ok(request.scope, origin)
 
 
 class AuthMiddleware:
@@ -104,6 +108,8 @@ class AuthMiddleware:
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":
                 value = f"{CSRF_COOKIE}={fresh}; Path=/; HttpOnly; SameSite=Strict"
+                if scope.get("scheme") == "https":
+                    value += "; Secure"
                 message["headers"] = [*message.get("headers", []), (b"set-cookie", value.encode())]
             await send(message)
 

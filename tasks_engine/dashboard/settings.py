@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tasks_engine.dashboard.edge import check_allowed_host
 
 
 class DashboardSettings(BaseSettings):
@@ -21,6 +24,24 @@ class DashboardSettings(BaseSettings):
     sample_seconds: float = Field(default=3.0, gt=0, le=300, description="How often the overview's series samples.")
     samples_kept: int = Field(default=200, ge=2, le=10_000, description="Samples kept in memory (the chart's width).")
     list_limit: int = Field(default=200, ge=1, le=10_000, description="Rows of each task list and dead letters.")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names served besides loopback (comma-separated; name, name:port or *.domain).",
+    )
+    forwarded_allow_ips: str | None = Field(
+        default=None,
+        description="Proxies whose X-Forwarded-Proto/-For are believed (uvicorn's setting; unset: nobody's).",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        """``a.example.com, b.example.com`` from the environment; each entry checked here, at the boundary."""
+        if isinstance(value, str):
+            value = [h for h in value.split(",") if h.strip()]
+        if isinstance(value, (list, tuple)):
+            return [check_allowed_host(str(h)) for h in value]
+        return value
 
     @property
     def has_credentials(self) -> bool:
