@@ -271,4 +271,6 @@ async def test_oversized_message_pushed_into_a_queue_is_refused_by_the_worker(en
             assert await settled_unrun(task_id)
         assert len(dead) == 2
         assert await ran(key) == 0
+    with pytest.raises(MessageError, match=r"over max_payload_bytes=1000000; refused unread"):
+        decode(big[0])  # and every other reader (dead requeue, inspect) decodes the same way
         assert await (await t.add.delay(1, 2)).get(timeout=10) == 3
