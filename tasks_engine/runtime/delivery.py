@@ -72,8 +72,11 @@ class Deliveries:
         log.warning("duplicate delivery settled unrun: this job already finished or is running; its record "
                     "is left as it is", task_id=dup.task_id, task_name=dup.task, state=dup.state)  # fmt: skip
         metrics = self.metrics()
-        if metrics is not None:
-            metrics.duplicate(dup.task, dup.state)
+        if metrics is not None:  # a label per task this worker knows: a forged name must not add series
+            try:
+                metrics.duplicate(get_task(dup.task).name, dup.state)
+            except NotRegistered:
+                metrics.duplicate("unregistered", dup.state)
 
     async def _run_and_finish(self, msg: Message, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
         if revoked:

@@ -45,8 +45,9 @@ CHORD_MIN_TTL = 7 * 86_400
 
 
 class Duplicate(NamedTuple):
-    """A delivery the store settled without running it: the job's record was already final (``state``),
-    or it was running under a lease (``state`` RUNNING). Its message is gone, its record untouched."""
+    """A delivery the store settled without running it: the job's record was already final (``state``;
+    its message is deleted), or it was running under a lease (``state`` RUNNING; the running delivery
+    keeps the message). Either way this copy is off the books and the record is untouched."""
 
     task_id: str
     state: str
