@@ -26,6 +26,7 @@ import tests.sample_tasks as t
 from tasks_engine import AsyncResult, EngineSettings, configure, states
 from tasks_engine.exceptions import MessageError
 from tasks_engine.model.messages import Message, decode, encode
+from tasks_engine.ops import control
 from tasks_engine.store import Enqueue, get_broker
 from tests.conftest import running_worker
 
@@ -144,7 +145,8 @@ async def test_replays_of_a_finished_job_never_run_it_again(engine, final):
 
 
 async def test_unsigned_replay_of_a_finished_job_never_runs_it_again(engine):
-    """Signing off: the same holds, since the check is the record's, not the signature's."""
+    """Signing off: the same holds, since the check is the record's, not the signature's; and a call that reuses
+    the finished job's id gets its first result, unrun."""
     key = f"plain-{uuid.uuid4().hex[:6]}"
     result = await t.record.delay(key, "once")
     raw = await get_broker().redis.get(get_broker().key("msg", result.id))
@@ -152,6 +154,9 @@ async def test_unsigned_replay_of_a_finished_job_never_runs_it_again(engine):
         assert await result.get(timeout=10) == "once"
         before = await result.record()
         await push_raw(result.id, raw)
+        await until(lambda: settled_unrun(result.id))
+        again = await t.record.apply_async((key, "twice"), task_id=result.id)  # a call reusing the id
+        assert await again.get(timeout=10) == "once"
         await until(lambda: settled_unrun(result.id))
         await asyncio.sleep(0.3)
         assert await ran(key) == 1
@@ -217,6 +222,8 @@ async def test_a_signed_message_replayed_after_its_validity_is_a_dead_letter(eng
         assert [d["reason"] for d in dead if d["id"] == result.id] == [str(exc)]
         assert await ran(key) == 1
         assert await settled_unrun(result.id)
+        requeued, problems = await control.requeue_dead([result.id])  # nor can an operator send it again
+        assert requeued == 0 and len(problems) == 1 and "signed message expired" in problems[0], problems
 
 
 def test_validity_is_signed_and_old_signed_messages_are_read_within_it(engine):
