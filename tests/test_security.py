@@ -584,7 +584,7 @@ async def test_signing_worker_rejects_unsigned_forged_and_tampered_messages(lab,
     tampered_src = t.record.s(ran, "tampered").to_enqueue([], Context())
     sig_src = t.record.s(ran, "signature").to_enqueue([], Context())
     body_src = t.record.s(ran, "body").to_enqueue([], Context())
-    assert tampered_src.raw.startswith(b"te-sig1:")
+    assert tampered_src.raw.startswith(b"te-sig2:")
     await close_client(get_broker())
 
     use(handle)  # a client without the key
@@ -600,10 +600,10 @@ async def test_signing_worker_rejects_unsigned_forged_and_tampered_messages(lab,
     assert tampered != tampered_src.raw
     await get_broker().enqueue([Enqueue(tampered_src.id, tampered, "default", 5)])
     await _rejected(tampered_src.id, "signature does not match")
-    # A genuine signature moved onto another (genuine) message's body.
-    sig = sig_src.raw.split(b":", 2)[1]
-    body = body_src.raw.split(b":", 2)[2]
-    await get_broker().enqueue([Enqueue(body_src.id, b"te-sig1:" + sig + b":" + body, "default", 5)])
+    # A genuine signature (and validity) moved onto another (genuine) message's body.
+    head = b":".join(sig_src.raw.split(b":", 3)[:3])
+    body = body_src.raw.split(b":", 3)[3]
+    await get_broker().enqueue([Enqueue(body_src.id, head + b":" + body, "default", 5)])
     await _rejected(body_src.id, "signature does not match")
     await close_client(get_broker())
 

@@ -83,6 +83,12 @@ class EngineSettings(BaseSettings):
     signing_key: SecretStr | None = Field(
         default=None, description="HMAC key; when set, unsigned messages are rejected."
     )
+    signing_max_age: int | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds a signed message stays valid after it is sent (or due); None: "
+        "result_expires. A replay later than that is refused.",
+    )
 
     @field_validator("key_prefix")
     @classmethod

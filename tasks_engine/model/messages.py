@@ -2,7 +2,14 @@
 
 No pickle anywhere: a message is plain JSON, so whoever can write to Redis can at worst make a
 task fail, never run code. With ``signing_key`` set, each message carries an HMAC and a worker
-refuses unsigned or altered ones.
+refuses unsigned or altered ones, and ones past the validity the signer wrote into the signed part::
+
+    te-sig2:<valid until, epoch s>:<hex HMAC-SHA256 of "te-sig2:<valid until>:" + body>:<body>
+
+so bytes captured from Redis cannot be replayed after that (within it, the finished job's record stops
+them: see ``claim.lua``). Messages of the older ``te-sig1:<hmac of body>:<body>`` form are still read,
+valid for the same time counted from their signed ``sent_at``/``eta``. Every decode refuses a message
+over ``max_payload_bytes``, whoever wrote it.
 
 JSON cannot carry NaN or ±Infinity; orjson and pydantic would quietly write ``null`` instead, so
 :func:`encode` and :func:`dumps` refuse such values with a ``TypeError`` rather than lose them.
@@ -47,7 +54,11 @@ from tasks_engine.model.registry import argument_label
 CHORD_PLACEHOLDER = '"__te_chord_results__"'
 CHORD_RESULTS = CHORD_PLACEHOLDER.strip('"')
 
-_SIGNED_MARK = b"te-sig1:"
+_SIGNED_MARK = b"te-sig2:"
+_SIGNED_MARK_V1 = b"te-sig1:"
+#: A chord body is signed when the chord is sent and dispatched when its header finishes, which may be as
+#: late as the chord's bookkeeping lives (``lib.lua`` te_apply: at least 7 days): it stays valid that long.
+CHORD_BODY_VALIDITY = 7 * 86_400
 _ARGS_OPEN = ',"args":['
 _ENVELOPE_MARK = b'{"compression":'
 _M = TypeVar("_M", bound=BaseModel)
@@ -157,6 +168,18 @@ def _signature(body: bytes, key: bytes) -> bytes:
     return hmac.new(key, body, hashlib.sha256).hexdigest().encode()
 
 
+def signed_validity() -> int:
+    """Seconds a signed message stays valid after it is sent or due (``signing_max_age``, else
+    ``result_expires``: as long as the record that stops a replay within that time is kept)."""
+    settings = get_settings()
+    return settings.signing_max_age if settings.signing_max_age is not None else settings.result_expires
+
+
+def _valid_until(sent_at: float, eta: float | None, chord_body: bool) -> int:
+    validity = max(signed_validity(), CHORD_BODY_VALIDITY) if chord_body else signed_validity()
+    return int(max(sent_at, eta or 0.0) + validity) + 1
+
+
 def _unserializable(value: Any, path: str) -> str | None:
     try:
         to_json(value)
@@ -239,7 +262,8 @@ def encode_sized(message: Message) -> tuple[bytes, int]:
     key = get_settings().signing_key
     if key is None:
         return body, size
-    return _SIGNED_MARK + _signature(body, key.get_secret_value().encode()) + b":" + body, size
+    head = _SIGNED_MARK + b"%d:" % _valid_until(time.time(), message.eta, chord_body)
+    return head + _signature(head + body, key.get_secret_value().encode()) + b":" + body, size
 
 
 def _with_chord_placeholder(body: bytes) -> bytes | None:
@@ -270,11 +294,29 @@ def _with_chord_placeholder(body: bytes) -> bytes | None:
     return (text[:start] + CHORD_PLACEHOLDER + text[end:]).encode()
 
 
-def _verify(sig: bytes, body: bytes, key: bytes) -> bool:
-    if hmac.compare_digest(sig, _signature(body, key)):
+def _verify(sig: bytes, head: bytes, body: bytes, key: bytes) -> bool | None:
+    """True: ``head + body`` is what was signed; False: it is, with a chord body's placeholder put
+    back (see above); None: the signature does not match."""
+    if hmac.compare_digest(sig, _signature(head + body, key)):
         return True
     signed = _with_chord_placeholder(body)
-    return signed is not None and hmac.compare_digest(sig, _signature(signed, key))
+    if signed is not None and hmac.compare_digest(sig, _signature(head + signed, key)):
+        return False
+    return None
+
+
+def _split_signed(data: bytes) -> tuple[bytes, bytes, bytes, int | None]:
+    """(signed head, signature, body, valid until) of a signed message; until is None for the old form."""
+    if data.startswith(_SIGNED_MARK_V1):
+        sig, sep, body = data[len(_SIGNED_MARK_V1) :].partition(b":")
+        if not sep:
+            raise MessageError("truncated signed message")
+        return b"", sig, body, None
+    until, sep, rest = data[len(_SIGNED_MARK) :].partition(b":")
+    sig, sep2, body = rest.partition(b":")
+    if not (sep and sep2) or not until.isdigit() or len(until) > 12:
+        raise MessageError("truncated signed message")
+    return data[: len(_SIGNED_MARK) + len(until) + 1], sig, body, int(until)
 
 
 def decode(raw: bytes | str, expected_id: str | None = None) -> Message:
@@ -291,13 +333,23 @@ def decode(raw: bytes | str, expected_id: str | None = None) -> Message:
 
 def _decode(raw: bytes | str, expected_id: str | None) -> Message:
     data = raw.encode(errors="surrogatepass") if isinstance(raw, str) else raw
-    key = get_settings().signing_key
-    if data.startswith(_SIGNED_MARK):
-        sig, sep, body = data[len(_SIGNED_MARK) :].partition(b":")
-        if not sep:
-            raise MessageError("truncated signed message")
-        if key is not None and not _verify(sig, body, key.get_secret_value().encode()):
-            raise MessageError("message signature does not match (tampered or signed with another key)")
+    settings = get_settings()
+    limit = settings.max_payload_bytes
+    if len(data) > limit:
+        raise MessageError(f"message is {len(data)} bytes, over max_payload_bytes={limit}; refused unread")
+    key = settings.signing_key
+    until: int | None = None
+    chord_body = False
+    signed = data.startswith((_SIGNED_MARK, _SIGNED_MARK_V1))
+    if signed:
+        head, sig, body, until = _split_signed(data)
+        if key is not None:
+            verified = _verify(sig, head, body, key.get_secret_value().encode())
+            if verified is None:
+                raise MessageError("message signature does not match (tampered or signed with another key)")
+            chord_body = not verified
+            if until is not None and time.time() > until:
+                raise MessageError(_stale(until))
         data = body
     elif key is not None:
         raise MessageError("unsigned message rejected: message signing is on")
@@ -316,7 +368,19 @@ def _decode(raw: bytes | str, expected_id: str | None) -> Message:
             raise MessageError("compressed message: its envelope does not match the message inside")
     if expected_id is not None and message.id != expected_id:
         raise MessageError(f"message id {message.id!r} does not match the id it was queued under ({expected_id!r})")
+    if signed and key is not None and until is None:  # the old signed form: valid from its signed times
+        until = _valid_until(message.sent_at, message.eta, chord_body)
+        if time.time() > until:
+            raise MessageError(_stale(until))
     return message
+
+
+def _stale(until: int) -> str:
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))
+    return (
+        f"signed message expired at {when}: a replay of an old message, or one that waited longer than "
+        "signing_max_age to run; refused"
+    )
 
 
 def _validated(model: type[_M], data: bytes) -> _M:

@@ -34,6 +34,13 @@ class WorkerMetrics:
                                  registry=self.registry)  # fmt: skip
         self.retries = Counter("tasks_engine_task_retries", "Retries scheduled, by task.", ["task"],
                                registry=self.registry)  # fmt: skip
+        self.duplicates = Counter(
+            "tasks_engine_duplicate_deliveries",
+            "Deliveries settled unrun because the job had already finished (its final state) or was running "
+            "(RUNNING): replayed or re-sent messages.",
+            ["task", "state"],
+            registry=self.registry,
+        )
         Gauge("tasks_engine_running_jobs", "Jobs running in this worker now.",
               registry=self.registry).set_function(running)  # fmt: skip
         Gauge("tasks_engine_worker_up", "1 while this worker runs with all its loops healthy.",
@@ -45,6 +52,9 @@ class WorkerMetrics:
             self.retries.labels(task).inc()
         if seconds is not None:
             self.runtime.labels(task).observe(seconds)
+
+    def duplicate(self, task: str, state: str) -> None:
+        self.duplicates.labels(task, state).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

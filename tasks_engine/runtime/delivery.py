@@ -1,9 +1,10 @@
 """One delivery, from claimed message to written completion — whatever happens, it settles.
 
-The worker hands every claimed job to :meth:`Deliveries.process`: decode (a bad message is a dead
-letter), the checks before running (revoked, expired, delivered too often, unknown task,
-idempotent replay), the attempt itself, then :func:`tasks_engine.runtime.completion.decide` and the group
-commit. Any failure on the way still ends in a final record, a retry or a dead letter.
+The worker hands every claimed job to :meth:`Deliveries.process`: decode (a bad, oversized or expired
+signed message is a dead letter), the checks before running (revoked, expired, delivered too often,
+unknown task, idempotent replay), the attempt itself, then :func:`tasks_engine.runtime.completion.decide`
+and the group commit. Any failure on the way still ends in a final record, a retry or a dead letter. A
+message of a job that already finished never gets here: the claim settles it (:meth:`Deliveries.duplicate`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tasks_engine.model.messages import Message, decode
 from tasks_engine.model.registry import Request, TaskDefinition, get_task
 from tasks_engine.runtime.commit import CommitQueue
 from tasks_engine.runtime.completion import decide, format_error, rejected, settle_failed
-from tasks_engine.store import Broker, Completion
+from tasks_engine.store import Broker, Completion, Duplicate
 
 if TYPE_CHECKING:
     from tasks_engine.ops.metrics import WorkerMetrics
@@ -64,6 +65,18 @@ class Deliveries:
             except Exception as exc:  # the engine's own failure: settle the job, never loop
                 log.exception("internal error while processing job; recording it as failed")
                 await self._finish(msg, None, Attempt("failure", exc=exc, traceback=format_error(exc)), delivered)
+
+    def duplicate(self, dup: Duplicate) -> None:
+        """A delivery the store settled unrun (see ``claim.lua``): a replayed or re-sent message of a job that
+        already finished (or is running). Logged and counted; the job's record is left as it is."""
+        log.warning("duplicate delivery settled unrun: this job already finished or is running; its record "
+                    "is left as it is", task_id=dup.task_id, task_name=dup.task, state=dup.state)  # fmt: skip
+        metrics = self.metrics()
+        if metrics is not None:  # a label per task this worker knows: a forged name must not add series
+            try:
+                metrics.duplicate(get_task(dup.task).name, dup.state)
+            except NotRegistered:
+                metrics.duplicate("unregistered", dup.state)
 
     async def _run_and_finish(self, msg: Message, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
         if revoked:

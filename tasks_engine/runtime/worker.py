@@ -290,6 +290,7 @@ class Worker:
         limits = self._rate_limits()
         backoff = Backoff()
         lease_ms = int(self.settings.lease_seconds * 1000)
+        settled = self.deliveries.duplicate if self.deliveries is not None else None
         while not self.stopping:
             free = self.max_jobs - len(self.running)
             if free <= 0:
@@ -297,7 +298,7 @@ class Worker:
                 await self._slot.wait()
                 continue
             try:
-                jobs, next_due = await broker.claim(min(free, 200), lease_ms, self.id, limits, self.queues)
+                jobs, next_due = await broker.claim(min(free, 200), lease_ms, self.id, limits, self.queues, settled)
                 backoff.reset()
             except REDIS_UNAVAILABLE as exc:
                 delay = backoff.next()
@@ -401,7 +402,7 @@ class Worker:
                 if time.monotonic() - healthy_since < 2 * self.settings.heartbeat_seconds:
                     await self.broker.redis.ping()
                     continue
-                back = await self.broker.reap_expired()
+                back = await self.broker.reap_expired(self.deliveries.duplicate if self.deliveries else None)
                 if back:
                     log.warning("requeued jobs of a lost worker", ids=back)
             except REDIS_UNAVAILABLE:

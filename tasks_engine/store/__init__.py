@@ -4,7 +4,7 @@ enqueue batching, the broker's claim/complete/housekeeping, read-only views, the
 Imports only ``core``; used by ``client``, ``runtime``, ``ops``, the dashboard and the entry points.
 """
 
-from tasks_engine.store.broker import Broker, SyncHeartbeat, get_broker, loop_broker
+from tasks_engine.store.broker import Broker, Duplicate, SyncHeartbeat, get_broker, loop_broker
 from tasks_engine.store.connection import awaited
 from tasks_engine.store.keys import Keys, beat_task_id
 from tasks_engine.store.writes import ChordPart, ChordRecord, Completion, Enqueue, Writes
@@ -14,6 +14,7 @@ __all__ = [
     "ChordPart",
     "ChordRecord",
     "Completion",
+    "Duplicate",
     "Enqueue",
     "Keys",
     "SyncHeartbeat",

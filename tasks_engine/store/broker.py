@@ -12,7 +12,7 @@ import asyncio
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import redis as sync_redis
 import structlog
@@ -42,6 +42,28 @@ log = structlog.get_logger("tasks_engine.store")
 T = TypeVar("T")
 _EXC_FIELDS = ("exc_type", "exc_module", "exc_message", "exc_args", "traceback")
 CHORD_MIN_TTL = 7 * 86_400
+
+
+class Duplicate(NamedTuple):
+    """A delivery the store settled without running it: the job's record was already final (``state``;
+    its message is deleted), or it was running under a lease (``state`` RUNNING; the running delivery
+    keeps the message). Either way this copy is off the books and the record is untouched."""
+
+    task_id: str
+    state: str
+    task: str
+
+
+OnDuplicate = Callable[[Duplicate], None]
+
+
+def _duplicates(entries: Sequence[Any], on_duplicate: OnDuplicate | None) -> None:
+    for entry in entries:
+        dup = Duplicate(*(part.decode(errors="replace") for part in entry))
+        if on_duplicate is not None:
+            on_duplicate(dup)
+        else:
+            log.warning("duplicate delivery settled unrun", task_id=dup.task_id, task_name=dup.task, state=dup.state)
 
 
 class Broker(Views, Housekeeping):
@@ -165,11 +187,18 @@ class Broker(Views, Housekeeping):
 
     # ------------------------------------------------------------ consuming
     async def claim(
-        self, count: int, lease_ms: int, worker_id: str, rate_limits_json: str, queues: Sequence[str]
+        self,
+        count: int,
+        lease_ms: int,
+        worker_id: str,
+        rate_limits_json: str,
+        queues: Sequence[str],
+        on_duplicate: OnDuplicate | None = None,
     ) -> tuple[list[tuple[str, bytes, bool, int]], int | None]:
         """Take up to ``count`` jobs (best priority first across ``queues``): ``(id, raw, revoked, delivered)``
-        each, and how many ms until the next deferred job is due (None: nothing deferred)."""
-        jobs, next_due, redis_now = await self.run(
+        each, and how many ms until the next deferred job is due (None: nothing deferred). Messages of jobs
+        already finished or running are settled in the same call, unrun, and reported to ``on_duplicate``."""
+        jobs, next_due, redis_now, dups = await self.run(
             "claim",
             args=[
                 self.base,
@@ -183,6 +212,7 @@ class Broker(Views, Housekeeping):
             ],
         )
         self.redis_clock = (int(redis_now), time.monotonic())
+        _duplicates(dups, on_duplicate)
         out = []
         for tid, raw, revoked, delivered in jobs:
             try:
@@ -214,16 +244,20 @@ class Broker(Views, Housekeeping):
         """End this worker's idle registration; returns the jobs handed to it that it never took."""
         return [i.decode() for i in await self.run("idle_leave", args=[self.base, worker_id])]
 
-    async def requeue(self, ids: Sequence[str], worker_id: str) -> list[str]:
-        """Put this worker's running jobs back in their queues at their place, without counting a retry."""
-        back = await self.run(
+    async def requeue(self, ids: Sequence[str], worker_id: str, on_duplicate: OnDuplicate | None = None) -> list[str]:
+        """Put this worker's running jobs back in their queues at their place, without counting a retry
+        (those whose record is final meanwhile are settled instead: ``on_duplicate``)."""
+        back, dups = await self.run(
             "requeue", args=[self.base, worker_id, "ids", now_iso(), self.settings.result_expires, *ids]
         )
+        _duplicates(dups, on_duplicate)
         return [b.decode() for b in back]
 
-    async def reap_expired(self) -> list[str]:
-        """Requeue jobs whose lease ran out on Redis's clock (their worker died or was paused)."""
-        back = await self.run("requeue", args=[self.base, "", "expired", now_iso(), self.settings.result_expires])
+    async def reap_expired(self, on_duplicate: OnDuplicate | None = None) -> list[str]:
+        """Requeue jobs whose lease ran out on Redis's clock (their worker died or was paused); a job whose
+        record is final after all is settled unrun instead (``on_duplicate``)."""
+        back, dups = await self.run("requeue", args=[self.base, "", "expired", now_iso(), self.settings.result_expires])
+        _duplicates(dups, on_duplicate)
         return [b.decode() for b in back]
 
     async def idempotent_result(self, task_id: str) -> bytes | None:

@@ -1,6 +1,9 @@
 -- uses: lib
 -- ARGV: prefix, n, lease_ms, worker_id, rate_limits_json, now_iso, result_ttl, queue...
--- Returns {{id, msg, revoked, delivered}, ...}, the next deferred due time (ms) or '', and Redis's now (ms).
+-- Returns {{id, msg, revoked, delivered}, ...}, the next deferred due time (ms) or '', Redis's now (ms) and
+-- the duplicates settled here, {{id, state, task}, ...}: a message of a job whose record is final (SUCCESS,
+-- FAILURE, REVOKED; a RETRY is not) is deleted unrun, and a copy of a job that is running under a lease is
+-- dropped, so a replayed or re-sent message never runs a job twice. Both are read here at no extra cost.
 -- Leases and due times use Redis's clock, never the worker's. An entry the script cannot read (bad
 -- bookkeeping, a lost message, a key of the wrong type) is quarantined: it must never stop every claim.
 local p, n, lease_ms, wid = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -89,7 +92,7 @@ local function rate_limited(id, q, score, task, rl, msg)
   park(id, q, score, at)
   return true
 end
-local out, taken, popped, capped = {}, 0, 0, false
+local out, dups, taken, popped, capped = {}, {}, 0, 0, false
 while taken < n do
   if popped >= n * 4 + 500 then capped = true break end
   popped = popped + 1
@@ -110,34 +113,47 @@ while taken < n do
       te_quarantine(p, bid, 'message lost while queued (evicted or deleted)', iso, ttl)
     end
   else
-    local revoked = redis.call('exists', p .. ':revoked:' .. bid)
-    local deferred = false
-    local task = string.match(msg, '"task":"(.-)"')
-    if revoked == 0 and task then
-      local o = redis.call('hget', K_RATE_LIMITS, task)
-      local rl = limits[task]
-      if o then
-        local parsed, value = pcall(cjson.decode, o)
-        if parsed and type(value) == 'table' and tonumber(value[1]) and tonumber(value[2]) then
-          rl = value
-        else
-          redis.call('hdel', K_RATE_LIMITS, task)  -- unreadable runtime limit: the declared one applies
-        end
-      end
-      if rl and rl[1] > 0 then deferred = rate_limited(bid, bq, bs, task, rl, msg) end
+    local rkey = p .. ':res:' .. bid
+    local rtype = redis.call('type', rkey)['ok']
+    if rtype ~= 'hash' and rtype ~= 'none' then  -- the store keeps only what it can read
+      redis.call('del', rkey)
+      rtype = 'none'
     end
-    if not deferred then
-      redis.call('zadd', K_ACTIVE, lease, bid)
-      redis.call('hset', K_INFLIGHT, bid, bq .. '|' .. bs .. '|' .. wid)
-      local rkey = p .. ':res:' .. bid
-      local t = redis.call('type', rkey)['ok']
-      if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end  -- the store keeps only what it can read
-      local delivered = redis.call('hincrby', rkey, 'delivered', 1)
-      if revoked == 0 then
-        redis.call('hset', rkey, 'state', 'STARTED', 'worker', wid, 'date_started', string.format('%d', rnow))
+    local state = rtype == 'hash' and redis.call('hget', rkey, 'state')
+    local task = string.match(msg, '"task":"(.-)"')
+    if te_final(state) then
+      -- Already finished (a replayed or re-sent message): never run again, record left as it is.
+      redis.call('del', p .. ':msg:' .. bid)
+      dups[#dups + 1] = {bid, state, task or ''}
+    elseif redis.call('hexists', K_INFLIGHT, bid) == 1 then
+      -- Running under a lease right now: a second copy of it, dropped (the running one owns the message).
+      dups[#dups + 1] = {bid, 'RUNNING', task or ''}
+    else
+      local revoked = redis.call('exists', p .. ':revoked:' .. bid)
+      local deferred = false
+      if revoked == 0 and task then
+        local o = redis.call('hget', K_RATE_LIMITS, task)
+        local rl = limits[task]
+        if o then
+          local parsed, value = pcall(cjson.decode, o)
+          if parsed and type(value) == 'table' and tonumber(value[1]) and tonumber(value[2]) then
+            rl = value
+          else
+            redis.call('hdel', K_RATE_LIMITS, task)  -- unreadable runtime limit: the declared one applies
+          end
+        end
+        if rl and rl[1] > 0 then deferred = rate_limited(bid, bq, bs, task, rl, msg) end
       end
-      out[#out + 1] = {bid, msg, revoked, delivered}
-      taken = taken + 1
+      if not deferred then
+        redis.call('zadd', K_ACTIVE, lease, bid)
+        redis.call('hset', K_INFLIGHT, bid, bq .. '|' .. bs .. '|' .. wid)
+        local delivered = redis.call('hincrby', rkey, 'delivered', 1)
+        if revoked == 0 then
+          redis.call('hset', rkey, 'state', 'STARTED', 'worker', wid, 'date_started', string.format('%d', rnow))
+        end
+        out[#out + 1] = {bid, msg, revoked, delivered}
+        taken = taken + 1
+      end
     end
   end
 end
@@ -159,4 +175,4 @@ elseif redis.call('hexists', K_IDLE_INFO, wid) == 1 then
   redis.call('hdel', K_IDLE_INFO, wid)
 end
 local nxt = redis.call('zrange', K_DELAYED, 0, 0, 'WITHSCORES')
-return {out, nxt[2] or '', rnow}
+return {out, nxt[2] or '', rnow, dups}

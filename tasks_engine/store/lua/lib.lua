@@ -82,11 +82,12 @@ end
 
 -- Direct hand-off: a worker whose claim found nothing is registered as idle (claim.lua); a ready job
 -- goes straight to the freshest such worker, already leased to it as a claim would, so it starts without
--- a claim round trip. Never for a revoked job or a task with a rate limit (the claim applies those), and
--- never to a registration older than 3 s; a job handed to a worker that died meanwhile comes back when
--- its lease expires, like any job of a dead worker. One hand-off per registration. Never past a job
--- already waiting for that worker (queued in any of its queues, or deferred and due): the claim those
--- jobs woke it for takes them first, in priority and FIFO order, so a later job cannot overtake them.
+-- a claim round trip. Never for a revoked, finished or running job or a task with a rate limit (the claim
+-- applies those), and never to a registration older than 3 s; a job handed to a worker that died
+-- meanwhile comes back when its lease expires, like any job of a dead worker. One hand-off per
+-- registration. Never past a job already waiting for that worker (queued in any of its queues, or
+-- deferred and due): the claim those jobs woke it for takes them first, in priority and FIFO order, so a
+-- later job cannot overtake them.
 local function te_handoff(p, id, msg, q, score)
   local idle = p .. ':idle:' .. q
   if redis.call('exists', idle) == 0 or redis.call('exists', p .. ':q:' .. q) == 1 then return false end
@@ -105,6 +106,13 @@ local function te_handoff(p, id, msg, q, score)
       or redis.call('exists', p .. ':revoked:' .. id) == 1 then
     return false
   end
+  local rkey = p .. ':res:' .. id
+  local t = redis.call('type', rkey)['ok']
+  if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end
+  -- A job already finished or running (a replayed or re-sent message): queued, the claim settles it.
+  if (t == 'hash' and te_final(redis.call('hget', rkey, 'state'))) or redis.call('hexists', K_INFLIGHT, id) == 1 then
+    return false
+  end
   local lease_ms, queues = string.match(redis.call('hget', K_IDLE_INFO, wid) or '', '^(%d+)|(.*)$')
   if not lease_ms then
     redis.call('zrem', idle, wid)
@@ -117,9 +125,6 @@ local function te_handoff(p, id, msg, q, score)
   redis.call('hdel', K_IDLE_INFO, wid)
   redis.call('zadd', K_ACTIVE, string.format('%d', now + tonumber(lease_ms)), id)
   redis.call('hset', K_INFLIGHT, id, q .. '|' .. score .. '|' .. wid)
-  local rkey = p .. ':res:' .. id
-  local t = redis.call('type', rkey)['ok']
-  if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end
   local delivered = redis.call('hincrby', rkey, 'delivered', 1)
   redis.call('hset', rkey, 'state', 'STARTED', 'worker', wid, 'date_started', string.format('%d', now))
   local box = p .. ':handoff:' .. wid
