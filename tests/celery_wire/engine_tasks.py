@@ -28,8 +28,8 @@ async def identity(x: Any) -> Any:
 
 
 @shared_task(name="cw.fail")
-async def fail(message: str) -> None:
-    raise ValueError(message)
+async def fail(message: Any) -> None:
+    raise ValueError(str(message))
 
 
 @shared_task(name="cw.echo", bind=True)
@@ -72,3 +72,14 @@ async def order(self: Any, key: str, label: Any) -> None:
 @shared_task(name="cw.limited", rate_limit="5/s")
 async def limited(key: str) -> None:
     await get_broker().redis.rpush(key, f"{asyncio.get_running_loop().time()}")
+
+
+@shared_task(name="cw.slow_first", bind=True, time_limit=3600)
+async def slow_first(self: Any, key: str) -> int:
+    """Counts its runs in hash ``key``; hangs on its first delivery (its worker gets killed)."""
+    redis = get_broker().redis
+    await redis.hincrby(key, "runs", 1)
+    if self.request.delivered == 1:
+        await asyncio.sleep(3600)
+    await redis.hincrby(key, "done", 1)
+    return int(self.request.delivered)
