@@ -31,15 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.commands.core import AsyncScript
-
 from tasks_engine.core.clock import now_iso, now_ms
 from tasks_engine.core.config import EngineSettings
 from tasks_engine.store.broker import Broker
 from tasks_engine.store.celery_keys import SEPARATOR, CeleryKeys
-from tasks_engine.store.scripts import lua
 
-_SCRIPTS = ("celery_claim", "celery_accept", "celery_restore", "celery_result")
 MUTEX_SECONDS = 300  # kombu's unacked_mutex_expire
 
 
@@ -69,10 +65,9 @@ class CeleryStore:
         self.broker = broker
         self.settings = settings
         self.keys = CeleryKeys(settings.celery_transport_prefix, settings.celery_result_prefix)
-        self.scripts: dict[str, AsyncScript] = {n: broker.redis.register_script(lua(n)) for n in _SCRIPTS}
 
     def _run(self, name: str, args: Sequence[Any]) -> Any:
-        return self.scripts[name](keys=self.broker.static_keys, args=args)
+        return self.broker.run(name, args)
 
     async def claim(self, queues: Sequence[str], count: int) -> list[Claimed]:
         """Up to ``count`` messages (fewer by the jobs already waiting in these queues on the engine's side)."""
