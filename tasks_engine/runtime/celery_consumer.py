@@ -32,7 +32,7 @@ from tasks_engine.core.config import EngineSettings
 from tasks_engine.exceptions import REDIS_UNAVAILABLE
 from tasks_engine.model import celery_results as cr
 from tasks_engine.model import states
-from tasks_engine.model.celery_wire import Rejected, peek, translate
+from tasks_engine.model.celery_wire import CELERY_HEADER, Rejected, peek, translate
 from tasks_engine.model.messages import Message, encode
 from tasks_engine.model.registry import registry
 from tasks_engine.store import Broker, Enqueue
@@ -52,6 +52,8 @@ def take_over(item: Claimed, result_key: Callable[[str], str]) -> TakeOver:
         )
     if isinstance(message, Rejected):
         return _dead(item, message, result_key)
+    side = dict(message.headers[CELERY_HEADER], result_key=result_key(message.id))  # for revoke.lua
+    message = message.model_copy(update={"headers": {**message.headers, CELERY_HEADER: side}})
     try:
         raw = encode(message)
     except TypeError as exc:
@@ -59,7 +61,7 @@ def take_over(item: Claimed, result_key: Callable[[str], str]) -> TakeOver:
         return _dead(item, why, result_key)
     eta_ms = int(message.eta * 1000) if message.eta else 0
     packed = Enqueue(message.id, raw, message.queue, message.priority, eta_ms, nx=True).packed()
-    return TakeOver(item.tag, packed=packed)
+    return TakeOver(item.tag, packed=packed, result_key=side["result_key"], record=now_iso())
 
 
 def _dead(item: Claimed, why: Rejected, result_key: Callable[[str], str]) -> TakeOver:

@@ -130,3 +130,19 @@ async def test_rate_limit_of_the_engine_task_applies(wire: Wire, sync_client: sy
             await get(r)
     times = sorted(float(t) for t in sync_client.lrange(key, 0, -1))
     assert times[-1] - times[0] >= 0.8  # 6 starts at 5/s: at least one second between first and last (less slack)
+
+
+async def test_revoke_through_the_engine_reaches_celery_async_result(wire: Wire) -> None:
+    from tasks_engine.client.results import revoke
+
+    early = wire.send("cw.add", 1, 1)
+    await revoke([early.id])  # before any worker took it over from Celery's queue
+    async with engine_worker():
+        waiting = wire.send("cw.add", 1, 1, countdown=30)
+        running = wire.send("cw.sleep", 30)
+        await states_seen(running, "STARTED")
+        await revoke([waiting.id])
+        await revoke([running.id], terminate=True)
+        for r in (early, waiting, running):
+            with pytest.raises(TaskRevokedError):
+                await get(r, timeout=5)

@@ -1,7 +1,8 @@
 -- uses: lib
 -- ARGV: prefix, now_ms, unacked, unacked_index, result_ttl, then per message 4 arguments:
 --   delivery tag, 'job' or 'dead', the packed engine message (as enqueue.lua reads it) or the dead-letter
---   entry, and (for 'dead') Celery result key and FAILURE record ('' when no id could be read).
+--   entry, the Celery result key ('' when no id could be read) and, for 'dead', the FAILURE record (for
+--   'job', the time now, for a REVOKED record should the job have been revoked before it came here).
 -- Takes claimed Celery messages over, each atomically: off kombu's unacked books and into the engine's
 -- queue (nx: an id already queued, running or finished is not placed twice), or dead-lettered with its
 -- FAILURE record. A message whose unacked entry is gone was restored to its queue meanwhile (a
@@ -16,7 +17,10 @@ for i = 6, #ARGV, 5 do
     if kind == 'job' then
       local id, q, prio, eta, nx, at = string.match(data, '^([^\n]+)\n([^\n]+)\n(%d)\n(%d+)\n([01])\n()')
       if not id then return redis.error_reply('celery_accept: not a packed message') end
-      te_enqueue(p, id, string.sub(data, at), q, prio, eta, now_ms, nx)
+      if te_enqueue(p, id, string.sub(data, at), q, prio, eta, now_ms, nx) == 0
+          and redis.call('hget', p .. ':res:' .. id, 'state') == 'REVOKED' then
+        te_celery_revoked(rkey, id, 'revoked', rec, ttl)  -- revoked before it was taken over
+      end
     else
       redis.call('lpush', K_DEAD, data)
       redis.call('ltrim', K_DEAD, 0, 9999)

@@ -246,6 +246,13 @@ local function te_celery_store(key, value, ttl)
   return 1
 end
 
+-- Celery's REVOKED record (TaskRevokedError, as Celery's AsyncResult raises it).
+local function te_celery_revoked(key, id, reason, iso, ttl)
+  te_celery_store(key, cjson.encode({status = 'REVOKED', result = {exc_type = 'TaskRevokedError',
+    exc_message = {reason}, exc_module = 'celery.exceptions'}, traceback = cjson.null, date_done = iso,
+    task_id = id}), ttl)
+end
+
 -- s as the inside of a JSON string (to put text into a message whose body is itself a JSON string).
 local function te_json_inner(s)
   local quoted = cjson.encode(s)
