@@ -15,6 +15,7 @@ import redis as sync_redis
 from celery.exceptions import NotRegistered
 
 from tasks_engine.store import Keys
+from tasks_engine.store.celery_keys import CeleryKeys
 from tests.celery_wire.conftest import Wire, engine_worker
 from tests.celery_wire.test_consume import get
 
@@ -33,8 +34,7 @@ def staged(wire: Wire, sync_client: sync_redis.Redis, name: str, *args: Any, **o
     """A real Celery envelope, sent to a scratch queue and taken back from Redis (to be altered)."""
     scratch = f"{wire.queue}-scratch"
     wire.app.send_task(name, args=args, queue=scratch, **options)
-    raw = sync_client.rpop(f"{wire.celery_prefix}{scratch}")
-    assert raw is not None
+    raw = next(filter(None, (sync_client.rpop(k) for k in CeleryKeys(wire.celery_prefix).queues_by_priority(scratch))))
     envelope: dict[str, Any] = json.loads(raw)
     return envelope
 

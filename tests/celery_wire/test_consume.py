@@ -146,3 +146,14 @@ async def test_revoke_through_the_engine_reaches_celery_async_result(wire: Wire)
         for r in (early, waiting, running):
             with pytest.raises(TaskRevokedError):
                 await get(r, timeout=5)
+
+
+async def test_a_stored_success_is_not_overwritten(wire: Wire) -> None:
+    task_id = str(uuid.uuid4())
+    wire.app.backend.store_result(task_id, 7, "SUCCESS")
+    async with engine_worker(max_jobs=1):
+        again = wire.send("cw.fail", "late duplicate", task_id=task_id)
+        probe = wire.send("cw.add", 0, 0)  # queued after it: once this is done, the duplicate has run
+        await get(probe)
+    assert AsyncResult(again.id, app=wire.app).state == "SUCCESS"
+    assert await get(AsyncResult(again.id, app=wire.app)) == 7

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import redis as sync_redis
+from celery import chain
 
 from tasks_engine import configure
 from tasks_engine.store import get_broker
@@ -78,8 +79,8 @@ def celery_worker(wire: Wire, tmp_path: Path) -> Iterator[Callable[[], subproces
         log = open(tmp_path / f"celery-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.celery_wire.celery_app", "worker", "--pool", "solo",
-             "-Q", wire.queue, "-n", f"cw-{wire.queue}@%h", "--without-mingle", "--without-gossip",
-             "--without-heartbeat", "-l", "INFO"],
+             "-Q", f"{wire.queue},{wire.queue}-celery", "-n", f"cw-{wire.queue}@%h", "--without-mingle",
+             "--without-gossip", "--without-heartbeat", "-l", "INFO"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         procs.append(proc)
@@ -111,12 +112,17 @@ async def test_mixed_fleet_shares_a_queue_each_job_once(
     (claimed,) = await store.claim([wire.queue], 1)
     sync_client.zadd(store.keys.unacked_index, {claimed.tag: time.time() - 3600})
     proc = celery_worker()
-    spawn_worker(env=wire.env(), imports=IMPORTS)
+    spawn_worker(env={**wire.env(), "TE_CELERY_QUEUES": f"{wire.queue},{wire.queue}-te"}, imports=IMPORTS)
     await asyncio.to_thread(
         wait_for, lambda: b"ready" in (tmp_path / "celery-0.log").read_bytes() or proc.poll() is not None, 30,
         "the celery worker",
     )  # fmt: skip
     ids = [lost.id] + [wire.send("cw.count", key).id for _ in range(n)]
+    # A chain crossing engines: its steps' queues are served by one engine each.
+    steps = [("te", 1, 2), ("celery", 10), ("te", 100)]
+    crossing = chain(
+        *(wire.app.signature("cw.add", args=a, queue=f"{wire.queue}-{where}") for where, *a in steps)
+    ).apply_async()
     await asyncio.to_thread(wait_for, lambda: int(sync_client.hget(key, "done") or 0) >= n + 1, 60, "every job")
     await asyncio.sleep(0.5)  # a job run twice would show up by now
     runs = {k.decode(): int(v) for k, v in sync_client.hgetall(key).items()}
@@ -126,5 +132,6 @@ async def test_mixed_fleet_shares_a_queue_each_job_once(
     keys = [wire.app.backend.get_key_for_task(i) for i in ids]
     records = [json.loads(v) for v in sync_client.mget(keys) if v is not None]
     assert len(records) == n + 1 and {r["status"] for r in records} == {"SUCCESS"}
+    assert await get(crossing, timeout=20) == 113
     assert proc.poll() is None, "the celery worker died"
     assert sync_client.hlen(store.keys.unacked) == 0
