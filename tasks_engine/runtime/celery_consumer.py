@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from tasks_engine.core.clock import now_iso
+from tasks_engine.core.clock import Backoff, now_iso
 from tasks_engine.core.codec import dumps
 from tasks_engine.core.config import EngineSettings
 from tasks_engine.exceptions import REDIS_UNAVAILABLE
@@ -110,11 +110,14 @@ class CeleryConsumer:
                 await asyncio.sleep(0.02)
                 continue
             try:
-                claimed = await self.store.claim(self.queues, min(free, 200))
-                if claimed:
-                    plans = [take_over(item, self.store.keys.result) for item in claimed]
-                    flags = await self.store.accept(plans)
-                    self.taken += sum(flags)
+                # Shielded: a claim cancelled before its take-over would leave its messages in kombu's
+                # unacked set until the visibility timeout; a shutdown lets the round finish instead.
+                round_trip = asyncio.ensure_future(self._round(min(free, 200)))
+                try:
+                    claimed = await asyncio.shield(round_trip)
+                except asyncio.CancelledError:
+                    await asyncio.wait({round_trip}, timeout=5.0)
+                    raise
             except REDIS_UNAVAILABLE as exc:
                 log.error("redis unreachable; Celery consumer backing off", error=str(exc))
                 await asyncio.sleep(1.0)
@@ -124,6 +127,30 @@ class CeleryConsumer:
                 continue
             await asyncio.sleep(idle)
             idle = min(idle * 2, 0.25)
+
+    async def _round(self, count: int) -> int:
+        claimed = await self.store.claim(self.queues, count)
+        if not claimed:
+            return 0
+        plans = [self._plan(item) for item in claimed]
+        backoff = Backoff()
+        for attempt in range(20):  # claimed messages wait in kombu's unacked set: hand them over while Redis comes back
+            try:
+                self.taken += sum(await self.store.accept(plans))
+                return len(claimed)
+            except REDIS_UNAVAILABLE as exc:
+                log.warning("redis unreachable while taking Celery messages over; retrying", error=str(exc),
+                            attempt=attempt)  # fmt: skip
+                await asyncio.sleep(backoff.next())
+        log.error("Celery messages left in kombu's unacked set for the visibility-timeout restore", count=len(plans))
+        return len(claimed)
+
+    def _plan(self, item: Claimed) -> TakeOver:
+        try:
+            return take_over(item, self.store.keys.result)
+        except Exception as exc:  # the engine's own bug: the message is settled all the same, never looped
+            log.exception("could not translate a Celery message; dead-lettering it")
+            return _dead(item, Rejected(f"Celery message could not be read ({exc!r})"), self.store.keys.result)
 
     async def restorer(self, stopping: Callable[[], bool]) -> None:
         interval = min(60.0, max(1.0, self.settings.celery_visibility_timeout / 4))
