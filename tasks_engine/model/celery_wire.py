@@ -231,7 +231,8 @@ def _translate(envelope: dict[str, Any], headers: dict[str, Any], props: Any, qu
         "expires": _when("expires", headers.get("expires")),
         "time_limit": hard,
         "soft_time_limit": soft,
-        "ignore_result": ignore if isinstance(ignore, bool) else None,
+        # True wins; False leaves it to the task's own option (Celery: task option or request's header)
+        "ignore_result": True if ignore is True else None,
         "parent_id": _text(headers.get("parent_id")),
         "root_id": _text(headers.get("root_id")) or task_id,
         "group_id": _text(headers.get("group")),

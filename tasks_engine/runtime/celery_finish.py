@@ -127,9 +127,10 @@ def _chord_op(keys: CeleryKeys, msg: Message, side: dict[str, Any], body: dict[s
     ]  # fmt: skip
 
 
-def started_record(msg: Message, worker_id: str, pid: int) -> str | None:
-    """Celery's STARTED record (``track_started``) for a Celery-sent job, or None for a native one."""
-    if celery_side(msg) is None or msg.ignore_result:
+def started_record(msg: Message, worker_id: str, pid: int, ignore_result: bool = False) -> str | None:
+    """Celery's STARTED record (``track_started``) for a Celery-sent job, or None for a native one (or
+    when no result is kept: ``ignore_result`` of the message or the task)."""
+    if celery_side(msg) is None or msg.ignore_result or ignore_result:
         return None
     meta = {"pid": pid, "hostname": worker_id}
     return cr.record(msg.id, states.STARTED, meta, None, msg.parent_id, msg.group_id)

@@ -110,7 +110,7 @@ class Deliveries:
         if signals.task_prerun.receivers:
             await signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
         if task.options.track_started and celery_side(msg) is not None:
-            await self._celery_started(msg)
+            await self._celery_started(msg, task.options.ignore_result)
         with running_span(msg.task, msg.id, msg.retries, msg.headers) as traced:
             started = time.monotonic()
             attempt = await run_attempt(task, req, soft, hard, run, log_context_bound=True)
@@ -182,9 +182,9 @@ class Deliveries:
         elif outcome == "final":
             log.warning("result dropped: another delivery had already finished this job")
 
-    async def _celery_started(self, msg: Message) -> None:
+    async def _celery_started(self, msg: Message, ignore_result: bool) -> None:
         """Celery's STARTED record (its ``track_started``), before the body runs; best effort, as in Celery."""
-        record = started_record(msg, self.id, os.getpid())
+        record = started_record(msg, self.id, os.getpid(), ignore_result)
         if record is None:
             return
         if self._celery is None:

@@ -83,3 +83,9 @@ async def slow_first(self: Any, key: str) -> int:
         await asyncio.sleep(3600)
     await redis.hincrby(key, "done", 1)
     return int(self.request.delivered)
+
+
+@shared_task(name="cw.quiet", bind=True, ignore_result=True)
+async def quiet(self: Any, key: str) -> str:
+    await get_broker().redis.hincrby(key, self.request.id, 1)
+    return "not kept"

@@ -112,13 +112,15 @@ async def test_ignore_result_stores_nothing(wire: Wire, sync_client: sync_redis.
     key = f"{wire.celery_prefix}runs"
     async with engine_worker():
         r = wire.send("cw.count", key, ignore_result=True)
+        quiet = wire.send("cw.quiet", key)  # the engine task's own ignore_result
         kept = wire.send("cw.add", 1, 2)
         assert await get(kept) == 3
         deadline = time.monotonic() + 5
-        while sync_client.hget(key, "done") is None and time.monotonic() < deadline:
+        while None in sync_client.hmget(key, ["done", quiet.id]) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-    assert sync_client.hget(key, r.id) == b"1"
+    assert sync_client.hget(key, r.id) == b"1" and sync_client.hget(key, quiet.id) == b"1"
     assert not sync_client.exists(wire.app.backend.get_key_for_task(r.id))
+    assert not sync_client.exists(wire.app.backend.get_key_for_task(quiet.id))
     assert sync_client.exists(wire.app.backend.get_key_for_task(kept.id))
 
 
