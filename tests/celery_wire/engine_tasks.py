@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tasks_engine import shared_task
+from tasks_engine import SoftTimeLimitExceeded, shared_task
 from tasks_engine.store import get_broker
 
 
@@ -89,3 +89,12 @@ async def slow_first(self: Any, key: str) -> int:
 async def quiet(self: Any, key: str) -> str:
     await get_broker().redis.hincrby(key, self.request.id, 1)
     return "not kept"
+
+
+@shared_task(name="cw.soft")
+async def soft() -> str:
+    try:
+        await asyncio.sleep(30)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "slept"

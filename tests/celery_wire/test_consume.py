@@ -90,11 +90,13 @@ async def test_expired_message_is_revoked(wire: Wire) -> None:
     assert AsyncResult(r.id, app=wire.app).state == "REVOKED"
 
 
-async def test_hard_time_limit_from_the_message(wire: Wire) -> None:
+async def test_hard_and_soft_time_limits_from_the_message(wire: Wire) -> None:
     async with engine_worker():
         r = wire.send("cw.sleep", 30, time_limit=0.5)
+        soft = wire.send("cw.soft", time_limit=10, soft_time_limit=0.3)
         with pytest.raises(TimeLimitExceeded):
             await get(r)
+        assert await get(soft) == "cleaned up"
 
 
 async def test_priorities_lower_number_first(wire: Wire, sync_client: sync_redis.Redis) -> None:
