@@ -145,4 +145,8 @@ def finish_ops(msg: Message, completion: Completion, value: Any, settings: Engin
         log.exception("cannot continue the Celery canvas of this job; writing its result only")
         side = dict(celery_side(msg) or {}, embed={})
         bare = msg.model_copy(update={"headers": {**msg.headers, CELERY_HEADER: side}})
-        return celery_ops(bare, completion, value, settings)
+        try:
+            return celery_ops(bare, completion, value, settings)
+        except Exception:  # the engine's own outcome is still written; Celery's record stays as it was
+            log.exception("cannot write the Celery record of this job")
+            return []
