@@ -85,3 +85,12 @@ async def test_chord_with_a_failed_part_fails_the_body(wire: Wire) -> None:
             await get(r)
         with pytest.raises(ChordError, match="part broke"):  # the body's own record
             await get(wire.app.AsyncResult(r.id))
+
+
+async def test_an_unsupported_canvas_step_leaves_the_result_and_the_worker_alone(wire: Wire) -> None:
+    from celery import group
+
+    async with engine_worker():
+        r = wire.send("cw.add", 1, 2, link=group(sig(wire, "cw.add", 1), sig(wire, "cw.add", 2)))
+        assert await get(r) == 3  # the group link is not sent (logged); the task's own result stands
+        assert await get(wire.send("cw.add", 2, 2)) == 4
