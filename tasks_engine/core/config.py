@@ -6,10 +6,10 @@ and calls :func:`configure` so the engine sees the same values.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tasks_engine.core.redis_url import RedisTarget, RedisURLError, parse_redis_url
 
@@ -89,6 +89,25 @@ class EngineSettings(BaseSettings):
         description="Seconds a signed message stays valid after it is sent (or due); None: "
         "result_expires. A replay later than that is refused.",
     )
+    # Celery's wire format (README: "Celery wire format"; runtime/celery_consumer.py). Off by default.
+    celery_queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Celery queues a worker consumes (kombu's Redis transport on this Redis); env: comma-separated.",
+    )
+    celery_transport_prefix: str = Field(default="", description="kombu's transport_options global_keyprefix.")
+    celery_visibility_timeout: float = Field(
+        default=3600.0, gt=0, description="kombu's visibility_timeout: must exceed the longest task of a Celery worker."
+    )
+    celery_result_prefix: str = Field(default="", description="The result backend's global_keyprefix.")
+    celery_result_expires: int = Field(default=86_400, ge=1, description="Celery's result_expires (seconds).")
+    celery_default_queue: str = Field(default="celery", description="Where a Celery step without a queue goes.")
+
+    @field_validator("celery_queues", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [q.strip() for q in value.split(",") if q.strip()]
+        return value
 
     @field_validator("key_prefix")
     @classmethod

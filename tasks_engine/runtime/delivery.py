@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,11 +26,14 @@ from tasks_engine.exceptions import DeliveryLimitExceeded, MessageError, NotRegi
 from tasks_engine.execution.attempt import Attempt, run_attempt
 from tasks_engine.execution.timelimits import LimitedRun
 from tasks_engine.model import states
+from tasks_engine.model.celery_wire import celery_side
 from tasks_engine.model.messages import Message, decode
 from tasks_engine.model.registry import Request, TaskDefinition, get_task
+from tasks_engine.runtime.celery_finish import finish_ops, started_record
 from tasks_engine.runtime.commit import CommitQueue
 from tasks_engine.runtime.completion import decide, format_error, rejected, settle_failed
 from tasks_engine.store import Broker, Completion, Duplicate
+from tasks_engine.store.celery import CeleryStore
 
 if TYPE_CHECKING:
     from tasks_engine.ops.metrics import WorkerMetrics
@@ -49,6 +53,7 @@ class Deliveries:
         self.broker = broker
         self.commits = commits
         self.metrics = metrics
+        self._celery: CeleryStore | None = None  # for Celery-sent jobs (runtime/celery_finish.py)
 
     async def process(self, task_id: str, raw: bytes, revoked: bool, delivered: int, run: LimitedRun) -> None:
         """Run one delivery and settle it: whatever happens, it ends in a final record, a retry or a dead letter."""
@@ -117,6 +122,8 @@ class Deliveries:
             log.warning("job delivered again (a worker died or shut down while running it)", delivered=delivered)
         if signals.task_prerun.receivers:
             await signals.task_prerun.send(sender=task, task_id=msg.id, task=task, args=msg.args, kwargs=msg.kwargs)
+        if task.options.track_started and celery_side(msg) is not None:
+            await self._celery_started(msg, task.options.ignore_result)
         with running_span(msg.task, msg.id, msg.retries, msg.headers) as traced:
             started = time.monotonic()
             attempt = await run_attempt(task, req, soft, hard, run, log_context_bound=True)
@@ -142,6 +149,8 @@ class Deliveries:
         log.error("message rejected", task_id=task_id, reason=reason)
         try:
             completion = rejected(task_id, raw, reason, self.id, msg, exc)
+            if msg is not None and celery_side(msg) is not None:
+                completion.celery = finish_ops(msg, completion, None, self.settings)
         except Exception as error:
             log.exception("could not plan the rejection; quarantining the job")
             await self._quarantine(task_id, f"{reason}; then: {error!r}")
@@ -156,6 +165,8 @@ class Deliveries:
         except Exception as exc:  # finishing failed: the job is a FAILURE with that error (logged)
             log.exception("could not finish the job (callbacks or workflow data); recording it as failed")
             completion = settle_failed(msg, exc, self.id)
+        if celery_side(msg) is not None:
+            completion.celery = finish_ops(msg, completion, attempt.value, self.settings)
         await self._write(completion, delivered, None, msg)
         metrics = self.metrics()
         if metrics is not None:
@@ -183,6 +194,18 @@ class Deliveries:
             )
         elif outcome == "final":
             log.warning("result dropped: another delivery had already finished this job")
+
+    async def _celery_started(self, msg: Message, ignore_result: bool) -> None:
+        """Celery's STARTED record (its ``track_started``), before the body runs; best effort, as in Celery."""
+        record = started_record(msg, self.id, os.getpid(), ignore_result)
+        if record is None:
+            return
+        if self._celery is None:
+            self._celery = CeleryStore(self.broker, self.settings)
+        try:
+            await self._celery.store_result(msg.id, record)
+        except Exception:  # the job runs anyway; its final record follows
+            log.exception("could not write the Celery STARTED record")
 
     async def _quarantine(self, task_id: str, reason: str) -> None:
         try:

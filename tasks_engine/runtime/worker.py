@@ -41,6 +41,7 @@ from tasks_engine.exceptions import (
 )
 from tasks_engine.execution.timelimits import LimitedRun
 from tasks_engine.model.registry import registry
+from tasks_engine.runtime.celery_consumer import CeleryConsumer
 from tasks_engine.runtime.commit import CommitQueue
 from tasks_engine.runtime.delivery import Deliveries
 from tasks_engine.runtime.supervision import HeartbeatThread, LoopHealth, supervised
@@ -69,6 +70,8 @@ class Worker:
         self.ctx: dict[str, Any] = {}  # the worker context its tasks see (worker_context())
         self.on_startup, self.on_shutdown = on_startup, on_shutdown
         self.queues = list(queues or [self.settings.default_queue])
+        # Celery's queues (celery_queues) are engine queues too: taken-over messages run from there.
+        self.queues += [q for q in self.settings.celery_queues if q not in self.queues]
         self.max_jobs = max_jobs or self.settings.max_jobs
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.beat_enabled = self.settings.beat_enabled if beat is None else beat
@@ -141,6 +144,10 @@ class Worker:
             "consume": self._consume, "reaper": self._reaper, "control": self._control_listener,
             "ticker": self._loop_ticker,
         }  # fmt: skip
+        if self.settings.celery_queues:
+            celery = CeleryConsumer(self.broker, self.settings, lambda: self.max_jobs - len(self.running))
+            loops["celery"] = functools.partial(celery.consume, lambda: self.stopping)
+            loops["celery-restore"] = functools.partial(celery.restorer, lambda: self.stopping)
         if self.beat_enabled and beat_entries:
             loops["beat"] = functools.partial(Beat(self.id).run, lambda: self.stopping)
         self._background = [

@@ -43,4 +43,8 @@ SCRIPTS = (
     "dead_requeue",
     "plan",
     "idle_leave",
+    "celery_claim",
+    "celery_accept",
+    "celery_restore",
+    "celery_result",
 )

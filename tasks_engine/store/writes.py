@@ -116,6 +116,7 @@ class Completion:
     token: int | None = None
     worker: str = ""
     failed: bool = False  # a FAILURE for good: indexed under ``failed`` (findable by time)
+    celery: list[list[Any]] = field(default_factory=list)  # a Celery-sent job's writes (runtime/celery_finish.py)
 
     def payload(self) -> bytes:
         """The JSON ``lua/complete.lua`` reads (every record value as a string)."""
@@ -132,6 +133,7 @@ class Completion:
                 "idempotent": self.idempotent_value,
                 "dead": None if self.dead_letter is None else self.dead_letter.decode(errors="replace"),
                 "failed": self.failed,
+                "celery": self.celery or None,
             }
         )
 

@@ -42,6 +42,7 @@ redis.call('zrem', K_ACTIVE, id)
 redis.call('hdel', K_INFLIGHT, id)
 if c.final then redis.call('del', mkey) end
 te_apply(p, c, ttl, now_ms, iso)
+if c.celery ~= nil and c.celery ~= null then te_celery_apply(c.celery) end
 if c.failed then
   -- Failed for good: findable by time without scanning records (bounded: the last 10,000, within the TTL).
   local fkey = K_FAILED

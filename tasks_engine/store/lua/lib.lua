@@ -240,3 +240,83 @@ local function te_apply(p, c, ttl, now_ms, iso)
     te_chord_part(p, part[1], part[2], part[3], part[4], part[5], part[6], part[7], now_ms, iso, ttl)
   end
 end
+
+-- Celery's result backend (store/celery.py): a record is kept for ttl and published on its own key (the
+-- channel AsyncResult.get() listens on), unless a SUCCESS is stored there already (Celery's rule).
+local function te_celery_store(key, value, ttl)
+  local ok, old = pcall(redis.call, 'get', key)
+  if ok and type(old) == 'string' and string.find(old, '"status": *"SUCCESS"') then return 0 end
+  redis.call('set', key, value, 'EX', ttl)
+  redis.call('publish', key, value)
+  return 1
+end
+
+-- Celery's REVOKED record (TaskRevokedError, as Celery's AsyncResult raises it).
+local function te_celery_revoked(key, id, reason, iso, ttl)
+  te_celery_store(key, cjson.encode({status = 'REVOKED', result = {exc_type = 'TaskRevokedError',
+    exc_message = {reason}, exc_module = 'celery.exceptions'}, traceback = cjson.null, date_done = iso,
+    task_id = id}), ttl)
+end
+
+-- s as the inside of a JSON string (to put text into a message whose body is itself a JSON string).
+local function te_json_inner(s)
+  local quoted = cjson.encode(s)
+  return string.sub(quoted, 2, #quoted - 1)
+end
+
+local function te_splice(text, mark, value)
+  local s, e = string.find(text, mark, 1, true)
+  if not s then return text end
+  return string.sub(text, 1, s - 1) .. value .. string.sub(text, e + 1)
+end
+
+-- One header part of a Celery chord (Celery's native Redis chord: results in the '.j' zset scored by
+-- group index, '.t' extra count, '.s' size set by the producer). The part that completes the count
+-- sends the body once (a SET NX marker also stops a re-run part), with the results in header order, or
+-- records the body FAILURE with a ChordError naming the failed part; then the chord keys go.
+-- o: 'chord', jkey, tkey, skey, index, member, body list key, body message, body result key,
+--    body failure record, fired key, ttl
+local function te_celery_chord(o)
+  local jkey, tkey, skey, ttl = o[2], o[3], o[4], o[12]
+  redis.call('zadd', jkey, o[5], o[6])
+  local ready = redis.call('zcard', jkey)
+  local extra = tonumber(redis.call('get', tkey) or '0') or 0
+  local size = tonumber(redis.call('get', skey) or '')
+  redis.call('expire', jkey, ttl)
+  if not size or ready ~= size + extra then return end
+  if not redis.call('set', o[11], '1', 'NX', 'EX', ttl) then return end
+  local parts, failed = {}, nil
+  for _, m in ipairs(redis.call('zrange', jkey, 0, -1)) do
+    local tid, state, value = string.match(m, '^%[%s*1%s*,%s*"([^"]*)"%s*,%s*"([^"]*)"%s*,%s*(.*)%]$')
+    if not tid then
+      failed = failed or 'Dependency ? could not be read'
+    elseif state == 'FAILURE' or state == 'REVOKED' then
+      local ok, e = pcall(cjson.decode, value)
+      local kind, text = 'Exception', ''
+      if ok and type(e) == 'table' then
+        kind = type(e.exc_type) == 'string' and e.exc_type or kind
+        local first = type(e.exc_message) == 'table' and e.exc_message[1] or e.exc_message
+        if type(first) == 'string' then text = "'" .. first .. "'" elseif first ~= nil then text = tostring(first) end
+      end
+      failed = failed or ('Dependency ' .. tid .. ' raised ' .. kind .. '(' .. text .. ')')
+    else
+      parts[#parts + 1] = value
+    end
+  end
+  redis.call('del', jkey, tkey, skey)
+  if failed then
+    te_celery_store(o[9], te_splice(o[10], '"__te_chord_error__"', cjson.encode(failed)), ttl)
+  else
+    local results = '[' .. table.concat(parts, ', ') .. ']'
+    redis.call('lpush', o[7], te_splice(o[8], '\\"__te_celery_chord_results__\\"', te_json_inner(results)))
+  end
+end
+
+-- The Celery side of a completion (runtime/celery_finish.py): records, messages to Celery queues, chord parts.
+local function te_celery_apply(ops)
+  for _, o in ipairs(ops) do
+    if o[1] == 'result' then te_celery_store(o[2], o[3], o[4])
+    elseif o[1] == 'send' then redis.call('lpush', o[2], o[3])
+    elseif o[1] == 'chord' then te_celery_chord(o) end
+  end
+end

@@ -1,9 +1,11 @@
+-- uses: lib
 -- ARGV: prefix, id, ttl, now_iso, reason, terminate ('1'/'0'). Returns 1 when a waiting job was removed.
 -- Waiting (queued, deferred, parked by a rate limit): removed and REVOKED now, never run early.
 -- Not enqueued yet (a later chain step, a chord body): REVOKED now, so it is never enqueued; a chord
 -- whose body is revoked is marked failed, so its header can no longer dispatch the body.
 -- Running: untouched here (terminate is a pub/sub command); the mark stops any retry of it.
 -- The ``revoked:<id>`` mark expires with the result record, so no id stays poisoned.
+-- A Celery-sent job (runtime/celery_consumer.py) also gets Celery's REVOKED record at its result key.
 local p, id, ttl = ARGV[1], ARGV[2], ARGV[3]
 local rkey = p .. ':res:' .. id
 -- 'terminate' also tells the heartbeat of whichever worker runs it to stop it (should the pub/sub
@@ -43,5 +45,11 @@ if removed == 1 or unseen then
     'exc_module', 'tasks_engine.exceptions', 'exc_message', ARGV[5], 'date_done', ARGV[4])
   redis.call('expire', rkey, ttl)
   redis.call('publish', p .. ':done', id)
+  local ok, m = pcall(cjson.decode, msg and string.find(msg, '"celery":', 1, true)
+    and string.sub(msg, string.find(msg, '{', 1, true) or 1) or '')
+  local side = ok and type(m) == 'table' and type(m.headers) == 'table' and m.headers.celery
+  if type(side) == 'table' and type(side.result_key) == 'string' then
+    te_celery_revoked(side.result_key, id, ARGV[5], ARGV[4], ttl)
+  end
 end
 return removed
