@@ -19,7 +19,7 @@ import pytest
 import tasks_engine
 from tasks_engine import exceptions
 from tasks_engine.client import beat as client_beat
-from tasks_engine.client import canvas, results, task
+from tasks_engine.client import canvas, results, sync, task
 from tasks_engine.core import legacy_paths
 from tasks_engine.model import schedules
 from tasks_engine.runtime import worker as runtime_worker
@@ -37,6 +37,8 @@ EXPECTED = {
     "Retry": (type, exceptions.Retry),
     "Signature": (type, canvas.Signature),
     "SoftTimeLimitExceeded": (type, exceptions.SoftTimeLimitExceeded),
+    "SyncGroupResult": (type, sync.SyncGroupResult),
+    "SyncResult": (type, sync.SyncResult),
     "Task": (type, task.Task),
     "TaskError": (type, exceptions.TaskError),
     "TaskRevokedError": (type, exceptions.TaskRevokedError),
@@ -51,6 +53,7 @@ EXPECTED = {
     "get_settings": ("function", None),
     "group": (type, canvas.group),
     "send_task": ("coroutine function", None),
+    "send_task_sync": ("function", None),
     "shared_task": ("function", task.shared_task),
     "signature": ("function", canvas.signature),
     "states": ("module", None),
