@@ -9,6 +9,7 @@ from typing import Any
 
 from tasks_engine.client.beat import configure_beat
 from tasks_engine.client.canvas import Signature, chain, chord, group, signature
+from tasks_engine.client.celery_task import CeleryResult, CeleryTask, celery_task
 from tasks_engine.client.results import AsyncResult, EagerResult, GroupResult
 from tasks_engine.client.sync import SyncGroupResult, SyncResult, apply_sync
 from tasks_engine.client.task import Task, shared_task
@@ -62,6 +63,8 @@ def send_task_sync(
 
 __all__ = [
     "AsyncResult",
+    "CeleryResult",
+    "CeleryTask",
     "ChordError",
     "EagerResult",
     "EngineConnectionError",
@@ -78,6 +81,7 @@ __all__ = [
     "TaskError",
     "TaskRevokedError",
     "TimeLimitExceeded",
+    "celery_task",
     "chain",
     "chord",
     "configure",

@@ -19,7 +19,7 @@ import pytest
 import tasks_engine
 from tasks_engine import exceptions
 from tasks_engine.client import beat as client_beat
-from tasks_engine.client import canvas, results, sync, task
+from tasks_engine.client import canvas, celery_task, results, sync, task
 from tasks_engine.core import legacy_paths
 from tasks_engine.model import schedules
 from tasks_engine.runtime import worker as runtime_worker
@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
     "AsyncResult": (type, results.AsyncResult),
+    "CeleryResult": (type, celery_task.CeleryResult),
+    "CeleryTask": (type, celery_task.CeleryTask),
     "ChordError": (type, exceptions.ChordError),
     "EagerResult": (type, results.EagerResult),
     "EngineSettings": (type, None),
@@ -43,6 +45,7 @@ EXPECTED = {
     "TaskError": (type, exceptions.TaskError),
     "TaskRevokedError": (type, exceptions.TaskRevokedError),
     "TimeLimitExceeded": (type, exceptions.TimeLimitExceeded),
+    "celery_task": ("function", celery_task.celery_task),
     "chain": ("function", canvas.chain),
     "chord": ("function", canvas.chord),
     "configure": ("function", None),

@@ -25,6 +25,7 @@ import structlog
 
 from tasks_engine.client.results import GroupResult
 from tasks_engine.store import loop_broker
+from tasks_engine.store.celery_send import close_clients
 
 log = structlog.get_logger("tasks_engine.sync")
 
@@ -82,6 +83,7 @@ async def _close_client() -> None:
     broker = loop_broker(loop)
     if broker is not None:
         await broker.close()
+    await close_clients(loop)
     others = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
     for task in others:
         task.cancel()
