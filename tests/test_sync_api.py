@@ -76,19 +76,22 @@ def test_fifty_threads_share_the_client(sync_engine: None) -> None:
     assert outcomes == [[n + i for i in range(per_thread)] for n in range(50)]
 
 
-def _our_redis_connections(client: sync_redis.Redis) -> int:
-    """Connections Redis lists (CLIENT LIST) whose peer is a socket of this process."""
+def our_redis_connections(client: sync_redis.Redis, subscribed: bool = False) -> int:
+    """Connections Redis lists (CLIENT LIST) whose peer is a socket of this process (``subscribed``:
+    only those in pub/sub mode)."""
     ours = {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections("tcp") if c.raddr}
     count = 0
     for entry in client.client_list():
         host, _, port = entry["addr"].rpartition(":")
+        if subscribed and not int(entry.get("sub", 0)):
+            continue
         count += (host, int(port)) in ours
     return count
 
 
 def test_connections_stay_bounded_over_a_thousand_calls(sync_engine: None, sync_client: sync_redis.Redis) -> None:
     add.delay_sync(0, 0).get(timeout=10)
-    start = _our_redis_connections(sync_client)
+    start = our_redis_connections(sync_client)
 
     def work(n: int) -> int:
         total = 0
@@ -99,7 +102,7 @@ def test_connections_stay_bounded_over_a_thousand_calls(sync_engine: None, sync_
     with ThreadPoolExecutor(8) as pool:
         totals = list(pool.map(work, range(8)))
     assert totals == [125 * n + sum(range(125)) for n in range(8)]
-    after = _our_redis_connections(sync_client)
+    after = our_redis_connections(sync_client)
     # One pool for the whole process: a few connections in flight at once (8 threads), not one per call.
     assert after <= start + 12, (start, after)
 

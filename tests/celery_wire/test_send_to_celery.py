@@ -7,6 +7,7 @@ from inside Celery. Results come from Celery's own Redis result backend, awaited
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -28,6 +29,7 @@ from tasks_engine.client import sync
 from tasks_engine.core.config import EngineSettings
 from tasks_engine.model.celery_outbound import encode_call
 from tests.conftest import REDIS_URL, ROOT, not_on_cluster, redis_client
+from tests.test_sync_api import our_redis_connections
 
 pytest.importorskip("celery")
 pytestmark = not_on_cluster
@@ -152,6 +154,19 @@ async def test_pending_and_timeout(legacy: Callable[[str], CeleryTask]) -> None:
     with pytest.raises(TimeoutError, match="legacy.add"):
         await unknown.get(timeout=0.3)
     assert time.monotonic() - started < 2
+
+
+async def test_concurrent_gets_share_one_subscription(
+    legacy: Callable[[str], CeleryTask], sync_client: sync_redis.Redis
+) -> None:
+    task = legacy("legacy.request")
+    results = [await task.apply_async([i], countdown=1.5) for i in range(30)]
+    waiting = [asyncio.ensure_future(r.get(timeout=15)) for r in results]
+    await asyncio.sleep(0.5)
+    assert not any(w.done() for w in waiting)
+    assert our_redis_connections(sync_client, subscribed=True) == 1
+    outs = await asyncio.gather(*waiting)
+    assert [o["args"] for o in outs] == [[i] for i in range(30)]
 
 
 def test_sync_send_and_get(celery_side: tuple[str, str], prefix: str) -> None:
