@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +20,7 @@ import redis as sync_redis
 from tasks_engine import SyncGroupResult, SyncResult, configure, group, send_task_sync, states
 from tasks_engine.client import sync
 from tasks_engine.core.config import EngineSettings
+from tests.conftest import ROOT
 from tests.sample_tasks import add, echo_request, fail, sleep
 
 
@@ -90,6 +94,7 @@ def our_redis_connections(client: sync_redis.Redis, subscribed: bool = False) ->
 
 
 def test_connections_stay_bounded_over_a_thousand_calls(sync_engine: None, sync_client: sync_redis.Redis) -> None:
+    before = our_redis_connections(sync_client)  # the test's own client
     add.delay_sync(0, 0).get(timeout=10)
     start = our_redis_connections(sync_client)
 
@@ -105,6 +110,8 @@ def test_connections_stay_bounded_over_a_thousand_calls(sync_engine: None, sync_
     after = our_redis_connections(sync_client)
     # One pool for the whole process: a few connections in flight at once (8 threads), not one per call.
     assert after <= start + 12, (start, after)
+    sync.shutdown()  # closes them (as at exit)
+    assert our_redis_connections(sync_client) == before
 
 
 def test_from_a_thread_while_the_main_thread_runs_a_loop(sync_engine: None) -> None:
@@ -191,3 +198,28 @@ def test_bad_arguments_raise_synchronously_naming_the_task(sync_engine: None) ->
         add.apply_async_sync((1, 2), priority=42)
     with pytest.raises(TypeError, match="demo.echo_request"):
         echo_request.delay_sync(object())  # type: ignore[arg-type]
+
+
+def test_a_script_exits_promptly_and_quietly(prefix: str, sync_client: sync_redis.Redis) -> None:
+    """At exit the loop thread closes its client, even with a thread still blocked in get()."""
+    script = f"""
+import threading
+from tasks_engine import configure
+from tasks_engine.core.config import EngineSettings
+from tests.sample_tasks import add, sleep
+configure(EngineSettings(key_prefix={prefix!r}, beat_enabled=False))
+print(add.delay_sync(1, 2).state)
+waiting = sleep.delay_sync(60)   # no worker: this get() would wait a minute
+threading.Thread(target=waiting.get, daemon=True).start()
+"""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "PENDING"
+    assert done.stderr == ""  # dev mode: no unclosed-resource warning, no "Task was destroyed", no traceback
+    assert time.monotonic() - started < 15
+    keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
+    if keys:
+        sync_client.delete(*keys)

@@ -18,8 +18,9 @@ import atexit
 import concurrent.futures
 import os
 import threading
+import time
 from collections.abc import Coroutine, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NoReturn, Protocol, TypeVar
 
 import structlog
 
@@ -48,12 +49,19 @@ class ResultLike(Protocol):
     async def traceback(self) -> str | None: ...
 
 
+class LoopClosedError(RuntimeError):
+    """A call reached a loop thread that :func:`shutdown` is closing (the caller moves to a new one)."""
+
+
 class LoopThread:
     """An event loop running forever on a daemon thread, for one process."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
+        self.lock = threading.Lock()
+        self.calls: set[concurrent.futures.Future[Any]] = set()
+        self.closing = False
         self.thread = threading.Thread(target=self._run, name="tasks_engine-sync-loop", daemon=True)
         self.thread.start()
 
@@ -63,13 +71,31 @@ class LoopThread:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         # The caller's context variables (a task's request, always_eager) travel with the coroutine.
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self.lock:
+            if self.closing:
+                raise LoopClosedError("the sync client's loop thread is closing")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self.calls.add(future)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future: concurrent.futures.Future[Any]) -> None:
+        with self.lock:
+            self.calls.discard(future)
 
     def close(self, timeout: float) -> None:
-        """Close the loop's Redis client, then stop the loop and its thread."""
+        """Close the loop's Redis client, then stop the loop and its thread — unless another thread is
+        still waiting on a call (a daemon thread in ``get()`` at exit): that one is not failed under it,
+        the loop ends with the process."""
+        with self.lock:
+            busy = len(self.calls)
+            self.closing = not busy
+        if busy:
+            log.debug("sync calls still running; the loop thread is left to end with the process", calls=busy)
+            return
         if self.loop.is_running():
             try:
-                self.submit(_close_client()).result(timeout)
+                asyncio.run_coroutine_threadsafe(_close_client(), self.loop).result(timeout)
             except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise at exit
                 log.warning("sync client did not close cleanly", error=repr(exc))
             self.loop.call_soon_threadsafe(self.loop.stop)
@@ -92,6 +118,8 @@ async def _close_client() -> None:
 
 _lock = threading.Lock()
 _runner: LoopThread | None = None
+_inherited: list[LoopThread] = []
+_exiting = False
 
 
 def _loop_thread() -> LoopThread:
@@ -109,11 +137,24 @@ def _after_fork_in_child() -> None:
     """The parent's loop thread does not exist in a forked child: drop it (untouched, its sockets are
     the parent's) so the child's first call starts its own."""
     global _runner, _lock
+    if _runner is not None:
+        _inherited.append(_runner)  # never collected here: closing its loop would touch the parent's fds
     _runner = None
     _lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _park() -> NoReturn:
+    while True:
+        time.sleep(3600)
+
+
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+    shutdown()
 
 
 def shutdown(timeout: float = _GRACE) -> None:
@@ -125,7 +166,7 @@ def shutdown(timeout: float = _GRACE) -> None:
         runner.close(timeout)
 
 
-atexit.register(shutdown)
+atexit.register(_at_exit)
 
 
 def check_blocking_allowed(what: str) -> None:
@@ -147,7 +188,13 @@ def run(coro: Coroutine[Any, Any, T], what: str, timeout: float | None = None) -
     except RuntimeError:
         coro.close()
         raise
-    future = _loop_thread().submit(coro)
+    try:
+        future = _loop_thread().submit(coro)
+    except LoopClosedError:
+        if _exiting:  # a daemon thread calling at interpreter exit: it ends with the process, quietly
+            coro.close()
+            _park()
+        future = _loop_thread().submit(coro)  # shutdown() swapped in a new loop thread meanwhile
     try:
         return future.result(timeout)
     except concurrent.futures.TimeoutError:
