@@ -20,6 +20,7 @@ import redis as sync_redis
 from tasks_engine import SyncGroupResult, SyncResult, configure, group, send_task_sync, states
 from tasks_engine.client import sync
 from tasks_engine.core.config import EngineSettings
+from tasks_engine.testing import always_eager
 from tests.conftest import ROOT
 from tests.sample_tasks import add, echo_request, fail, sleep
 
@@ -206,6 +207,7 @@ def test_a_script_exits_promptly_and_quietly(prefix: str, sync_client: sync_redi
 import threading
 from tasks_engine import configure
 from tasks_engine.core.config import EngineSettings
+from tasks_engine.testing import always_eager
 from tests.sample_tasks import add, sleep
 configure(EngineSettings(key_prefix={prefix!r}, beat_enabled=False))
 print(add.delay_sync(1, 2).state)
@@ -223,3 +225,19 @@ threading.Thread(target=waiting.get, daemon=True).start()
     keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
     if keys:
         sync_client.delete(*keys)
+
+
+def test_always_eager_and_the_callers_context_reach_the_loop_thread(prefix: str, sync_client: sync_redis.Redis) -> None:
+    """Context variables of the calling thread (here always_eager) travel with the call: no worker runs."""
+    configure(EngineSettings(key_prefix=prefix, beat_enabled=False))
+    try:
+        with always_eager():
+            result = add.delay_sync(2, 2)
+            assert result.get(timeout=1) == 4 and result.state == states.SUCCESS
+        with pytest.raises(TimeoutError):  # outside the block: sent to Redis, where no worker listens
+            add.delay_sync(2, 2).get(timeout=0.2)
+    finally:
+        sync.shutdown()
+        keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
+        if keys:
+            sync_client.delete(*keys)
