@@ -185,6 +185,15 @@ def test_sync_send_and_get(celery_side: tuple[str, str], prefix: str) -> None:
             failed.get(timeout=15)
         assert failed.state == "FAILURE" and failed.failed()
         assert task.SyncResult(results[3].id).get(timeout=1) == 4
+        own_clients = celery_task(
+            "legacy.add",
+            queue=queue,
+            transport_prefix=celery_prefix,
+            backend_prefix=celery_prefix,
+            broker_url=REDIS_URL,  # Celery's broker and backend named by URL: clients of their own
+            backend_url=REDIS_URL,
+        )
+        assert own_clients.delay_sync(40, 2).get(timeout=15) == 42
     finally:
         sync.shutdown()
 
