@@ -147,6 +147,14 @@ async def test_failures_raise_with_the_remote_exception_type(legacy: Callable[[s
     assert isinstance(await custom.get(timeout=1, propagate=False), TaskError)
 
 
+async def test_ignore_result_is_honoured_by_celery(legacy: Callable[[str], CeleryTask]) -> None:
+    task = legacy("legacy.add")
+    ignored = await task.apply_async([1, 1], ignore_result=True)
+    after = await task.delay(2, 2)  # one solo worker, one queue: runs after the ignored one
+    assert await after.get(timeout=15) == 4
+    assert await ignored.state() == "PENDING"  # Celery stored nothing for it
+
+
 async def test_pending_and_timeout(legacy: Callable[[str], CeleryTask]) -> None:
     unknown = legacy("legacy.add").AsyncResult(str(uuid.uuid4()))
     assert await unknown.state() == "PENDING" and await unknown.result() is None
