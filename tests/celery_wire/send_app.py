@@ -59,3 +59,11 @@ def fail(kind: str, message: str) -> None:
     if kind == "value":
         raise ValueError(message)
     raise LedgerError(message)
+
+
+@app.task(name="legacy.flaky", bind=True, max_retries=3)
+def flaky(self: Any, fails: int) -> int:
+    """Retries itself until it has been retried ``fails`` times; returns how many retries it saw."""
+    if self.request.retries < fails:
+        raise self.retry(countdown=0.3)
+    return int(self.request.retries)

@@ -155,6 +155,14 @@ async def test_ignore_result_is_honoured_by_celery(legacy: Callable[[str], Celer
     assert await ignored.state() == "PENDING"  # Celery stored nothing for it
 
 
+async def test_get_waits_through_celery_retries(legacy: Callable[[str], CeleryTask]) -> None:
+    task = legacy("legacy.flaky")
+    retried = await task.delay(2)
+    assert await retried.get(timeout=15) == 2  # RETRY is not ready: get() waits for the final state
+    already = await task.apply_async([2], retries=2)  # the retries header counts: no retry left to make
+    assert await already.get(timeout=15) == 2
+
+
 async def test_pending_and_timeout(legacy: Callable[[str], CeleryTask]) -> None:
     unknown = legacy("legacy.add").AsyncResult(str(uuid.uuid4()))
     assert await unknown.state() == "PENDING" and await unknown.result() is None
