@@ -111,7 +111,7 @@ def encode_call(
         raise ValueError(f"task {name!r}: priority must be an int 0-9 (0 = consumed first), got {priority!r}")
     retries = check_count(name, "retries", options.get("retries", 0))
     eta: datetime | None = None
-    if options.get("countdown") is not None:
+    if options.get("countdown"):  # as Celery: a countdown of 0 is none (an ``eta`` then counts)
         eta = now + timedelta(seconds=check_seconds(name, "countdown", options["countdown"]))
     elif options.get("eta") is not None:
         eta = _moment(name, "eta", options["eta"])

@@ -282,3 +282,9 @@ def test_the_envelope_is_what_kombu_reads(sync_client: sync_redis.Redis) -> None
         assert message.decode() == [[2, 3], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
         assert message.properties["priority"] == 4
         assert message.delivery_info["routing_key"] == "env"
+        assert message.headers["eta"] is None and message.headers["timelimit"] == [None, None]
+    at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    both = encode_call(
+        "legacy.add", [], {}, {"countdown": 0, "eta": at}, task_id="i", now=datetime.now(UTC), origin="o"
+    )
+    assert json.loads(both.envelope)["headers"]["eta"] == at.isoformat()  # a countdown of 0 is none, as Celery
