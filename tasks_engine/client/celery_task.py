@@ -7,6 +7,7 @@ with the same API as a native result (``get``/``state``/``result``/``ready``…)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from datetime import UTC, datetime
@@ -83,7 +84,11 @@ class CeleryResult:
         """Wait for the result (woken by the backend's publish). FAILURE raises the remote exception —
         its own class when imported here, else :class:`tasks_engine.exceptions.TaskError` naming it."""
         check_not_in_task()
-        raw = await self.target.sender().wait(self.id, lambda r: wire.parse_result(r)["status"] in wire.READY, timeout)
+        waiting = self.target.sender().wait(self.id, lambda r: wire.parse_result(r)["status"] in wire.READY, timeout)
+        try:  # whatever Redis does (hangs, drops packets), get(timeout) returns soon after its timeout
+            raw = await (waiting if timeout is None else asyncio.wait_for(waiting, timeout + 1.0))
+        except TimeoutError:
+            raise TimeoutError(f"Celery task {self.id} ({self.target.name}): Redis did not answer") from None
         record = wire.parse_result(raw)
         if record["status"] not in wire.READY:
             raise TimeoutError(f"Celery task {self.id} ({self.target.name}) did not finish within {timeout}s")
