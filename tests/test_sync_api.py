@@ -241,3 +241,17 @@ def test_always_eager_and_the_callers_context_reach_the_loop_thread(prefix: str,
         keys = list(sync_client.scan_iter(match=f"{{{prefix}}}:*", count=1000))
         if keys:
             sync_client.delete(*keys)
+
+
+@pytest.mark.extended
+def test_the_sync_benchmark_runs() -> None:
+    """bench/sync_delay.py at tiny sizes (its figures are in bench/README.md)."""
+    done = subprocess.run(
+        [sys.executable, "bench/sync_delay.py", "--calls", "80", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("ratio sync/async") == 2
