@@ -9,7 +9,6 @@ becomes an aware ``eta`` (and wins over ``eta``), a numeric ``expires`` is secon
 
 from __future__ import annotations
 
-import base64
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,9 @@ from typing import Any
 from tasks_engine.core.codec import dumps, loads
 from tasks_engine.core.ids import new_id
 from tasks_engine.exceptions import TaskRevokedError
+from tasks_engine.model.celery_wire import envelope
 from tasks_engine.model.records import rebuild_exception
+from tasks_engine.model.states import READY_STATES
 from tasks_engine.model.validation import check_count, check_name, check_queue, check_seconds, check_task_name
 
 #: The call options a Celery task accepts from here (Celery's names).
@@ -41,8 +42,8 @@ CELERY_CALL_OPTIONS = frozenset(
         "shadow",
     }
 )
-#: Celery's ready states (a result that will not change), and those whose result is an exception.
-READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+#: Celery's ready states (a result that will not change): the same names as ours.
+READY = READY_STATES
 _RESERVED_HEADERS = frozenset({"task", "id", "lang", "eta", "expires", "retries", "timelimit", "root_id"})
 
 
@@ -131,47 +132,31 @@ def encode_call(
             check_name(name, field, options[field])
     body = b"[" + _json(name, "args", list(args)) + b"," + _json(name, "kwargs", kwargs) + b","
     body += b'{"callbacks":null,"errbacks":null,"chain":null,"chord":null}]'
-    headers: dict[str, Any] = {
-        **extra,
-        "lang": "py",
-        "task": name,
-        "id": task_id,
-        "shadow": options.get("shadow"),
-        "eta": eta.isoformat() if eta else None,
-        "expires": expires.isoformat() if expires else None,
-        "group": None,
-        "group_index": None,
-        "retries": retries,
-        "timelimit": [hard, soft],
-        "root_id": options.get("root_id") or task_id,
-        "parent_id": options.get("parent_id"),
-        "argsrepr": repr(list(args))[:1024],
-        "kwargsrepr": repr(kwargs)[:1024],
-        "origin": origin,
-        "ignore_result": bool(options.get("ignore_result", False)),
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
-    properties: dict[str, Any] = {
-        "correlation_id": task_id,
-        "reply_to": "",
-        "delivery_mode": 2,
-        "delivery_info": {"exchange": "", "routing_key": queue},
-        "priority": priority,
-        "body_encoding": "base64",
-        "delivery_tag": new_id(),  # kombu's ack bookkeeping key: one per message, even for a reused task id
-    }
+    properties: dict[str, Any] = {}
     if expires is not None:  # kombu's per-message TTL, in ms, as Celery sets it
         properties["expiration"] = str(max(0, math.ceil((expires - now).total_seconds() * 1000)))
-    envelope = {
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": properties,
-    }
-    return CeleryMessage(task_id, queue, priority, dumps(envelope))
+    message = envelope(
+        task=name,
+        task_id=task_id,
+        body=body,
+        queue=queue,
+        priority=priority,
+        delivery_tag=new_id(),
+        root_id=options.get("root_id"),
+        parent_id=options.get("parent_id"),
+        eta=eta.isoformat() if eta else None,
+        expires=expires.isoformat() if expires else None,
+        retries=retries,
+        timelimit=(hard, soft),
+        argsrepr=repr(list(args))[:1024],
+        kwargsrepr=repr(kwargs)[:1024],
+        origin=origin,
+        ignore_result=bool(options.get("ignore_result", False)),
+        shadow=options.get("shadow"),
+        extra_headers=extra,
+        extra_properties=properties,
+    )
+    return CeleryMessage(task_id, queue, priority, dumps(message))
 
 
 def parse_result(raw: bytes | str | None) -> dict[str, Any]:
