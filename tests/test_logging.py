@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from tasks_engine import send_task
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, not_on_cluster, worker_env
 
 CLIENT = """
 import logging, sys
@@ -114,7 +114,7 @@ EVENTS = ("structlog warning from a task", "stdlib warning from a task 1", "a wa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("log_format", ["console", "json"])
-@pytest.mark.parametrize("runner", ["tasks-engine", "arq"])
+@pytest.mark.parametrize("runner", ["tasks-engine", pytest.param("arq", marks=not_on_cluster)])
 async def test_a_worker_prints_each_event_once_in_the_chosen_format_on_stderr(
     engine, prefix, tmp_path, sync_client, runner, log_format
 ):
