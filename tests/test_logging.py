@@ -106,6 +106,14 @@ async def fail(n: int) -> int:
 
 
 WorkerSettings = worker_settings()
+
+CUSTOM_LOG = {  # for arq's --custom-log-dict
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"custom": {"class": "logging.StreamHandler", "formatter": "custom"}},
+    "formatters": {"custom": {"format": "CUSTOM %(message)s"}},
+    "loggers": {"arq": {"handlers": ["custom"], "level": "INFO"}},
+}
 '''
 
 EVENTS = ("structlog warning from a task", "stdlib warning from a task 1", "a warning on one of arq's own loggers",
@@ -144,3 +152,21 @@ async def test_a_worker_prints_each_event_once_in_the_chosen_format_on_stderr(
             json.loads(line)  # every line, arq's own included
     else:
         assert not any(line.startswith("{") for line in lines), lines
+
+
+@not_on_cluster
+async def test_arq_custom_log_dict_is_left_to_the_user(engine, prefix, tmp_path, sync_client):
+    (tmp_path / "logapp.py").write_text(LOGGING_APP)
+    argv = [sys.executable, "-m", "arq", "logapp.WorkerSettings", "--custom-log-dict", "logapp.CUSTOM_LOG"]
+    env = worker_env(prefix, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert await (await send_task("logapp.warn", [1])).get(timeout=20) == 1
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+        for key in sync_client.scan_iter(f"{{{prefix}}}:*"):
+            sync_client.delete(key)
+    lines = err.decode().splitlines()
+    assert any(line.startswith("CUSTOM Starting worker") for line in lines), lines  # arq's own line, its way
+    assert sum("a warning on one of arq's own loggers" in line for line in lines) == 1, lines

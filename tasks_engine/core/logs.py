@@ -99,6 +99,9 @@ def configure_logging(settings: EngineSettings | None = None) -> None:
         target.propagate = False  # the host's root handlers would print the same line again
     for noisy in ("asyncio", "arq"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    arq = logging.getLogger("arq")
+    if settings.log_configure_root and arq.handlers:
+        arq.propagate = False  # arq's own handlers (arq's --custom-log-dict) print its lines: not the root's too
     _ARQ_FILTER.threshold = max(level, logging.WARNING)
 
 
@@ -126,8 +129,8 @@ def adopt_arq_cli_logging() -> None:
     """Called by ``worker_settings()``: when arq's CLI is the launcher, this process is an engine worker,
     so its logging is set up now (not at start-up, after arq's first lines) and arq's lines go through
     the engine's handler. Without arq's CLI (a client importing the settings module) it does nothing."""
-    if "arq.cli" not in sys.modules:
-        return
+    if "arq.cli" not in sys.modules or any(arg.startswith("--custom-log-dict") for arg in sys.argv):
+        return  # not arq's CLI, or the user set up arq's logging with their own dictConfig
     settings = get_settings()
     if not settings.log_configure_root:
         return  # the host sets up the root logger (e.g. with arq's --custom-log-dict): arq's lines are its own
