@@ -19,7 +19,7 @@ from redis.connection import parse_url
 
 from tasks_engine.core.config import get_settings
 from tasks_engine.core.context import Hook
-from tasks_engine.core.logs import configure_logging
+from tasks_engine.core.logs import adopt_arq_cli_logging, configure_logging
 from tasks_engine.core.redis_url import parse_redis_url
 from tasks_engine.exceptions import EngineConfigurationError, TaskDefinitionError
 from tasks_engine.model.messages import arq_job_deserializer, arq_job_serializer
@@ -98,6 +98,7 @@ def worker_settings(
             f"worker_settings(): {', '.join(refused)} cannot be set: the engine runs the jobs itself and needs "
             "arq's own queue, serializer and hooks as it sets them (use on_startup/on_shutdown, queues, max_jobs)"
         )
+    adopt_arq_cli_logging()  # under arq's CLI: the engine's format for arq's lines too, from the first one
     for module in imports or []:
         importlib.import_module(module)
     settings = get_settings()
