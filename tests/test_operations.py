@@ -65,6 +65,7 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+@pytest.mark.serial  # timing-sensitive: runs alone after the parallel run
 async def test_inspect_shows_running_scheduled_and_waiting_jobs_and_workers(engine, spawn_worker, prefix):
     spawn_worker(imports=IMPORTS)
     running = await bad.slow_step.delay("inspect", 8.0)
