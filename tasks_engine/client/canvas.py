@@ -362,6 +362,8 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
         header_result = self.header.freeze_under(None)
         body_result = body.freeze_under(header_result)
         self.push_down()
+        if not ctx.nx:  # sent by a client: the body's later steps are checked now (its plan below is nx)
+            body.check_waiting()
         body_ctx = replace(ctx, group_id=None)
         if not self.header.tasks:
             body.plan_into([[]], body_ctx, plan)
