@@ -81,6 +81,16 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def confirm(question: str) -> None:
+    """Ask on the terminal; no (or no terminal to ask on) is exit 2 with nothing changed."""
+    try:
+        answered = typer.confirm(question, err=True)
+    except typer.Abort:  # end of input: nobody to answer
+        answered = False
+    if not answered:
+        fail("not confirmed, nothing changed (--yes skips the question)", EXIT_USAGE)
+
+
 class Commands(TyperGroup):
     """The ``tasks-engine`` group: a bad configuration (settings read from the environment when the app
     is imported, or later) is one line and exit 2 in every subcommand, never a traceback."""
@@ -296,8 +306,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Delete dead letters for good."""
         targets = _targets(ids, all_, task, "drop")
-        if targets is None and not yes and not typer.confirm("Drop these dead letters for good?", err=True):
-            raise typer.Exit(EXIT_USAGE)
+        if targets is None and not yes:
+            confirm("Drop these dead letters for good?")
         dropped = run(app_module, lambda: control.drop_dead(targets, task))
         emit({"dropped": dropped} if as_json else f"dropped {dropped} dead letter(s)", as_json)
         if not dropped:
@@ -370,8 +380,8 @@ def register(app: typer.Typer) -> None:
         names = [q.strip() for q in ([queue] if queue else []) + (queues.split(",") if queues else []) if q.strip()]
         if not names:
             raise typer.BadParameter("name the queues to purge: QUEUE or -Q a,b")
-        if not yes and not typer.confirm(f"Delete every ready job of {', '.join(names)}?", err=True):
-            raise typer.Exit(EXIT_USAGE)
+        if not yes:
+            confirm(f"Delete every ready job of {', '.join(names)}?")
 
         async def purge_all() -> dict[str, int]:
             return {name: await control.purge(name) for name in names}

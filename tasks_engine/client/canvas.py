@@ -362,8 +362,6 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
         header_result = self.header.freeze_under(None)
         body_result = body.freeze_under(header_result)
         self.push_down()
-        if not ctx.nx:  # sent by a client: the body's later steps are checked now (its plan below is nx)
-            body.check_waiting()
         body_ctx = replace(ctx, group_id=None)
         if not self.header.tasks:
             body.plan_into([[]], body_ctx, plan)
@@ -375,6 +373,8 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
         # As in Celery, the body is sent by a header task: it is its parent (here: the last one).
         body_ctx = replace(body_ctx, nx=True, partial=True, parent_id=header_result.leaves()[-1].id)
         body.plan_into([CHORD_RESULTS], body_ctx, sub)
+        if not ctx.nx:  # sent by a client: the body's later steps too (its own plan above is nx)
+            body.check_waiting()
         plan.groups.extend(sub.groups)
         plan.chords.extend(sub.chords)
         # If a header task fails, Lua marks the body FAILURE and enqueues this one job, which fails the steps
