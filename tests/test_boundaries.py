@@ -85,13 +85,16 @@ async def run(argv: list[str], url: str, prefix: str, timeout: float) -> tuple[i
         *argv, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    readers = asyncio.gather(proc.stdout.read(), proc.stderr.read())  # kept whole when the process is stopped
+    code: int | None = None
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        code = await asyncio.wait_for(proc.wait(), timeout)
     except TimeoutError:
         proc.terminate()
-        out, err = await proc.communicate()
-        return None, out.decode(), err.decode()
-    return proc.returncode, out.decode(), err.decode()
+        await proc.wait()
+    out, err = await readers
+    return code, out.decode(), err.decode()
 
 
 async def run_all(cases: list[tuple[str, str, str]], prefix: str, timeout: float) -> dict[tuple[str, str], Any]:

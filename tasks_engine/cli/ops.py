@@ -1,8 +1,10 @@
 """The operations commands of ``tasks-engine``: status, inspect, ping, dead letters, retry, call, purge.
 
 Every command that prints data takes ``--json`` (one JSON document on stdout) and prints a table
-otherwise; log lines go to stderr. Exit codes: 0 done, 1 nothing matched (``ping``: no healthy
-worker), 2 bad input, 3 Redis unreachable (one line naming the redacted URL, never a traceback).
+otherwise (never a Python repr); log lines go to stderr. Exit codes, the same in every command:
+0 done (a listing may be empty), 1 the ids, pattern, queues or filter given matched nothing (``ping``:
+no healthy worker), 2 bad input, a bad setting or a refused confirmation, 3 Redis unreachable (one
+line naming the redacted URL, never a traceback).
 """
 
 from __future__ import annotations
