@@ -86,15 +86,25 @@ async def run(argv: list[str], url: str, prefix: str, timeout: float) -> tuple[i
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(proc.stdout.read(), proc.stderr.read())  # kept whole when the process is stopped
+    stderr = proc.stderr
+    err = bytearray()
+
+    async def read_stderr() -> None:  # line by line: a long-running process is stopped once it reported
+        async for line in stderr:
+            err.extend(line)
+            if len(err.splitlines()) >= 3:
+                return
+
+    out_reader = asyncio.ensure_future(proc.stdout.read())
     code: int | None = None
     try:
-        code = await asyncio.wait_for(proc.wait(), timeout)
+        await asyncio.wait_for(read_stderr(), timeout)
+        code = await asyncio.wait_for(proc.wait(), 0.5 if err else timeout)
     except TimeoutError:
         proc.terminate()
         await proc.wait()
-    out, err = await readers
-    return code, out.decode(), err.decode()
+    err.extend(await stderr.read())
+    return code, (await out_reader).decode(), err.decode()
 
 
 async def run_all(cases: list[tuple[str, str, str]], prefix: str, timeout: float) -> dict[tuple[str, str], Any]:
