@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from tasks_engine.client.eager import run_call
-from tasks_engine.client.plan import Context, Plan, as_list, aware, build_enqueue
+from tasks_engine.client.plan import Context, Plan, as_list, aware, build_enqueue, check_call_options, check_errback
 from tasks_engine.client.results import AsyncResult
 from tasks_engine.client.sync import apply_sync
 from tasks_engine.core.config import get_settings
@@ -207,8 +207,12 @@ class Signature:
             task.prepare_args(list(self.args), dict(self.kwargs), complete=True)
         elif task is not None:
             task.arguments.prepare_after_value(list(self.args), dict(self.kwargs), "after its parent's result")
+        if not self.parts():  # a workflow's options are pushed down to its parts, checked there
+            check_call_options(self)
         for callback in as_list(self.options.get("link")):
             callback.check_waiting()
+        for errback in as_list(self.options.get("link_error")):
+            check_errback(errback)
 
     # -- ids --
     def freeze(

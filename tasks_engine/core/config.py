@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tasks_engine.core.redis_url import RedisTarget, RedisURLError, parse_redis_url
+from tasks_engine.core.redis_url import RedisTarget, RedisURLError, parse_redis_url, redacted, shows_secret
 
 
 class EngineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TE_", extra="ignore", env_file=None)
+    # pydantic quotes the input in its errors (``input_value=``): here that is the environment, URLs
+    # with passwords and the signing key among it. Errors name the variable and the reason only.
+    model_config = SettingsConfigDict(env_prefix="TE_", extra="ignore", env_file=None, hide_input_in_errors=True)
 
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
@@ -58,7 +60,9 @@ class EngineSettings(BaseSettings):
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve /metrics, /healthz and /readyz on this port (worker)."
     )
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = Field(
+        default="0.0.0.0", description="Address metrics_port binds: every interface unless set (127.0.0.1: local)."
+    )
     allow_eviction: bool = Field(
         default=False, description="Start even if Redis may evict keys (maxmemory-policy other than noeviction)."
     )
@@ -119,6 +123,16 @@ class EngineSettings(BaseSettings):
             )
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: SecretStr) -> SecretStr:
+        url = value.get_secret_value()
+        try:
+            parse_redis_url(url)
+        except RedisURLError as exc:
+            raise ValueError(url_error_message(exc, url)) from None
+        return value
+
     @model_validator(mode="after")
     def _redis_url_is_readable(self) -> EngineSettings:
         target = self.redis_target
@@ -129,10 +143,30 @@ class EngineSettings(BaseSettings):
     @property
     def redis_target(self) -> RedisTarget:
         """Where Redis is (one server, Sentinel or Cluster), parsed from ``redis_url``."""
+        url = self.redis_url.get_secret_value()
         try:
-            return parse_redis_url(self.redis_url.get_secret_value(), cluster=self.redis_cluster)
+            return parse_redis_url(url, cluster=self.redis_cluster)
         except RedisURLError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(url_error_message(exc, url)) from None
+
+
+def url_error_message(exc: RedisURLError, url: str) -> str:
+    """The parser's reason, unless it would show a piece of the URL's credentials (a malformed URL can
+    put a password where a host name or port is expected): then a reason that quotes nothing."""
+    message = str(exc)
+    if shows_secret(message, url):
+        return "REDIS_URL is not a usable Redis URL (details withheld: they would show part of its credentials)"
+    return message
+
+
+def settings_error_message(exc: ValidationError) -> str:
+    """A settings ``ValidationError`` as one line: each variable and what is wrong with it (no input)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        where = ".".join(str(part) for part in error["loc"])
+        reason = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {reason}" if where and not reason.startswith(where) else reason)
+    return f"invalid settings ({exc.title}): " + "; ".join(problems)
 
 
 _settings: EngineSettings | None = None
@@ -156,17 +190,5 @@ def configure(settings: EngineSettings | None = None, **overrides: Any) -> Engin
 
 
 def redacted_url(settings: EngineSettings | None = None) -> str:
-    """The Redis URL without its password (in the userinfo or a ``?password=`` query), fit for logs."""
-    url = (settings or get_settings()).redis_url.get_secret_value()
-    scheme, sep, rest = url.partition("://")
-    rest, qmark, query = rest.partition("?")
-    if "@" in rest:
-        creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        rest = f"{user + ':' if user else ''}***@{host}"
-    if query:
-        query = "&".join(
-            f"{part.partition('=')[0]}=***" if part.partition("=")[0].lower().endswith("password") else part
-            for part in query.split("&")
-        )
-    return f"{scheme}{sep}{rest}{qmark}{query}"
+    """The Redis URL fit for logs: its userinfo (whatever its form) and password options are ``***``."""
+    return redacted((settings or get_settings()).redis_url.get_secret_value())
