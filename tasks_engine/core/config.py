@@ -38,21 +38,25 @@ class EngineSettings(BaseSettings):
     redis_socket_timeout: float = Field(
         default=10.0, gt=0, description="Seconds any one Redis command may take before it counts as an outage."
     )
-    default_queue: str = "default"
-    default_priority: int = Field(default=5, ge=0, le=9)
+    default_queue: str = Field(default="default", description="Queue of a task that names none (and no route matches).")
+    default_priority: int = Field(default=5, ge=0, le=9, description="Priority of a call that sets none; 0 runs first.")
     result_expires: int = Field(default=86_400, description="Seconds a result record is kept.")
     task_routes: dict[str, str] = Field(default_factory=dict, description="glob -> queue")
     # Task defaults (the seed application's values are set in settings.py).
-    task_time_limit: float | None = None
-    task_soft_time_limit: float | None = None
-    task_max_retries: int | None = 3
-    task_default_retry_delay: float = 180.0
+    task_time_limit: float | None = Field(default=None, description="Hard limit (s) of a task that sets none.")
+    task_soft_time_limit: float | None = Field(
+        default=None, description="Soft limit (s) of a task that sets none: SoftTimeLimitExceeded is raised in it."
+    )
+    task_max_retries: int | None = Field(default=3, description="max_retries of a task that sets none; None: no limit.")
+    task_default_retry_delay: float = Field(
+        default=180.0, description="Countdown (s) of retry() without one, as Celery's default_retry_delay."
+    )
     max_payload_bytes: int = Field(default=1_000_000, description="Largest accepted message.")
     task_always_eager: bool = Field(
         default=False, description="Celery's switch: delay()/apply_async() run in-process (tests), no Redis."
     )
     # Worker.
-    max_jobs: int = 50
+    max_jobs: int = Field(default=50, description="Jobs one worker process runs at once (its concurrency).")
     lease_seconds: float = Field(default=10.0, gt=0, description="A dead worker's jobs return after this.")
     max_deliveries: int = Field(
         default=5, ge=1, description="Deliveries of one attempt that never finish before it is dead-lettered."
@@ -66,21 +70,29 @@ class EngineSettings(BaseSettings):
     allow_eviction: bool = Field(
         default=False, description="Start even if Redis may evict keys (maxmemory-policy other than noeviction)."
     )
-    heartbeat_seconds: float = 2.0
-    shutdown_grace_seconds: float = 30.0
+    heartbeat_seconds: float = Field(default=2.0, description="How often a worker renews its leases and heartbeat.")
+    shutdown_grace_seconds: float = Field(
+        default=30.0, description="On SIGTERM, running jobs get this long to finish before they are put back."
+    )
     blocked_loop_seconds: float = Field(default=1.0, description="Warn when the loop stalls longer.")
-    max_tasks_per_child: int | None = None
-    max_memory_per_child_kb: int | None = None
+    max_tasks_per_child: int | None = Field(
+        default=None, description="A supervised worker process is replaced after this many jobs."
+    )
+    max_memory_per_child_kb: int | None = Field(
+        default=None, description="A supervised worker process is replaced once its RSS passes this (KiB)."
+    )
     enqueue_wait_seconds: float = Field(
         default=0.0, description="How long delay() retries while Redis is unreachable before raising."
     )
     # Periodic jobs.
-    timezone: str = "UTC"
-    beat_enabled: bool = True
-    beat_run_missed: bool = True
+    timezone: str = Field(default="UTC", description="Time zone of crontab schedules (an IANA name).")
+    beat_enabled: bool = Field(default=True, description="Workers schedule the periodic jobs (each tick runs once).")
+    beat_run_missed: bool = Field(
+        default=True, description="A tick missed while no worker ran runs once at start-up (never a backlog)."
+    )
     # Logging and security.
-    log_format: Literal["console", "json"] = "console"
-    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = Field(default="console", description="console (text) or json lines.")
+    log_level: str = Field(default="INFO", description="Level of the engine's log lines.")
     log_configure_root: bool = Field(
         default=True, description="A worker sets up the root logger; false: only the engine's own loggers."
     )
