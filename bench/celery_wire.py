@@ -164,6 +164,7 @@ def start_worker(cfg: Config, engine: str, workers: common.Workers) -> None:
 
 
 def drain(cfg: Config, engine: str, sender: Celery, round_: int = 1) -> dict[str, Any]:
+    """Send N + 1 messages with no worker running, then drain them with ``engine``'s worker (module docstring)."""
     clean(cfg)
     client = common.sync_redis(cfg.db)
     workers = common.Workers(cfg.logdir, f"{engine}-r{round_}")
