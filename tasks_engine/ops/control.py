@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import time
 from typing import Any
 
@@ -111,8 +112,8 @@ def describe(raw: bytes | None, width: int = 120) -> dict[str, Any]:
 def _json_text(value: Any) -> str:
     """Arguments as JSON, as they were sent (not Python reprs, in the table and in ``--json`` alike)."""
     try:
-        return dumps(value).decode()
-    except TypeError:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
         return repr(value)
 
 
