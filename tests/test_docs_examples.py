@@ -2,7 +2,9 @@
 
 The pages include these files (``docs/examples/*.py``, pymdownx.snippets), so an example that stops
 working fails here before a reader finds out. Getting started runs as the page says: a
-``tasks-engine worker -A getting_started`` process and ``python getting_started.py`` beside it.
+``tasks-engine worker -A getting_started`` process and ``python getting_started.py`` beside it; the
+Celery migration likewise: an unchanged Celery producer (``celery_app.py``) and a moved one
+(``migrating.py``) served by one ``tasks-engine worker -A migrating`` process consuming Celery's queues.
 The others run their ``main()`` against a worker in this test's loop; ``testing.py`` is run by
 pytest itself, with the plugin's ``tasks_engine_worker`` fixture.
 """
@@ -51,7 +53,9 @@ def _forget_the_example_schedule() -> Iterator[None]:
 
 def test_every_example_file_is_run_by_a_test() -> None:
     files = {p.stem for p in EXAMPLES.glob("*.py")}
-    assert files == {*WITH_WORKER, "getting_started", "testing"}, "add the new example to this module"
+    assert files == {*WITH_WORKER, "getting_started", "testing", "celery_app", "migrating"}, (
+        "add the new example to this module"
+    )
 
 
 @pytest.mark.parametrize("name", WITH_WORKER)
@@ -107,4 +111,41 @@ def test_getting_started_as_the_page_says(prefix: str, sync_client) -> None:  # 
     finally:
         worker.terminate()
         worker.wait(15)
+    configure(EngineSettings())
+
+
+def wait_for_worker(worker: subprocess.Popen[bytes], sync_client, prefix: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 20
+    while not list(sync_client.scan_iter(f"{{{prefix}}}:worker:*")):
+        assert worker.poll() is None, worker.stderr.read().decode() if worker.stderr else ""
+        assert time.monotonic() < deadline, "the worker never announced itself"
+        time.sleep(0.1)
+
+
+def test_celery_migration_as_the_page_says(prefix: str, sync_client) -> None:  # type: ignore[no-untyped-def]
+    """Step 2: the unchanged Celery producer's jobs (both queues) run on a tasks_engine worker and Celery's
+    AsyncResult reads them; step 3: the same worker runs the moved producer's native jobs."""
+    celery_prefix = f"{prefix}-celery-"
+    env = worker_env(prefix, CELERY_KEY_PREFIX=celery_prefix, TE_CELERY_QUEUES="celery,admin",
+                     TE_CELERY_TRANSPORT_PREFIX=celery_prefix, TE_CELERY_RESULT_PREFIX=celery_prefix)  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tasks_engine.cli", "worker", "-A", "migrating", "-Q", "default,admin"],
+        cwd=EXAMPLES, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for_worker(worker, sync_client, prefix)
+        for script, first in (("celery_app.py", "success"), ("migrating.py", "success")):
+            sent = subprocess.run(
+                [sys.executable, script], cwd=EXAMPLES, env=env, capture_output=True, text=True, timeout=60
+            )
+            assert sent.returncode == 0, f"{script}: {sent.stderr[-2000:]}"
+            assert sent.stdout.splitlines() == [first, "{'processed': 2}", "SUCCESS"], (script, sent.stdout)
+        assert sync_client.llen(f"{celery_prefix}celery") == 0 and sync_client.llen(f"{celery_prefix}admin") == 0
+        assert not sync_client.hlen(f"{celery_prefix}unacked")  # every Celery message acknowledged
+    finally:
+        worker.terminate()
+        worker.wait(15)
+        keys = list(sync_client.scan_iter(match=f"{celery_prefix}*", count=1000))
+        if keys:
+            sync_client.delete(*keys)
     configure(EngineSettings())
