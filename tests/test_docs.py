@@ -93,6 +93,11 @@ def test_cli_reference_has_every_command(site: Path) -> None:
 def test_pages_show_the_examples_charts_and_screenshot(site: Path) -> None:
     assert "async def add(x: int, y: int)" in re.sub(r"<[^>]+>", "", page(site, "getting-started"))
     assert "快速上手" in page(site, "zh/getting-started")
+    for migration in ("migrating-from-celery", "zh/migrating-from-celery"):  # both languages show both examples
+        text = re.sub(r"<[^>]+>", "", page(site, migration))
+        assert 'Celery("admin", broker=REDIS_URL' in text.replace("&quot;", '"'), migration
+        assert "async def send_email_task(" in text, migration
+    assert "TE_CELERY_QUEUES" in page(site, "production/celery-wire")
     bench = page(site, "benchmarks")
     for chart in ("peers.svg", "latency.svg", "cluster.svg"):
         assert f'src="../charts/{chart}"' in bench and (site / "charts" / chart).exists()

@@ -126,8 +126,14 @@ def test_celery_migration_as_the_page_says(prefix: str, sync_client) -> None:  #
     """Step 2: the unchanged Celery producer's jobs (both queues) run on a tasks_engine worker and Celery's
     AsyncResult reads them; step 3: the same worker runs the moved producer's native jobs."""
     celery_prefix = f"{prefix}-celery-"
-    env = worker_env(prefix, CELERY_KEY_PREFIX=celery_prefix, TE_CELERY_QUEUES="celery,admin",
-                     TE_CELERY_TRANSPORT_PREFIX=celery_prefix, TE_CELERY_RESULT_PREFIX=celery_prefix)  # fmt: skip
+    env = worker_env(
+        prefix,
+        CELERY_KEY_PREFIX=celery_prefix,  # the Celery app's global_keyprefix, and the worker's settings for it
+        TE_CELERY_TRANSPORT_PREFIX=celery_prefix,
+        TE_CELERY_RESULT_PREFIX=celery_prefix,
+        TE_CELERY_QUEUES="celery,admin",
+        TE_CELERY_VISIBILITY_TIMEOUT=7200,
+    )
     worker = subprocess.Popen(
         [sys.executable, "-m", "tasks_engine.cli", "worker", "-A", "migrating", "-Q", "default,admin"],
         cwd=EXAMPLES, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -19,7 +19,7 @@ app.conf.update(
     accept_content=["json"],
     result_serializer="json",
     task_track_started=True,
-    broker_transport_options={"global_keyprefix": PREFIX, "visibility_timeout": 3600},  # > the longest task
+    broker_transport_options={"global_keyprefix": PREFIX, "visibility_timeout": 7200},  # > longest task and countdown
     result_backend_transport_options={"global_keyprefix": PREFIX},
     broker_connection_retry_on_startup=True,
 )

@@ -1,7 +1,7 @@
 """The same two tasks ported to tasks_engine, under the names Celery's producers send.
 
 A worker that runs them from tasks_engine's queues and from Celery's, beside the Celery workers:
-    TE_CELERY_QUEUES=celery,admin tasks-engine worker -A migrating -Q default,admin
+    TE_CELERY_QUEUES=celery,admin TE_CELERY_VISIBILITY_TIMEOUT=7200 tasks-engine worker -A migrating -Q default,admin
 A producer moved to tasks_engine (an async service):
     python migrating.py
 """
