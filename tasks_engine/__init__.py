@@ -9,7 +9,9 @@ from typing import Any
 
 from tasks_engine.client.beat import configure_beat
 from tasks_engine.client.canvas import Signature, chain, chord, group, signature
+from tasks_engine.client.celery_task import CeleryResult, CeleryTask, celery_task
 from tasks_engine.client.results import AsyncResult, EagerResult, GroupResult
+from tasks_engine.client.sync import SyncGroupResult, SyncResult, apply_sync
 from tasks_engine.client.task import Task, shared_task
 from tasks_engine.core import legacy_paths
 from tasks_engine.core.config import EngineSettings, configure, get_settings
@@ -48,8 +50,21 @@ async def send_task(
     return result
 
 
+def send_task_sync(
+    name: str,
+    args: list[object] | tuple[object, ...] | None = None,
+    kwargs: dict[str, object] | None = None,
+    **options: object,
+) -> SyncResult[Any]:
+    """Blocking :func:`send_task`, for code that cannot await; returns a :class:`SyncResult`."""
+    result: SyncResult[Any] = apply_sync(send_task(name, args, kwargs, **options), f"send_task_sync({name!r})")
+    return result
+
+
 __all__ = [
     "AsyncResult",
+    "CeleryResult",
+    "CeleryTask",
     "ChordError",
     "EagerResult",
     "EngineConnectionError",
@@ -60,10 +75,13 @@ __all__ = [
     "Retry",
     "Signature",
     "SoftTimeLimitExceeded",
+    "SyncGroupResult",
+    "SyncResult",
     "Task",
     "TaskError",
     "TaskRevokedError",
     "TimeLimitExceeded",
+    "celery_task",
     "chain",
     "chord",
     "configure",
@@ -72,6 +90,7 @@ __all__ = [
     "get_settings",
     "group",
     "send_task",
+    "send_task_sync",
     "shared_task",
     "signature",
     "states",

@@ -15,6 +15,7 @@ from tasks_engine.client.beat import Beat, add_entry, entries, view
 from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.store import get_broker
 from tests.conftest import ROOT, not_on_cluster, worker_env
+from tests.topology import data_server, free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +151,34 @@ def test_arq_worker_settings_runs_the_jobs_packages_periodic_entries(prefix, syn
     assert proc.returncode == 0, out.decode()[-2000:]
     for key in sync_client.scan_iter(f"{{{prefix}}}:*"):
         sync_client.delete(key)
+
+
+async def test_beat_backs_off_while_redis_is_out_of_memory_and_logs_the_outage_once(prefix, tmp_path):
+    """A transient OOM (every write refused): beat used to retry its due tick every 5 ms, ~500 lines in
+    3 s. Now it backs off, says so once, and once more with the count of tries when Redis is back."""
+    server = data_server(tmp_path / "redis", free_port(), "--maxmemory-policy", "noeviction").start()
+    client = server.client()
+    env = worker_env(prefix, REDIS_URL=f"redis://127.0.0.1:{server.port}/0", TE_BEAT_ENABLED="true",
+                     BEAT_TEST_EVERY_SECOND="1")  # fmt: skip
+    ticks = f"{{{prefix}}}:beat-log:second"
+    argv = [sys.executable, "-m", "tasks_engine.cli", "worker", "--app", "none", "-I", "tests.beat_tasks"]
+    with open(tmp_path / "worker.log", "wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: client.llen(ticks) >= 1, 20, "a first tick")
+        client.config_set("maxmemory", 1)  # every write now fails with OOM
+        await asyncio.sleep(3)
+        client.config_set("maxmemory", 0)
+        after_outage = client.llen(ticks)
+        wait_until(lambda: client.llen(ticks) > after_outage, 15, "ticks again after the outage")
+    finally:
+        proc.kill()
+        proc.wait()
+        server.stop()
+    lines = (tmp_path / "worker.log").read_text().splitlines()
+    beat_lines = [line for line in lines if "[tasks_engine.beat]" in line and "periodic job sent" not in line]
+    assert sum("beat cannot reach redis" in line for line in beat_lines) == 1, beat_lines
+    (back,) = [line for line in beat_lines if "beat reached redis again" in line]
+    tries = int(back.split("failed_tries=")[1].split()[0])
+    assert 2 <= tries <= 12, back  # 0.1 s doubling up to 5 s over ~3 s: about 5
+    assert len(beat_lines) == 2, beat_lines

@@ -76,6 +76,7 @@ async def test_unknown_id_is_pending(engine):
     assert await AsyncResult("does-not-exist").state() == "PENDING"
 
 
+@pytest.mark.serial  # timing-sensitive: runs alone after the parallel run
 async def test_get_wakes_within_10ms_of_finish(worker):
     r = await t.sleep.delay(0.3)
     await asyncio.sleep(0.05)

@@ -64,6 +64,13 @@ def test_settings_reference_lists_every_field_with_its_variable(site: Path) -> N
     assert "Seconds a result record is kept." in html  # descriptions come from the model
 
 
+def test_every_setting_says_what_it_does() -> None:
+    """The reference table's text is each field's description: a new setting without one fails here."""
+    for model in (EngineSettings, DashboardSettings):
+        silent = [name for name, field in model.model_fields.items() if not field.description]
+        assert not silent, f"{model.__name__}: add description= to {silent}"
+
+
 def test_cli_reference_has_every_command(site: Path) -> None:
     import typer
 

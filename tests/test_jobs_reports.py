@@ -171,6 +171,7 @@ async def test_invalid_report_request_fails_without_retry(prefix, tmp_path, clea
         await w.stop(grace=1)
 
 
+@pytest.mark.serial  # timing-sensitive: runs alone after the parallel run
 @pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 async def test_soft_time_limit_removes_partial_file(prefix, tmp_path, cleanup, big_db, fmt):
     """Stopped by its soft time limit mid-way: FAILURE (SoftTimeLimitExceeded), and no partial file is left —

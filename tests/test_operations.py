@@ -65,6 +65,7 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+@pytest.mark.serial  # timing-sensitive: runs alone after the parallel run
 async def test_inspect_shows_running_scheduled_and_waiting_jobs_and_workers(engine, spawn_worker, prefix):
     spawn_worker(imports=IMPORTS)
     running = await bad.slow_step.delay("inspect", 8.0)
@@ -73,7 +74,7 @@ async def test_inspect_shows_running_scheduled_and_waiting_jobs_and_workers(engi
     await wait_for(lambda: _started(running), 10)
     active = await cli_json(prefix, "inspect", "active")
     assert [(j["id"], j["task"]) for j in active] == [(running.id, "bad.slow_step")]
-    assert "'inspect'" in active[0]["args"] and active[0]["worker"] and active[0]["started"]
+    assert '"inspect"' in active[0]["args"] and active[0]["worker"] and active[0]["started"]
     scheduled = await cli_json(prefix, "inspect", "scheduled")
     assert [(j["id"], j["task"], j["queue"]) for j in scheduled] == [(later.id, "demo.add", "default")]
     reserved = await cli_json(prefix, "inspect", "reserved")

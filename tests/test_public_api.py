@@ -19,7 +19,7 @@ import pytest
 import tasks_engine
 from tasks_engine import exceptions
 from tasks_engine.client import beat as client_beat
-from tasks_engine.client import canvas, results, task
+from tasks_engine.client import canvas, celery_task, results, sync, task
 from tasks_engine.core import legacy_paths
 from tasks_engine.model import schedules
 from tasks_engine.runtime import worker as runtime_worker
@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 EXPECTED = {
     "AsyncResult": (type, results.AsyncResult),
+    "CeleryResult": (type, celery_task.CeleryResult),
+    "CeleryTask": (type, celery_task.CeleryTask),
     "ChordError": (type, exceptions.ChordError),
     "EagerResult": (type, results.EagerResult),
     "EngineSettings": (type, None),
@@ -37,10 +39,13 @@ EXPECTED = {
     "Retry": (type, exceptions.Retry),
     "Signature": (type, canvas.Signature),
     "SoftTimeLimitExceeded": (type, exceptions.SoftTimeLimitExceeded),
+    "SyncGroupResult": (type, sync.SyncGroupResult),
+    "SyncResult": (type, sync.SyncResult),
     "Task": (type, task.Task),
     "TaskError": (type, exceptions.TaskError),
     "TaskRevokedError": (type, exceptions.TaskRevokedError),
     "TimeLimitExceeded": (type, exceptions.TimeLimitExceeded),
+    "celery_task": ("function", celery_task.celery_task),
     "chain": ("function", canvas.chain),
     "chord": ("function", canvas.chord),
     "configure": ("function", None),
@@ -51,6 +56,7 @@ EXPECTED = {
     "get_settings": ("function", None),
     "group": (type, canvas.group),
     "send_task": ("coroutine function", None),
+    "send_task_sync": ("function", None),
     "shared_task": ("function", task.shared_task),
     "signature": ("function", canvas.signature),
     "states": ("module", None),

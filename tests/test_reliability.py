@@ -76,6 +76,7 @@ async def test_idempotent_task_id_runs_once_and_effect_markers(engine, worker):
     assert int(await broker.redis.get(broker.key("test-charges", "order-1"))) == 1
 
 
+@pytest.mark.serial  # timing-sensitive: runs alone after the parallel run
 async def test_effect_marker_survives_redelivery(engine, spawn_worker):
     doomed = spawn_worker()
     r = await t.effect_once.delay("mail")

@@ -280,6 +280,7 @@ async def test_autoretry_backoff_countdowns_match_celery(worker, monkeypatch, ta
     assert info["state"] == states.FAILURE and info["retries"] == 3 and info["exc_type"] == "ConnectionError"
 
 
+@pytest.mark.serial  # timing-sensitive: runs alone after the parallel run
 async def test_jitter_draws_uniformly_up_to_the_capped_countdown(worker, monkeypatch):
     drawn: list[int] = []
 

@@ -38,6 +38,7 @@ def kinds(entries: list[dict[str, Any]], task: str) -> list[str]:
     return [e["kind"] for e in entries if e.get("task") == task]
 
 
+@pytest.mark.serial  # timing-sensitive: runs alone after the parallel run
 async def test_handlers_and_signals_on_success_failure_and_retry(engine, spawn_worker):
     proc = spawn_worker(imports="tests.hooks_tasks")
     assert await (await h.ok.delay("hi")).get(timeout=10) == "HI"

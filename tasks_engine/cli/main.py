@@ -25,7 +25,12 @@ from tasks_engine.ops import control
 from tasks_engine.runtime.worker import Worker
 from tasks_engine.version import __version__
 
-app = typer.Typer(help="Celery's task model on asyncio, arq and Redis.", no_args_is_help=True)
+app = typer.Typer(
+    help="Celery's task model on asyncio, arq and Redis.",
+    no_args_is_help=True,
+    cls=cli_ops.Commands,
+    pretty_exceptions_show_locals=False,  # locals hold settings and URLs: never print them
+)
 console = Console()
 cli_ops.register(app)
 
@@ -72,6 +77,9 @@ def worker(
     metrics_port: Annotated[
         int | None, typer.Option(help="serve /metrics, /healthz, /readyz here (with -c N: port, port+1, …)")
     ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option(help="address the metrics port binds (default 0.0.0.0: every interface)")
+    ] = None,
     beat: Annotated[bool, typer.Option(help="also schedule periodic jobs (safe on every worker)")] = True,
     child: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
@@ -89,6 +97,8 @@ def worker(
         overrides["max_tasks_per_child"] = max_tasks_per_child
     if max_memory_per_child is not None:
         overrides["max_memory_per_child_kb"] = max_memory_per_child
+    if metrics_host is not None:
+        overrides["metrics_host"] = metrics_host
     if metrics_port is not None:
         overrides["metrics_port"] = metrics_port + int(os.environ.get("TASKS_ENGINE_CHILD_INDEX", "0"))
     if overrides:
@@ -203,7 +213,9 @@ def revoke_matching(pattern: str, app_module: AppOpt = None, as_json: cli_ops.Js
     if as_json:
         cli_ops.emit({"revoked": count, "pattern": pattern}, True)
     else:
-        console.print(f"revoked {count} queued job(s) matching {pattern!r}")
+        console.print(f"revoked {count} queued job(s) matching {pattern!r}", markup=False, highlight=False)
+    if not count:
+        raise typer.Exit(cli_ops.EXIT_EMPTY)
 
 
 @app.command("rate-limit")
@@ -225,7 +237,9 @@ def rate_limit(
 @app.command()
 def metrics(
     port: Annotated[int, typer.Option(help="port to serve the cluster's /metrics on")] = 9808,
-    host: Annotated[str, typer.Option(help="address to bind")] = "0.0.0.0",
+    host: Annotated[
+        str, typer.Option(help="address to bind (default every interface; 127.0.0.1: this host only)")
+    ] = "0.0.0.0",
     app_module: AppOpt = None,
 ) -> None:
     """Serve cluster-wide Prometheus metrics (queues, oldest job age, consumers, dead letters) from Redis."""

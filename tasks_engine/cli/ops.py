@@ -1,8 +1,10 @@
 """The operations commands of ``tasks-engine``: status, inspect, ping, dead letters, retry, call, purge.
 
 Every command that prints data takes ``--json`` (one JSON document on stdout) and prints a table
-otherwise; log lines go to stderr. Exit codes: 0 done, 1 nothing matched (``ping``: no healthy
-worker), 2 bad input, 3 Redis unreachable (one line naming the redacted URL, never a traceback).
+otherwise (never a Python repr); log lines go to stderr. Exit codes, the same in every command:
+0 done (a listing may be empty), 1 the ids, pattern, queues or filter given matched nothing (``ping``:
+no healthy worker), 2 bad input, a bad setting or a refused confirmation, 3 Redis unreachable (one
+line naming the redacted URL, never a traceback).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from tasks_engine.client import beat
 from tasks_engine.client.results import AsyncResult
-from tasks_engine.core.config import redacted_url
+from tasks_engine.core.config import redacted_url, settings_error_message
 from tasks_engine.core.logs import configure_logging
 from tasks_engine.exceptions import REDIS_UNAVAILABLE, EngineConfigurationError, EngineConnectionError
 from tasks_engine.ops import control
@@ -78,27 +83,60 @@ def fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+def confirm(question: str) -> None:
+    """Ask on the terminal; no (or no terminal to ask on) is exit 2 with nothing changed."""
+    try:
+        answered = typer.confirm(question, err=True)
+    except typer.Abort:  # end of input: nobody to answer
+        answered = False
+    if not answered:
+        fail("not confirmed, nothing changed (--yes skips the question)", EXIT_USAGE)
+
+
+class Commands(TyperGroup):
+    """The ``tasks-engine`` group: a bad configuration (settings read from the environment when the app
+    is imported, or later) is one line and exit 2 in every subcommand, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own click Context
+        try:
+            return super().invoke(ctx)
+        except ValidationError as exc:
+            fail(settings_error_message(exc), EXIT_USAGE)
+        except EngineConfigurationError as exc:
+            fail(str(exc), EXIT_USAGE)
+
+
 def emit(rows: Any, as_json: bool, columns: list[str] | None = None, title: str | None = None) -> None:
+    """``--json``: one JSON document. Otherwise a table (``columns`` of ``rows``; a dict as field/value
+    rows) or the text given: never a Python repr."""
     if as_json:
         sys.stdout.write(orjson.dumps(rows, default=str).decode() + "\n")
         return
-    if columns is None:
-        console.print(rows)
+    if isinstance(rows, str):
+        console.print(rows, markup=False, highlight=False)
         return
-    table = Table(*columns, title=title)
+    if columns is None and isinstance(rows, dict):
+        columns, rows = ["field", "value"], [{"field": k, "value": v} for k, v in rows.items()]
+    table = Table(*(columns or ["value"]), title=title)
     for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
+        table.add_row(
+            *(Text(_cell(row.get(c))) for c in columns or []) if isinstance(row, dict) else [Text(_cell(row))]
+        )
     console.print(table)
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, str):
+        return value
     if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(_cell(v) for v in value)
     if isinstance(value, dict):
-        return "; ".join(f"{k}: {v}" for k, v in value.items())
-    return str(value)
+        return "; ".join(f"{k}: {_cell(v)}" for k, v in value.items())
+    if isinstance(value, bool | int | float):
+        return str(value)
+    return orjson.dumps(value, default=str).decode()
 
 
 def parse_duration(text: str) -> float:
@@ -250,7 +288,12 @@ def register(app: typer.Typer) -> None:
         """Send dead letters' messages again (e.g. after deploying the task a worker lacked)."""
         targets = _targets(ids, all_, task, "requeue")
         requeued, problems = run(app_module, lambda: control.requeue_dead(targets, task))
-        emit({"requeued": requeued, "refused": problems}, as_json)
+        if as_json:
+            emit({"requeued": requeued, "refused": problems}, True)
+        else:
+            console.print(f"requeued {requeued} dead letter(s)", highlight=False)
+            for problem in problems:
+                console.print(f"refused {problem}", markup=False, highlight=False)
         if not requeued:
             raise typer.Exit(EXIT_EMPTY)
 
@@ -265,9 +308,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Delete dead letters for good."""
         targets = _targets(ids, all_, task, "drop")
-        if targets is None and not yes and not typer.confirm("Drop these dead letters for good?", err=True):
-            raise typer.Exit(EXIT_USAGE)
-        emit({"dropped": run(app_module, lambda: control.drop_dead(targets, task))}, as_json)
+        if targets is None and not yes:
+            confirm("Drop these dead letters for good?")
+        dropped = run(app_module, lambda: control.drop_dead(targets, task))
+        emit({"dropped": dropped} if as_json else f"dropped {dropped} dead letter(s)", as_json)
+        if not dropped:
+            raise typer.Exit(EXIT_EMPTY)
 
     @app.command()
     def retry(
@@ -276,7 +322,14 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Send failed jobs again with their original arguments (new ids; the old record links to them)."""
-        pairs = run(app_module, lambda: control.retry(task_ids))
+
+        async def retry_known() -> list[tuple[str, str]]:
+            missing = [i for i in task_ids if not await _recorded(i)]
+            if missing:
+                fail(f"no job recorded with id {', '.join(map(repr, missing))}", EXIT_EMPTY)
+            return await control.retry(task_ids)
+
+        pairs = run(app_module, retry_known)
         emit([{"failed": old, "retried_as": new} for old, new in pairs], as_json, ["failed", "retried_as"])
 
     @app.command("retry-failed")
@@ -293,6 +346,8 @@ def register(app: typer.Typer) -> None:
         if dry_run:
             rows = run(app_module, lambda: control.failed_jobs(task, queue, seconds))
             emit(rows, as_json, ["id", "task", "queue", "error", "date_done"])
+            if not rows:
+                raise typer.Exit(EXIT_EMPTY)
             return
         pairs = run(app_module, lambda: control.retry_failed(task, queue, seconds))
         emit([{"failed": old, "retried_as": new} for old, new in pairs], as_json, ["failed", "retried_as"])
@@ -327,13 +382,17 @@ def register(app: typer.Typer) -> None:
         names = [q.strip() for q in ([queue] if queue else []) + (queues.split(",") if queues else []) if q.strip()]
         if not names:
             raise typer.BadParameter("name the queues to purge: QUEUE or -Q a,b")
-        if not yes and not typer.confirm(f"Delete every ready job of {', '.join(names)}?", err=True):
-            raise typer.Exit(EXIT_USAGE)
+        if not yes:
+            confirm(f"Delete every ready job of {', '.join(names)}?")
 
         async def purge_all() -> dict[str, int]:
             return {name: await control.purge(name) for name in names}
 
-        emit(run(app_module, purge_all), as_json)
+        purged = run(app_module, purge_all)
+        rows = [{"queue": name, "purged": count} for name, count in purged.items()]
+        emit(purged if as_json else rows, as_json, None if as_json else ["queue", "purged"])
+        if not any(purged.values()):  # an unknown queue and an empty one look alike: nothing was there
+            raise typer.Exit(EXIT_EMPTY)
 
     @app.command("migrate-keys")
     def migrate_keys(
@@ -346,5 +405,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def result(task_id: str, app_module: AppOpt = None, as_json: JsonOpt = False) -> None:
-        """Show a task's result record."""
-        emit(run(app_module, lambda: AsyncResult(task_id).record()), as_json)
+        """Show a task's result record (exit 1 when nothing is recorded under that id)."""
+
+        async def lookup() -> dict[str, Any] | None:
+            return await AsyncResult(task_id).record() if await _recorded(task_id) else None
+
+        record = run(app_module, lookup)
+        if record is None:
+            fail(f"no job recorded with id {task_id!r}", EXIT_EMPTY)
+        emit(record, as_json)
+
+
+async def _recorded(task_id: str) -> bool:
+    """Whether the store has a result record (of any state) for ``task_id``."""
+    return bool(await get_broker().record(task_id))

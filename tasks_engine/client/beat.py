@@ -5,12 +5,15 @@ configured timezone; intervals aligned to the epoch), and a tick becomes a job o
 Lua call that claims ``beat:<entry>:<tick>`` with SET NX *and* enqueues the job — so N workers
 yield one run, even when the job is so fast it finished before another worker looked (arq#196),
 and a crash between claim and enqueue cannot lose the tick. After downtime, only the most recent
-missed tick runs (``beat_run_missed``), never a backlog.
+missed tick runs (``beat_run_missed``), never a backlog. While Redis is unreachable, due ticks are
+retried with the engine's capped exponential backoff, logged once when the outage starts and once,
+with the count of failed tries, when Redis answers again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +23,7 @@ import structlog
 
 from tasks_engine.client.plan import Context
 from tasks_engine.client.signature import Signature
+from tasks_engine.core.clock import Backoff
 from tasks_engine.core.config import get_settings
 from tasks_engine.exceptions import REDIS_UNAVAILABLE, TaskDefinitionError
 from tasks_engine.model.schedules import Schedule, ScheduleError, as_schedule, crontab
@@ -162,22 +166,53 @@ class Beat:
         upcoming = {
             name: e.schedule.next_after(start.astimezone(zone), zone).astimezone(UTC) for name, e in entries.items()
         }
+        outage = _Outage()
         while not stopping():
             now = datetime.now(UTC)
+            unreachable = False
             for name, tick in list(upcoming.items()):
                 if tick <= now:
                     try:
                         await self.fire(entries[name], tick.astimezone(zone))
                     except REDIS_UNAVAILABLE as exc:
-                        log.error("beat could not reach redis; will retry this tick", entry=name, error=str(exc))
-                        continue
+                        outage.failed(name, exc)
+                        unreachable = True
+                        break  # the other due ticks would fail alike: all are retried after the backoff
                     except Exception:  # e.g. its args no longer fit its task: skip this tick, keep the rest
                         log.exception("periodic entry could not be sent; skipping this tick", entry=name,
                                       task=entries[name].task, tick=tick.isoformat())  # fmt: skip
+                    else:
+                        outage.answered()
                     after = max(tick, now).astimezone(zone)
                     upcoming[name] = entries[name].schedule.next_after(after, zone).astimezone(UTC)
+            if unreachable:
+                await asyncio.sleep(outage.backoff.next())
+                continue
             soonest = min(upcoming.values())
             await asyncio.sleep(max(0.005, min(1.0, (soonest - datetime.now(UTC)).total_seconds())))
+
+
+class _Outage:
+    """Beat's view of a Redis outage: the worker loops' capped exponential :class:`Backoff`, one line
+    when it starts and one with the count of failed tries when Redis answers again."""
+
+    def __init__(self) -> None:
+        self.backoff = Backoff()
+        self.tries = 0
+        self.since = 0.0
+
+    def failed(self, entry: str, exc: BaseException) -> None:
+        if not self.backoff.failing:
+            self.since = time.monotonic()
+            log.error("beat cannot reach redis; retrying its due ticks with backoff", entry=entry, error=str(exc))
+        self.tries += 1
+
+    def answered(self) -> None:
+        if self.backoff.failing:
+            log.warning("beat reached redis again; due ticks sent", failed_tries=self.tries,
+                        down_seconds=round(time.monotonic() - self.since, 1))  # fmt: skip
+            self.backoff.reset()
+            self.tries = 0
 
 
 __all__ = ["Beat", "Entry", "add_entry", "configure_beat", "entries", "periodic", "view"]

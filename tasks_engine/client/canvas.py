@@ -373,6 +373,8 @@ class _chord(Signature):  # noqa: N801 - Celery's spelling
         # As in Celery, the body is sent by a header task: it is its parent (here: the last one).
         body_ctx = replace(body_ctx, nx=True, partial=True, parent_id=header_result.leaves()[-1].id)
         body.plan_into([CHORD_RESULTS], body_ctx, sub)
+        if not ctx.nx:  # sent by a client: the body's later steps too (its own plan above is nx)
+            body.check_waiting()
         plan.groups.extend(sub.groups)
         plan.chords.extend(sub.chords)
         # If a header task fails, Lua marks the body FAILURE and enqueues this one job, which fails the steps

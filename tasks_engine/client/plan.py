@@ -17,6 +17,7 @@ from tasks_engine.core.codec import dumps
 from tasks_engine.core.config import get_settings
 from tasks_engine.core.ids import own_id
 from tasks_engine.core.tracing import sending_span
+from tasks_engine.model.arguments import nested_too_deep, too_deep_message
 from tasks_engine.model.messages import CHORD_RESULTS, ChordRef, Message, compression_of, encode_sized
 from tasks_engine.model.registry import check_time_limits, current_request, get_task, registry, route_queue
 from tasks_engine.model.validation import check_count, check_name, check_queue, check_seconds, check_task_name
@@ -151,6 +152,10 @@ def _arguments(call: Call, prefix: list[Any], ctx: Context) -> tuple[list[Any], 
         try:
             dumps([args, kwargs])
         except TypeError:
+            named = [*((str(i), a) for i, a in enumerate(args)), *kwargs.items()]
+            deep = next((name for name, value in named if nested_too_deep(value)), None)
+            if deep is not None:
+                raise TypeError(too_deep_message(call.task, deep)) from None
             raise TypeError(
                 f"task {call.task!r}: arguments are not JSON-serializable; pass IDs or plain data"
             ) from None
@@ -159,6 +164,73 @@ def _arguments(call: Call, prefix: list[Any], ctx: Context) -> tuple[list[Any], 
         args, kwargs = task.arguments.prepare_after_value(args, kwargs, "chord body")
         return [CHORD_RESULTS, *args], kwargs
     return task.prepare_args([*real_prefix, *args], kwargs, complete=not ctx.partial)
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """A call's options as its message carries them, each checked."""
+
+    queue: str
+    priority: int
+    retries: int
+    eta: float | None
+    expires: float | None
+    soft_time_limit: Any
+    time_limit: Any
+    headers: dict[str, Any]
+    compression: Any
+
+
+def call_options(call: Call, now: float) -> CallOptions:
+    """Resolve and check ``call``'s options against its task and the settings (errors name the task and
+    the option). The same checks for a call sent now and for one a worker sends later (a chain's later
+    step, a callback): a bad option fails the whole workflow at the call, before anything is written."""
+    check_task_name(call.task)
+    opts = call.options
+    if opts.get("task_id") is not None:
+        check_name(call.task, "task_id", opts["task_id"])
+    task = registry.get(call.task)
+    eta = eta_of(call.task, opts, now)
+    expires = expires_of(call.task, opts.get("expires", task.options.expires if task is not None else None), now)
+    priority = opts.get("priority")
+    if priority is None:
+        own = task.options.priority if task is not None else None
+        priority = own if own is not None else get_settings().default_priority
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise ValueError(f"task {call.task!r}: priority must be an int 0-9 (0 = highest), got {priority!r}")
+    soft, hard = opts.get("soft_time_limit"), opts.get("time_limit")
+    if soft is not None or hard is not None:
+        try:
+            check_time_limits(
+                soft if soft is not None else (task.soft_time_limit if task else None),
+                hard if hard is not None else (task.time_limit if task else None),
+            )
+        except ValueError as exc:
+            raise ValueError(f"task {call.task!r}: {exc}") from None
+    queue = check_queue(call.task, route_queue(call.task, opts.get("queue") or opts.get("routing_key")))
+    retries = check_count(call.task, "retries", opts.get("retries", 0))
+    headers = opts.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise TypeError(f"task {call.task!r}: headers must be a dict, got {type(headers).__name__}")
+    check_inert_options(call.task, opts)
+    # The call's compression, else the task's (as Celery: a false call option falls back to the task's).
+    compression = compression_of(call.task, opts.get("compression") or (task.options.compression if task else None))
+    return CallOptions(queue, priority, retries, eta, expires, soft, hard, dict(headers), compression)
+
+
+def check_call_options(call: Call) -> None:
+    """:func:`call_options` for a call a worker sends later: only the checks."""
+    call_options(call, datetime.now(UTC).timestamp())
+
+
+def check_errback(errback: Any) -> None:
+    """An errback is sent by a worker when its call fails, with the failure prepended (so its own
+    arguments are not bound here): its options, its parts (a workflow) and callbacks are checked now."""
+    parts = errback.parts()
+    if not parts:
+        check_call_options(errback)
+    for inner in (*parts, *as_list(errback.options.get("link")), *as_list(errback.options.get("link_error"))):
+        check_errback(inner)
 
 
 def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
@@ -175,23 +247,8 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
     if sender is not None and not sender.called_directly and ctx.parent_id is None and sender.id:
         sender.children.append(task_id)
         ctx = replace(ctx, parent_id=sender.id, root_id=ctx.root_id or sender.root_id or sender.id)
-    eta = eta_of(call.task, opts, now)
-    expires = expires_of(call.task, opts.get("expires", task.options.expires if task is not None else None), now)
-    priority = opts.get("priority")
-    if priority is None:
-        own = task.options.priority if task is not None else None
-        priority = own if own is not None else settings.default_priority
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-        raise ValueError(f"task {call.task!r}: priority must be an int 0-9 (0 = highest), got {priority!r}")
-    soft, hard = opts.get("soft_time_limit"), opts.get("time_limit")
-    if soft is not None or hard is not None:
-        try:
-            check_time_limits(
-                soft if soft is not None else (task.soft_time_limit if task else None),
-                hard if hard is not None else (task.time_limit if task else None),
-            )
-        except ValueError as exc:
-            raise ValueError(f"task {call.task!r}: {exc}") from None
+    resolved = call_options(call, now)
+    queue, priority, eta = resolved.queue, resolved.priority, resolved.eta
     # Callbacks get their ids now, so a re-delivered completion plans the very same callback (nx dedupes it).
     links = []
     for callback in as_list(opts.get("link")):
@@ -200,16 +257,11 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
             frozen.check_waiting()
         frozen.freeze()
         links.append(frozen.to_dict())
+    if not ctx.nx:
+        for errback in as_list(opts.get("link_error")):
+            check_errback(errback)
     errbacks = [s.to_dict() for s in as_list(opts.get("link_error"))]
-    queue = check_queue(call.task, route_queue(call.task, opts.get("queue") or opts.get("routing_key")))
-    retries = check_count(call.task, "retries", opts.get("retries", 0))
-    headers = opts.get("headers") or {}
-    if not isinstance(headers, dict):
-        raise TypeError(f"task {call.task!r}: headers must be a dict, got {type(headers).__name__}")
-    check_inert_options(call.task, opts)
-    # The call's compression, else the task's (as Celery: a false call option falls back to the task's).
-    compression = compression_of(call.task, opts.get("compression") or (task.options.compression if task else None))
-    headers = dict(headers)
+    headers = resolved.headers
     with sending_span(call.task, task_id, queue, headers):  # its trace context goes into the headers
         message = Message(
             id=task_id,
@@ -218,11 +270,11 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
             kwargs=kwargs,
             queue=queue,
             priority=priority,
-            retries=retries,
+            retries=resolved.retries,
             eta=eta,
-            expires=expires,
-            time_limit=hard,
-            soft_time_limit=soft,
+            expires=resolved.expires,
+            time_limit=resolved.time_limit,
+            soft_time_limit=resolved.soft_time_limit,
             ignore_result=opts.get("ignore_result"),
             parent_id=opts.get("parent_id", ctx.parent_id),
             root_id=opts.get("root_id", ctx.root_id or task_id),
@@ -232,7 +284,7 @@ def build_enqueue(call: Call, prefix: list[Any], ctx: Context) -> Enqueue:
             chain=[s.to_dict() for s in ctx.chain_rest],
             chord=ctx.chord,
             headers=headers,
-            compression=compression,
+            compression=resolved.compression,
         )
     raw, size = encode_sized(message)
     # Compressed or not, the worker holds the whole message: its size before compression counts too.

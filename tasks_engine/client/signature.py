@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Any
 
 from tasks_engine.client.eager import run_call
-from tasks_engine.client.plan import Context, Plan, as_list, aware, build_enqueue
+from tasks_engine.client.plan import Context, Plan, as_list, aware, build_enqueue, check_call_options, check_errback
 from tasks_engine.client.results import AsyncResult
+from tasks_engine.client.sync import apply_sync
 from tasks_engine.core.config import get_settings
 from tasks_engine.core.context import eager_override
 from tasks_engine.core.ids import own_id
@@ -206,8 +207,12 @@ class Signature:
             task.prepare_args(list(self.args), dict(self.kwargs), complete=True)
         elif task is not None:
             task.arguments.prepare_after_value(list(self.args), dict(self.kwargs), "after its parent's result")
+        if not self.parts():  # a workflow's options are pushed down to its parts, checked there
+            check_call_options(self)
         for callback in as_list(self.options.get("link")):
             callback.check_waiting()
+        for errback in as_list(self.options.get("link_error")):
+            check_errback(errback)
 
     # -- ids --
     def freeze(
@@ -263,6 +268,16 @@ class Signature:
         result = await self._prepared(args, kwargs, options).send()
         self.remember(result)
         return result
+
+    def delay_sync(self, *args: Any, **kwargs: Any) -> Any:
+        """Blocking :meth:`delay` for code that cannot await: a ``SyncResult`` (``SyncGroupResult`` for a group)."""
+        return self.apply_async_sync(args, kwargs)
+
+    def apply_async_sync(
+        self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Any:
+        """Blocking :meth:`apply_async` (see :mod:`tasks_engine.client.sync`)."""
+        return apply_sync(self.apply_async(args, kwargs, **options), f"{self.task}.apply_async_sync()")
 
     async def send(self) -> Any:
         """Send this very signature, not a copy (for one built for this call alone, as ``delay()``

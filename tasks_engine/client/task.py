@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from tasks_engine.client.canvas import chunks, group
 from tasks_engine.client.results import AsyncResult, EagerResult, store_state
 from tasks_engine.client.signature import Signature, runs_eagerly
+from tasks_engine.client.sync import SyncResult, apply_sync
 from tasks_engine.core.context import worker_context
 from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.model.registry import Request, TaskDefinition, TaskOptions, current_request, register, registry
@@ -46,6 +47,17 @@ class Task(TaskDefinition, Generic[P, R]):
         """Send to a worker; returns once the message is in Redis. Options: see :mod:`tasks_engine.client.plan`."""
         call = Signature(self.name, args, kwargs, options)  # made for this call: sent as it is, not copied
         result: AsyncResult[R] = await (call.apply() if runs_eagerly() else call.send())
+        return result
+
+    def delay_sync(self, *args: P.args, **kwargs: P.kwargs) -> SyncResult[R]:
+        """Blocking :meth:`delay`, for code that cannot await (see :mod:`tasks_engine.client.sync`)."""
+        return self.apply_async_sync(args, kwargs)
+
+    def apply_async_sync(
+        self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> SyncResult[R]:
+        """Blocking :meth:`apply_async`: returns once the message is in Redis, with a blocking handle."""
+        result: SyncResult[R] = apply_sync(self.apply_async(args, kwargs, **options), f"{self.name}.apply_async_sync()")
         return result
 
     async def apply(

@@ -30,7 +30,12 @@ function in the middle of a long C call (``time.sleep(60)``, a blocking socket r
 when that call returns. The hard limit marks the job FAILURE on time regardless, raises
 ``TimeLimitExceeded`` in the thread the same way, and frees the worker slot; a thread stuck in C
 keeps its pool thread until the call returns. Limits count from the start of the attempt, so time
-spent waiting for a free pool thread counts too.
+spent waiting for a free pool thread counts too. An interrupt that has not landed when the function
+returns is taken back in that thread (:func:`_absorb_interrupt`), never cleared with
+``SetAsyncExc(NULL)``: that call leaves the interpreter's "async exception pending" flag set with no
+exception to deliver, and under a tracer or profiler (``sys.settrace``: coverage.py, debuggers)
+CPython 3.11 then re-checks that flag forever at every function entry: every thread spins and the
+process hangs, signal handlers included.
 """
 
 from __future__ import annotations
@@ -51,6 +56,26 @@ T = TypeVar("T")
 # Which attempt each event-loop thread is stepping right now, and since when (monotonic).
 # Written by the driver around every step; read by the worker's watchdog thread.
 _steps: dict[int, tuple[str, float]] = {}
+
+
+class _Absorbed(BaseException):
+    """Sent to a pool thread in place of an interrupt that had not landed yet; caught at once."""
+
+
+def _absorb_interrupt() -> None:
+    """In the pool thread, once its function returned: take back an interrupt sent to it that has not
+    landed yet, so it can never hit whatever the thread runs next. It is replaced with ``_Absorbed``,
+    which lands in the loop below and is dropped; delivering it is what clears the interpreter's
+    pending flag (see the module docstring for why clearing with NULL would hang the process)."""
+    ident = ctypes.c_ulong(threading.get_ident())
+    try:
+        for _ in range(1000):
+            # (Re)sent each round: another thread's delivery may have cleared the interpreter's flag.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ident, ctypes.py_object(_Absorbed))
+            for _ in range(100):  # it lands at the first backward jump
+                pass
+    except BaseException:  # noqa: BLE001 - _Absorbed, or the late interrupt itself landing first
+        return
 
 
 def current_steps() -> list[tuple[str, float]]:
@@ -125,6 +150,7 @@ class LimitedRun:
         self._thread_id: int | None = None
         self._thread_lock = threading.Lock()
         self._thread_done = False
+        self._interrupted = False  # an interrupt was sent into the thread
         self._soft_due = False  # the soft limit passed before the sync function got a thread
         self.terminated = False
         self.timed_out = False  # the hard limit stopped it
@@ -135,6 +161,7 @@ class LimitedRun:
             if self._thread_id is None or self._thread_done:
                 return False
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), ctypes.py_object(exc_type))
+            self._interrupted = True
             return True
 
     def soft_interrupt(self) -> None:
@@ -183,9 +210,8 @@ class LimitedRun:
         context = copy_context()
 
         def in_thread() -> T:
-            ident = threading.get_ident()
             with self._thread_lock:
-                self._thread_id = ident
+                self._thread_id = threading.get_ident()
                 soft_due = self._soft_due
             try:
                 if soft_due:
@@ -196,9 +222,9 @@ class LimitedRun:
             finally:
                 with self._thread_lock:
                     self._thread_done = True
-                    # Clear an interrupt that was set but has not landed yet: it must never hit
-                    # whatever this pool thread runs next.
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+                    interrupted = self._interrupted
+                if interrupted:
+                    _absorb_interrupt()
 
         self.task = asyncio.get_running_loop().run_in_executor(pool, in_thread)
         return await self._supervise(soft, hard)  # type: ignore[no-any-return]

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import signal
+import sys
+from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from arq.connections import RedisSettings
+from pydantic import ValidationError
 from redis.connection import parse_url
 
-from tasks_engine.core.config import get_settings
+from tasks_engine.core.config import get_settings, settings_error_message
 from tasks_engine.core.context import Hook
-from tasks_engine.core.logs import configure_logging
+from tasks_engine.core.logs import adopt_arq_cli_logging, configure_logging
 from tasks_engine.core.redis_url import parse_redis_url
 from tasks_engine.exceptions import EngineConfigurationError, TaskDefinitionError
 from tasks_engine.model.messages import arq_job_deserializer, arq_job_serializer
@@ -72,6 +77,29 @@ def arq_redis_settings(url: str, cluster: bool = False) -> RedisSettings:
     )
 
 
+def _under_arq_cli() -> bool:
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return argv0.name == "arq" or (argv0.name == "__main__.py" and argv0.parent.name == "arq")
+
+
+def _configuration_errors_in_one_line(
+    kind: type[BaseException], exc: BaseException, tb: TracebackType | None, previous: Any = sys.excepthook
+) -> None:
+    """arq's CLI imports the settings module itself and lets any error out as a traceback (exit 1); a bad
+    setting (e.g. ``REDIS_URL``) is one line and exit 2 here, as under ``tasks-engine``."""
+    if isinstance(exc, ValidationError | EngineConfigurationError):
+        message = settings_error_message(exc) if isinstance(exc, ValidationError) else str(exc)
+        sys.stdout.flush()
+        sys.stderr.write(f"arq: {' '.join(message.split())}\n")
+        sys.stderr.flush()
+        os._exit(2)  # an excepthook cannot choose the exit code otherwise; nothing has started yet
+    previous(kind, exc, tb)
+
+
+if _under_arq_cli():
+    sys.excepthook = _configuration_errors_in_one_line
+
+
 async def _arq_ping(ctx: dict[str, Any]) -> str:
     """arq needs at least one function; this one answers health probes sent through arq itself."""
     return "pong"
@@ -98,6 +126,7 @@ def worker_settings(
             f"worker_settings(): {', '.join(refused)} cannot be set: the engine runs the jobs itself and needs "
             "arq's own queue, serializer and hooks as it sets them (use on_startup/on_shutdown, queues, max_jobs)"
         )
+    adopt_arq_cli_logging()  # under arq's CLI: the engine's format for arq's lines too, from the first one
     for module in imports or []:
         importlib.import_module(module)
     settings = get_settings()

@@ -15,6 +15,8 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
 
+#: Nesting JSON can carry here (orjson stops at 255 levels, and the message wraps the arguments).
+MAX_DEPTH = 250
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -133,10 +135,33 @@ class ArgumentSpec:
                 return adapter.dump_python(self._validate(name, value), mode="json")
             orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
             return value
-        except (TypeError, PydanticSerializationError) as exc:
+        except (TypeError, ValueError, PydanticSerializationError) as exc:
             if isinstance(exc, TypeError) and str(exc).startswith(f"task {self.task_name!r}"):
+                raise
+            if nested_too_deep(value):
+                raise TypeError(too_deep_message(self.task_name, name or "?")) from None
+            if not isinstance(exc, TypeError | PydanticSerializationError):
                 raise
             raise TypeError(
                 f"task {self.task_name!r}: argument {name or '?'!r} of type {type(value).__name__} is not "
                 "JSON-serializable; pass IDs or plain data (str, int, float, bool, list, dict)"
             ) from None
+
+
+def nested_too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists/dicts in ``value`` nest deeper than ``limit`` levels (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list | tuple | dict):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def too_deep_message(task_name: str, argument: str) -> str:
+    return (
+        f"task {task_name!r}: argument {argument!r} is nested deeper than {MAX_DEPTH} levels, more than a "
+        "message can carry; flatten it or pass an ID"
+    )

@@ -14,15 +14,14 @@ Pure: data in, JSON text out. The store writes them (``store/celery.py``, ``stor
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from tasks_engine.model.celery_wire import JSON_TYPE
+from tasks_engine.model.celery_wire import envelope
+from tasks_engine.model.states import READY_STATES
 
-READY = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 #: Where a chord body's first argument goes (JSON-escaped inside the envelope's ``body`` string).
 CHORD_RESULTS = "__te_celery_chord_results__"
 _CELERY_NAMED = frozenset(
@@ -71,7 +70,7 @@ def record(
         "result": result,
         "traceback": traceback,
         "children": children or [],
-        "date_done": now_iso() if status in READY else None,
+        "date_done": now_iso() if status in READY_STATES else None,
     }
     if group_id:
         meta["group_id"] = group_id
@@ -132,43 +131,25 @@ def message(
         "chain": chain or None,
         "chord": options.get("chord"),
     }
-    hard, soft = options.get("time_limit"), options.get("soft_time_limit")
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": task,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": options.get("group_id"),
-        "group_index": options.get("group_index"),
-        "retries": 0,
-        "timelimit": [hard, soft],
-        "root_id": root_id or task_id,
-        "parent_id": parent_id,
-        "argsrepr": repr(tuple(args)) if not chord_body else None,
-        "kwargsrepr": repr(kwargs),
-        "origin": "tasks_engine",
-        "ignore_result": bool(options.get("ignore_result", False)),
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
-    body = json.dumps([args, kwargs, embed])
-    properties: dict[str, Any] = {
-        "correlation_id": task_id,
-        "reply_to": options.get("reply_to") or "",
-        "delivery_mode": 2,
-        "delivery_info": {"exchange": "", "routing_key": str(queue)},
-        "priority": priority,
-        "delivery_tag": str(uuid.uuid4()),
-    }
-    if not chord_body:
-        properties["body_encoding"] = "base64"
-        body = base64.b64encode(body.encode()).decode()
-    envelope = {"body": body, "content-encoding": "utf-8", "content-type": JSON_TYPE, "headers": headers,
-                "properties": properties}  # fmt: skip
-    return Outgoing(task_id, str(queue), priority, json.dumps(envelope))
+    message = envelope(
+        task=task,
+        task_id=task_id,
+        body=json.dumps([args, kwargs, embed]).encode(),
+        queue=str(queue),
+        priority=priority,
+        delivery_tag=str(uuid.uuid4()),
+        root_id=root_id,
+        parent_id=parent_id,
+        group=options.get("group_id"),
+        group_index=options.get("group_index"),
+        timelimit=(options.get("time_limit"), options.get("soft_time_limit")),
+        argsrepr=repr(tuple(args)) if not chord_body else None,
+        kwargsrepr=repr(kwargs),
+        ignore_result=bool(options.get("ignore_result", False)),
+        reply_to=options.get("reply_to") or "",
+        base64_body=not chord_body,
+    )
+    return Outgoing(task_id, str(queue), priority, json.dumps(message))
 
 
 def _signature_list(value: Any) -> list[Any] | None:

@@ -250,3 +250,71 @@ def celery_side(message: Message) -> dict[str, Any] | None:
     """The Celery side of an engine message, or None for a native job."""
     side = message.headers.get(CELERY_HEADER)
     return side if isinstance(side, dict) else None
+
+
+def envelope(
+    *,
+    task: str,
+    task_id: str,
+    body: bytes,
+    queue: str,
+    priority: int,
+    delivery_tag: str,
+    root_id: str | None = None,
+    parent_id: str | None = None,
+    shadow: str | None = None,
+    eta: str | None = None,
+    expires: str | None = None,
+    group: str | None = None,
+    group_index: int | None = None,
+    retries: int = 0,
+    timelimit: tuple[float | None, float | None] = (None, None),
+    argsrepr: str | None = None,
+    kwargsrepr: str | None = None,
+    origin: str = "tasks_engine",
+    ignore_result: bool = False,
+    reply_to: str = "",
+    extra_headers: dict[str, Any] | None = None,
+    extra_properties: dict[str, Any] | None = None,
+    base64_body: bool = True,
+) -> dict[str, Any]:
+    """A protocol-2 task message in kombu's Redis envelope (the one place both directions build it).
+
+    ``body`` is the JSON ``[args, kwargs, embed]``; ``timelimit`` is ``(hard, soft)`` as Celery's worker
+    reads it. ``base64_body=False`` stores the body as text (kombu reads both)."""
+    headers: dict[str, Any] = {
+        **(extra_headers or {}),
+        "lang": "py",
+        "task": task,
+        "id": task_id,
+        "shadow": shadow,
+        "eta": eta,
+        "expires": expires,
+        "group": group,
+        "group_index": group_index,
+        "retries": retries,
+        "timelimit": list(timelimit),
+        "root_id": root_id or task_id,
+        "parent_id": parent_id,
+        "argsrepr": argsrepr,
+        "kwargsrepr": kwargsrepr,
+        "origin": origin,
+        "ignore_result": ignore_result,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    properties: dict[str, Any] = {
+        "correlation_id": task_id,
+        "reply_to": reply_to,
+        "delivery_mode": 2,
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": priority,
+        **(extra_properties or {}),
+        "delivery_tag": delivery_tag,  # kombu's ack bookkeeping key: one per message, even for a reused id
+    }
+    if base64_body:
+        properties["body_encoding"] = "base64"
+    text = base64.b64encode(body).decode() if base64_body else body.decode()
+    return {"body": text, "content-encoding": "utf-8", "content-type": JSON_TYPE, "headers": headers,
+            "properties": properties}  # fmt: skip

@@ -102,10 +102,18 @@ def describe(raw: bytes | None, width: int = 120) -> dict[str, Any]:
             data = {}
     if not isinstance(data, dict):
         data = {}
-    text = f"{data.get('args', [])!r} {data.get('kwargs', {})!r}"
+    text = _json_text(data.get("args", [])) + " " + _json_text(data.get("kwargs", {}))
     shown = text if len(text) <= width else text[: width - 1] + "…"
     return {"task": data.get("task"), "args": shown, "retries": data.get("retries"), "eta": _iso(data.get("eta")),
             "expires": _iso(data.get("expires"))}  # fmt: skip
+
+
+def _json_text(value: Any) -> str:
+    """Arguments as JSON, as they were sent (not Python reprs, in the table and in ``--json`` alike)."""
+    try:
+        return dumps(value).decode()
+    except TypeError:
+        return repr(value)
 
 
 def _iso(seconds: Any) -> str | None:

@@ -54,9 +54,9 @@ def take_over(item: Claimed, result_key: Callable[[str], str], max_payload_bytes
     limit = envelope_limit(max_payload_bytes)
     if len(item.raw) > limit:
         task_id, task = peek(item.raw)
-        why = (f"Celery message is {len(item.raw)} bytes, over max_payload_bytes={max_payload_bytes} "
+        reason = (f"Celery message is {len(item.raw)} bytes, over max_payload_bytes={max_payload_bytes} "
                f"({limit} as an envelope); refused unread")  # fmt: skip
-        return _dead(item, Rejected(why, task_id, task), result_key)
+        return _dead(item, Rejected(reason, task_id, task), result_key)
     message = translate(item.raw, item.queue)
     if isinstance(message, Message) and message.task not in registry:
         message = Rejected(

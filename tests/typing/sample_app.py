@@ -38,3 +38,10 @@ async def use() -> None:
     add.si(1, 2)
     add.si(1, 2, 3)  # error: Too many arguments for "si" of "Task"
     del total, wrong
+
+
+def use_sync() -> None:
+    total: int = add.delay_sync(1, 2).get(timeout=5)
+    add.delay_sync(1, "x")  # error: Argument 2 to "delay_sync" of "Task" has incompatible type "str"; expected "int"
+    wrong: str = add.delay_sync(1, 2).get()  # error: Incompatible types in assignment (expression has type "int", variable has type "str")
+    del total, wrong
