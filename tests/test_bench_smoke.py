@@ -153,3 +153,34 @@ def test_smoke_celery(tmp_path: Path) -> None:
         assert NUMBER.match(cells[2]), (prefix, cells)  # cells: unit, better, celery, te/arq, te/celery
     check_goals(out)
     assert '"stored": 300' in out
+
+
+@pytest.mark.extended
+def test_smoke_celery_wire(tmp_path: Path) -> None:
+    """``bench/celery_wire.py --smoke``: the same Celery-format messages drained by a tasks_engine worker and
+    by a Celery prefork worker (the project's Celery 5.6), both rows filled, the ratios and the verdicts."""
+    saved = tmp_path / "report.txt"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "celery_wire.py"), "--smoke", "--logdir", str(tmp_path / "logs"),
+         "--save", str(saved)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, (
+        f"celery_wire.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
+    out = proc.stdout
+    assert saved.read_text() == out
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("metric"))
+    assert header.split()[-3:] == ["tasks_engine", "celery", "te/celery"], header
+    for prefix in ("drain (first start", "worker CPU per job"):
+        cells = next(line for line in lines if line.startswith(prefix)).split()[-3:]
+        assert all(NUMBER.match(c) for c in cells), (prefix, cells)  # tasks_engine, celery, te/celery
+    goals = out.split("goals (issue 25 point 8, te/celery):", 1)[1].split("every run:", 1)[0]
+    assert [line.split()[0] for line in goals.splitlines() if line.strip()] in (
+        [a, b] for a in ("PASS", "FAIL") for b in ("PASS", "FAIL")
+    ), goals
+    runs = [line for line in lines if line.startswith("  round 1 ") and "stored=" in line]
+    assert sorted(line.split()[2] for line in runs) == ["celery", "tasks_engine"], runs
+    assert all("stored=200" in line for line in runs), runs  # every job's Celery result record was read back
+    assert "celery 5." in out and "tasks-engine " in out

@@ -25,7 +25,7 @@ from tests.conftest import ROOT, running_worker, worker_env
 
 EXAMPLES = ROOT / "docs" / "examples"
 WITH_WORKER = ["front_page", "options", "calling", "results", "retries", "time_limits", "rate_limits", "canvas",
-               "periodic", "idempotency", "service"]  # fmt: skip
+               "periodic", "idempotency", "service", "sync_calls"]  # fmt: skip
 _loaded: dict[str, ModuleType] = {}
 
 
