@@ -100,6 +100,11 @@ def test_cli_reference_has_every_command(site: Path) -> None:
 def test_pages_show_the_examples_charts_and_screenshot(site: Path) -> None:
     assert "async def add(x: int, y: int)" in re.sub(r"<[^>]+>", "", page(site, "getting-started"))
     assert "快速上手" in page(site, "zh/getting-started")
+    for migration in ("migrating-from-celery", "zh/migrating-from-celery"):  # both languages show both examples
+        text = re.sub(r"<[^>]+>", "", page(site, migration))
+        assert 'Celery("admin", broker=REDIS_URL' in text.replace("&quot;", '"'), migration
+        assert "async def send_email_task(" in text, migration
+    assert "TE_CELERY_QUEUES" in page(site, "production/celery-wire")
     bench = page(site, "benchmarks")
     for chart in ("peers.svg", "latency.svg", "cluster.svg"):
         assert f'src="../charts/{chart}"' in bench and (site / "charts" / chart).exists()
@@ -180,3 +185,21 @@ def test_every_python_example_on_a_page_is_an_example_file() -> None:
             assert re.fullmatch(r'--8<-- "[\w./-]+\.py"\n', block), (
                 f"{md.relative_to(ROOT)}: inline Python {block[:60]!r}"
             )
+
+
+def test_differences_page_cites_what_the_readme_cites() -> None:
+    """docs/differences.md stays in line with the README's "Where we differ" and "Known limits": every
+    line cites a test that exists, and every test those README sections cite is cited on the page."""
+    from tests.test_readme_citations import CITATION, CITED_SECTIONS, bullets, defined_tests, section
+
+    text = (ROOT / "docs" / "differences.md").read_text(encoding="utf-8")
+    items = bullets(text)
+    assert len(items) >= 25, "the page's lines were not found"
+    uncited = [item[:90] for item in items if not CITATION.search(item)]
+    assert not uncited, f"docs/differences.md: lines without a test: {uncited}"
+    cited = set(CITATION.findall(text))
+    missing = sorted(f"{p}::{n}" for p, n in cited if not (ROOT / p).is_file() or n not in defined_tests(p))
+    assert not missing, f"docs/differences.md cites tests that do not exist: {missing}"
+    readme = {c for heading in CITED_SECTIONS for c in CITATION.findall(section(heading))}
+    absent = sorted(f"{p}::{n}" for p, n in readme - cited)
+    assert not absent, f"the README cites these in its limits/differences, docs/differences.md does not: {absent}"
