@@ -110,7 +110,7 @@ def test_pages_show_the_examples_charts_and_screenshot(site: Path) -> None:
         assert f'src="../charts/{chart}"' in bench and (site / "charts" / chart).exists()
     assert "23,143" in bench  # the table beside the chart
     assert (site / "screenshots" / "overview.png").exists()
-    assert not (site / "_front_page_draft").exists() and not (site / "examples").exists()
+    assert not (site / "examples").exists()
 
 
 class PythonName(str):
@@ -169,11 +169,17 @@ def test_charts_refuse_a_results_file_they_cannot_read(tmp_path: Path) -> None:
         charts.parse_compare("no table here\n")
 
 
-def test_front_page_draft_is_short_and_its_example_is_the_tested_one() -> None:
-    draft = (ROOT / "docs" / "_front_page_draft.md").read_text()
-    assert len(draft.splitlines()) < 150
-    blocks = re.findall(r"```python\n(.*?)```", draft, re.S)
-    assert blocks == [(ROOT / "docs" / "examples" / "front_page.py").read_text()]
+def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
+    """The README stays a front page (what, for whom, the two commands, 30 seconds, numbers, links);
+    everything else lives on a page of the site, and every link it gives leads to a file."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme)
+    assert len(links) >= 10
+    broken = [link for link in links if "://" not in link and not (ROOT / link).exists()]
+    assert not broken, broken
+    for command in ("bash scripts/demo", "bash scripts/test"):
+        assert command in readme
 
 
 def test_every_python_example_on_a_page_is_an_example_file() -> None:
@@ -185,21 +191,3 @@ def test_every_python_example_on_a_page_is_an_example_file() -> None:
             assert re.fullmatch(r'--8<-- "[\w./-]+\.py"\n', block), (
                 f"{md.relative_to(ROOT)}: inline Python {block[:60]!r}"
             )
-
-
-def test_differences_page_cites_what_the_readme_cites() -> None:
-    """docs/differences.md stays in line with the README's "Where we differ" and "Known limits": every
-    line cites a test that exists, and every test those README sections cite is cited on the page."""
-    from tests.test_readme_citations import CITATION, CITED_SECTIONS, bullets, defined_tests, section
-
-    text = (ROOT / "docs" / "differences.md").read_text(encoding="utf-8")
-    items = bullets(text)
-    assert len(items) >= 25, "the page's lines were not found"
-    uncited = [item[:90] for item in items if not CITATION.search(item)]
-    assert not uncited, f"docs/differences.md: lines without a test: {uncited}"
-    cited = set(CITATION.findall(text))
-    missing = sorted(f"{p}::{n}" for p, n in cited if not (ROOT / p).is_file() or n not in defined_tests(p))
-    assert not missing, f"docs/differences.md cites tests that do not exist: {missing}"
-    readme = {c for heading in CITED_SECTIONS for c in CITATION.findall(section(heading))}
-    absent = sorted(f"{p}::{n}" for p, n in readme - cited)
-    assert not absent, f"the README cites these in its limits/differences, docs/differences.md does not: {absent}"

@@ -1,18 +1,20 @@
-"""The README backs its claims with test ids (``tests/test_x.py::test_y``): each one it cites must exist,
-so a renamed or deleted test can't leave a claim citing nothing, and every line of "Known limits" and
-"Where we differ from Celery and arq on purpose" cites at least one."""
+"""The documentation backs its claims with test ids (``tests/test_x.py::test_y``): each one the README
+or a page of the site cites must exist, so a renamed or deleted test can't leave a claim citing
+nothing, and every line of docs/differences.md ("On purpose" and "Known limits") cites at least one."""
 
 from __future__ import annotations
 
 import ast
 import re
 from functools import cache
+from pathlib import Path
 
 from tests.conftest import ROOT
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
 CITATION = re.compile(r"\b(tests/[\w/]+\.py)::(\w+)")
-CITED_SECTIONS = ("## Where we differ from Celery and arq on purpose", "## Known limits")
+DIFFERENCES = ROOT / "docs" / "differences.md"
+CITED_SECTIONS = ("## On purpose", "## Known limits")
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 @cache
@@ -25,10 +27,12 @@ def defined_tests(path: str) -> frozenset[str]:
     return frozenset(n for n in names if n.startswith("test") or "::test" in n)
 
 
-def section(heading: str) -> str:
-    start = README.index(heading + "\n")
-    end = README.find("\n## ", start + len(heading))
-    return README[start : end if end != -1 else len(README)]
+def section(heading: str, text: str | None = None) -> str:
+    """One ``## `` section of docs/differences.md (or of ``text``), its ``###`` parts included."""
+    text = DIFFERENCES.read_text(encoding="utf-8") if text is None else text
+    start = text.index(heading + "\n")
+    end = text.find("\n## ", start + len(heading))
+    return text[start : end if end != -1 else len(text)]
 
 
 def bullets(text: str) -> list[str]:
@@ -42,15 +46,19 @@ def bullets(text: str) -> list[str]:
     return items
 
 
-def test_every_test_id_the_readme_cites_exists() -> None:
-    cited = CITATION.findall(README)
-    assert len(cited) >= 40, "the README's citations were not found"
-    missing = [
-        f"{path}::{name}"
-        for path, name in cited
-        if not (ROOT / path).is_file() or name not in defined_tests(path) or not name.startswith("test")
+def missing_tests(path: Path) -> list[str]:
+    return [
+        f"{file}::{name}"
+        for file, name in CITATION.findall(path.read_text(encoding="utf-8"))
+        if not (ROOT / file).is_file() or name not in defined_tests(file) or not name.startswith("test")
     ]
-    assert not missing, f"the README cites tests that do not exist: {missing}"
+
+
+def test_every_test_id_the_documentation_cites_exists() -> None:
+    cited = sum(len(CITATION.findall(p.read_text(encoding="utf-8"))) for p in DOCUMENTS)
+    assert cited >= 60, "the documentation's citations were not found"
+    missing = {str(p.relative_to(ROOT)): m for p in DOCUMENTS if (m := missing_tests(p))}
+    assert not missing, f"these cite tests that do not exist: {missing}"
 
 
 def test_every_known_limit_and_difference_cites_a_test() -> None:
@@ -69,7 +77,14 @@ def test_the_stale_limits_are_gone() -> None:
     assert "group.link" not in limits
 
 
-def test_the_checker_sees_a_missing_test() -> None:
+def test_the_checker_sees_a_missing_test(tmp_path: Path) -> None:
     """The existence check can fail: a made-up name in a real file, and a real name, are told apart."""
-    assert "test_every_test_id_the_readme_cites_exists" in defined_tests("tests/test_readme_citations.py")
-    assert "test_no_such_test" not in defined_tests("tests/test_readme_citations.py")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "tests/test_readme_citations.py::test_the_checker_sees_a_missing_test and "
+        "tests/test_readme_citations.py::test_no_such_test"
+    )
+    assert missing_tests(page) == ["tests/test_readme_citations.py::test_no_such_test"]
+    assert bullets(section("## Known limits", "## Known limits\n- a claim\n  (tests/a.py::test_b)\n")) == [
+        "- a claim (tests/a.py::test_b)"
+    ]
