@@ -175,7 +175,8 @@ class Client:
         probe.mark()
         tasks = await self.enqueue(noop, p.jobs)
         await probe.wait_async(lambda: int(probe.redis.xlen(STREAM)))
-        results = await common.read_all([lambda t=t: t.result(timeout=30) for t in tasks])
+        # 50 in flight, as in latency(): each read holds a pub/sub connection, and 100 exhaust coredis's pool
+        results = await common.read_all([lambda t=t: t.result(timeout=30) for t in tasks], batch=50)
         probe.mark()
         stored = sum(1 for r in results if r.success)
         return {**probe.summary(p.jobs), "ok": stored == p.jobs, "stored": stored}
