@@ -35,6 +35,11 @@ async def sleep(ctx: dict[str, Any]) -> None:
     await asyncio.sleep(0.01)
 
 
+async def io(ctx: dict[str, Any]) -> None:
+    """One Redis round trip with arq's own pool (the worker's ``ctx["redis"]``)."""
+    await ctx["redis"].incr(common.IO_KEY)
+
+
 async def stamp(ctx: dict[str, Any]) -> float:
     return time.time()
 
@@ -57,7 +62,7 @@ def run_worker(argv: list[str]) -> None:
         pass
     asyncio.set_event_loop(asyncio.new_event_loop())
     Worker(
-        functions=[noop, sleep, stamp],
+        functions=[noop, sleep, io, stamp],
         redis_settings=settings_for(a.db),
         poll_delay=a.poll_delay,
         max_jobs=a.max_jobs,
@@ -149,7 +154,25 @@ class Client:
             "ok": stored == p.jobs,
             "stored": stored,
             **memory.summary(p.jobs + 1),
+            **common.io_summary(p),
         }
+
+    async def cost(self) -> dict[str, Any]:
+        """Redis's work per job with a worker already running: ``enqueue_job``, poll and claim, run,
+        result stored, one ``Job.result_info()`` per job (a single read that never waits)."""
+        p = self.p
+        self.start_workers(p.procs)
+        await self.warm_up()
+        probe = common.CostProbe(p, self.workers)
+        probe.mark()
+        await asyncio.sleep(common.IDLE_S)
+        probe.mark()
+        jobs = await self.enqueue("noop", p.jobs)
+        await probe.wait_async(lambda: int(probe.redis.zcard(default_queue_name)))
+        await common.read_all([j.result_info for j in jobs])
+        probe.mark()
+        stored = await self.count_results([j.job_id for j in jobs])
+        return {**probe.summary(p.jobs), "ok": stored == p.jobs, "stored": stored}
 
     async def latency(self) -> dict[str, Any]:
         """arq publishes nothing when a job ends, so results are noticed by one poller checking every
@@ -253,6 +276,8 @@ async def run(p: common.Params) -> dict[str, Any]:
             return await client.rss()
         if p.workload == "backlog":
             return await client.backlog()
+        if p.workload == "cost":
+            return await client.cost()
         raise ValueError(f"arq has no {p.workload!r} workload")
     finally:
         client.workers.stop()

