@@ -27,6 +27,7 @@ from tasks_engine.store import get_broker
 from tasks_engine.store.connection import sync_client as sync_client_for
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.dashboard_support"]  # the dashboard fixture of both dashboard test files
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

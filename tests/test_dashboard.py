@@ -19,8 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -31,6 +30,7 @@ from tasks_engine.ops import control
 from tasks_engine.store import get_broker
 from tests import sample_tasks as t
 from tests.conftest import ROOT, skip_or_fail_in_ci, worker_env
+from tests.dashboard_support import free_port
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 if CHROMIUM is None:
@@ -43,12 +43,6 @@ pytestmark = pytest.mark.slow
 IMPORTS = "tests.containment_tasks"
 SCREENSHOT = ROOT / "docs" / "screenshots" / "overview.png"
 USER, PASSWORD, TOKEN = "ops", "s3cret-pass", "tok-123456"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float) -> Any:
@@ -90,45 +84,6 @@ class Session:
         all_headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded",
                        **self.headers, **headers}  # fmt: skip
         return request(self.base + path, "POST", body.encode(), all_headers, self.opener)
-
-
-@pytest.fixture
-def dashboard(prefix: str, tmp_path: Path) -> Iterator[Callable[..., str]]:
-    """Start ``python -m tasks_engine.dashboard`` for this test's prefix; returns its base URL."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str, host: str = "127.0.0.1", **settings: Any) -> str:
-        port = free_port()
-        env = worker_env(prefix, TE_DASHBOARD_REFRESH_SECONDS="0.5", TE_DASHBOARD_SAMPLE_SECONDS="0.5",
-                         **{f"TE_DASHBOARD_{k.upper()}": v for k, v in settings.items()})  # fmt: skip
-        log = open(tmp_path / f"dashboard-{len(procs)}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tasks_engine.dashboard", "--host", host, "--port", str(port), *args],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        procs.append(proc)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if request(base + "/healthz")[0] == 200:
-                    return base
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"dashboard did not start: {(tmp_path / f'dashboard-{len(procs) - 1}.log').read_text()}"
-                )
-            time.sleep(0.1)
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@ queue, isolated per test by a queue name and a key prefix on both sides (kombu's
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +15,8 @@ from celery import Celery
 import tests.celery_wire.engine_tasks  # noqa: F401 - registers the cw.* tasks in this process
 from tasks_engine import configure
 from tasks_engine.core.config import EngineSettings
-from tasks_engine.runtime.worker import Worker
 from tests.celery_wire.celery_app import make_app
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, running_worker
 
 
 @dataclass
@@ -60,12 +58,5 @@ def wire(engine: EngineSettings, sync_client: sync_redis.Redis) -> Iterator[Wire
         sync_client.delete(*keys)
 
 
-@contextlib.asynccontextmanager
-async def engine_worker(**options: Any) -> AsyncIterator[Worker]:
-    """A tasks_engine worker in this event loop, consuming the wire's Celery queue (from the settings)."""
-    w = Worker(beat=False, **options)
-    await w.start(handle_signals=False)
-    try:
-        yield w
-    finally:
-        await w.stop(grace=1)
+#: A tasks_engine worker in this event loop; it consumes the wire's Celery queue (from the settings).
+engine_worker = running_worker
