@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     cfg = Config(a.jobs, a.rounds, a.max_jobs, a.concurrency, a.db, f"cwb-{os.getpid()}-", logdir, a.timeout)
     load0 = os.getloadavg()[0]
-    machine = compare.describe_machine({"tasks_engine": sys.executable, "celery": sys.executable})
+    machine = compare.describe_machine({"tasks_engine": sys.executable, "celery": sys.executable}, shared=True)
     sender = make_app(cfg.prefix, f"redis://{common.REDIS_HOST}:{common.REDIS_PORT}/{cfg.db}")
     runs = plan(cfg.rounds)
     try:
