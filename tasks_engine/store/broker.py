@@ -272,9 +272,9 @@ class Broker(Views, Housekeeping):
 
     # ------------------------------------------------------------ completions
     async def commit(self, batch: Sequence[Completion]) -> list[str | BaseException]:
-        """Write ``batch`` in one round trip, one ``complete.lua`` call per completion (each all-or-nothing
-        and fenced). Per entry: ``'ok'``, ``'stale'`` (not the lease holder: nothing written), ``'final'``
-        (already finished by another delivery: only acknowledged) or the error for that entry.
+        """Write ``batch`` in one round trip and one ``complete.lua`` call (each completion written on its
+        own and fenced). Per entry: ``'ok'``, ``'stale'`` (not the lease holder: nothing written),
+        ``'final'`` (already finished by another delivery: only acknowledged) or the error for that entry.
 
         With ``replica_acks``, returns once that many replicas have the batch (a shortfall is logged: the
         jobs stay acknowledged on the primary, and a failover before they replicate runs them again).
@@ -295,31 +295,31 @@ class Broker(Views, Housekeeping):
                 *(self.run("complete", args=[*head, payloads[i]]) for i in todo), return_exceptions=True
             )
             for i, reply in zip(todo, results, strict=True):
-                out[i] = reply if isinstance(reply, BaseException) else reply.decode()
+                out[i] = reply if isinstance(reply, BaseException) else _completion_status(reply[0])
             todo = []
         keys = self.static_keys
         for _ in range(2 if todo else 0):  # a second round only after Redis lost its script cache
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for i in todo:
-                    pipe.evalsha(script.sha, len(keys), *keys, *head, payloads[i])  # type: ignore[arg-type]
-                if self.settings.replica_acks and todo:
+            async with self.redis.pipeline(transaction=False) as pipe:  # one command: no MULTI needed
+                pipe.evalsha(script.sha, len(keys), *keys, *head, *(payloads[i] for i in todo))  # type: ignore[arg-type]
+                if self.settings.replica_acks:
                     pipe.execute_command(
                         "WAIT", self.settings.replica_acks, int(self.settings.replica_ack_timeout * 1000)
                     )
-                replies = await pipe.execute(raise_on_error=False) if todo else []
-            if self.settings.replica_acks and todo:
-                acked, replies = replies[-1], replies[:-1]
+                replies = await pipe.execute(raise_on_error=False)
+            if self.settings.replica_acks:
+                acked = replies[-1]
                 if isinstance(acked, int) and acked < self.settings.replica_acks:
                     log.warning("completions not confirmed by replicas", jobs=len(todo), replicas=acked,
                                 wanted=self.settings.replica_acks)  # fmt: skip
-            missing = [i for i, r in zip(todo, replies, strict=True) if isinstance(r, NoScriptError)]
-            for i, reply in zip(todo, replies, strict=True):
-                if not isinstance(reply, NoScriptError):
-                    out[i] = reply if isinstance(reply, BaseException) else reply.decode()
-            if not missing:
-                break
-            await self.redis.script_load(script.script)
-            todo = missing
+            statuses = replies[0]
+            if isinstance(statuses, NoScriptError):
+                await self.redis.script_load(script.script)
+                continue
+            if not isinstance(statuses, list):  # the whole call failed (e.g. OOM): each entry met that error
+                statuses = [statuses] * len(todo)
+            for i, status in zip(todo, statuses, strict=True):
+                out[i] = status if isinstance(status, BaseException) else _completion_status(status)
+            break
         return [r if r is not None else NoScriptError("script not loaded") for r in out]
 
     async def write_failed_later(
@@ -448,3 +448,9 @@ def get_broker() -> Broker:
 def loop_broker(loop: asyncio.AbstractEventLoop) -> Broker | None:
     """The broker made for ``loop``, if any (to close it before the loop closes)."""
     return _brokers.get(loop)
+
+
+def _completion_status(status: bytes) -> str | BaseException:
+    """One entry of ``complete.lua``'s reply: its status, or the error that completion met."""
+    text = status.decode(errors="replace")
+    return ResponseError(text[len("error:") :]) if text.startswith("error:") else text

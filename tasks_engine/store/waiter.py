@@ -32,7 +32,7 @@ async def messages(redis: Redis, channel: str, ready: asyncio.Event | None = Non
 
 
 class ResultWaiter:
-    """Finished ids arrive on the ``done`` channel; each wakes exactly the futures registered for it."""
+    """Finished ids arrive on the ``done`` channel (a line each); each wakes exactly the futures registered for it."""
 
     def __init__(self, source: Callable[[], Redis], channel: str) -> None:
         self.source = source  # a client to subscribe with (on a Cluster, a node: see connection.py)
@@ -52,9 +52,11 @@ class ResultWaiter:
     async def _listen(self, ready: asyncio.Event) -> None:
         try:
             async for data in messages(self.source(), self.channel, ready):
-                for fut in self.waiters.pop(data.decode(errors="replace"), ()):
-                    if not fut.done():
-                        fut.set_result(None)
+                # One announcement may name several ids, a line each (a completion call's, complete.lua).
+                for task_id in data.decode(errors="replace").split("\n"):
+                    for fut in self.waiters.pop(task_id, ()):
+                        if not fut.done():
+                            fut.set_result(None)
         except (ConnectionError, OSError, RedisError) as exc:
             # The client closed or Redis went away: waiters are woken below and re-check the record.
             log.debug("result listener stopped", error=str(exc))

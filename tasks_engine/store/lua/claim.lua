@@ -92,10 +92,37 @@ local function rate_limited(id, q, score, task, rl, msg)
   park(id, q, score, at)
   return true
 end
-local out, dups, taken, popped, capped = {}, {}, 0, 0, false
-while taken < n do
-  if popped >= n * 4 + 500 then capped = true break end
-  popped = popped + 1
+local out, dups, taken, popped, capped
+-- The runtime override of a task's limit (hash ``rate-limits``), read once per task and call.
+local overrides = {}
+local function runtime_limit(task)
+  local cached = overrides[task]
+  if cached == nil then
+    cached = false
+    local o = redis.call('hget', K_RATE_LIMITS, task)
+    if o then
+      local parsed, value = pcall(cjson.decode, o)
+      if parsed and type(value) == 'table' and tonumber(value[1]) and tonumber(value[2]) then
+        cached = value
+      else
+        redis.call('hdel', K_RATE_LIMITS, task)  -- unreadable runtime limit: the declared one applies
+      end
+    end
+    overrides[task] = cached
+  end
+  return cached or nil
+end
+local cap = n * 4 + 500
+-- The next jobs to look at, {queue, id, score} each, best first: from a single queue as many at once as
+-- are wanted (one ZPOPMIN); across several queues one at a time, the best head of them.
+local function next_jobs()
+  local want = math.min(n - taken, cap - popped, 1000)
+  if #queues == 1 then
+    local got = redis.call('zpopmin', p .. ':q:' .. queues[1], want)
+    local jobs = {}
+    for i = 1, #got, 2 do jobs[#jobs + 1] = {queues[1], got[i], got[i + 1]} end
+    return jobs
+  end
   local bq, bid, bscore, bs = nil, nil, nil, nil
   for _, q in ipairs(queues) do
     local head = redis.call('zrange', p .. ':q:' .. q, 0, 0, 'WITHSCORES')
@@ -103,60 +130,89 @@ while taken < n do
       bq, bid, bscore, bs = q, head[1], tonumber(head[2]), head[2]
     end
   end
-  if not bid then break end
+  if not bid then return {} end
   redis.call('zrem', p .. ':q:' .. bq, bid)
-  local got, msg = pcall(redis.call, 'get', p .. ':msg:' .. bid)
-  if not got then
-    te_quarantine(p, bid, 'message key holds a value of the wrong type', iso, ttl)
-  elseif not msg then
+  return {{bq, bid, bs}}
+end
+-- Taken jobs' leases and owners, written once for the call; `mine`: the ids this call took.
+local leases, owners, mine = {}, {}, {}
+local function take(bid, bq, bs, msg, revoked, rkey, delivered_before)
+  leases[#leases + 1] = lease
+  leases[#leases + 1] = bid
+  owners[#owners + 1] = bid
+  owners[#owners + 1] = bq .. '|' .. bs .. '|' .. wid
+  mine[bid] = true
+  local delivered = (tonumber(delivered_before) or 0) + 1
+  if revoked == 0 then
+    redis.call('hset', rkey, 'delivered', delivered, 'state', 'STARTED', 'worker', wid, 'date_started',
+      string.format('%d', rnow))
+  else
+    redis.call('hset', rkey, 'delivered', delivered)
+  end
+  out[#out + 1] = {bid, msg, revoked, delivered}
+  taken = taken + 1
+end
+-- One popped job: run it, settle it as a duplicate, park it (rate limit) or quarantine it.
+local function consider(bq, bid, bs, msg, revoked, running)
+  local mkey = p .. ':msg:' .. bid
+  if not msg then
+    local got, value = pcall(redis.call, 'get', mkey)  -- MGET reads a key of another type as nil
+    if not got then
+      te_quarantine(p, bid, 'message key holds a value of the wrong type', iso, ttl)
+      return
+    end
+    msg = value
+  end
+  if not msg then
     if not te_final(redis.call('hget', p .. ':res:' .. bid, 'state')) then
       te_quarantine(p, bid, 'message lost while queued (evicted or deleted)', iso, ttl)
     end
+    return
+  end
+  local rkey = p .. ':res:' .. bid
+  local readable, record = pcall(redis.call, 'hmget', rkey, 'state', 'delivered')
+  if not readable then  -- the store keeps only what it can read
+    redis.call('del', rkey)
+    record = {false, false}
+  end
+  local state = record[1]
+  local task = string.match(msg, '"task":"(.-)"')
+  if te_final(state) then
+    -- Already finished (a replayed or re-sent message): never run again, record left as it is.
+    redis.call('del', mkey)
+    dups[#dups + 1] = {bid, state, task or ''}
+  elseif running or mine[bid] then
+    -- Running under a lease right now: a second copy of it, dropped (the running one owns the message).
+    dups[#dups + 1] = {bid, 'RUNNING', task or ''}
   else
-    local rkey = p .. ':res:' .. bid
-    local rtype = redis.call('type', rkey)['ok']
-    if rtype ~= 'hash' and rtype ~= 'none' then  -- the store keeps only what it can read
-      redis.call('del', rkey)
-      rtype = 'none'
+    if revoked == 0 and task then
+      local rl = runtime_limit(task) or limits[task]
+      if rl and rl[1] > 0 and rate_limited(bid, bq, bs, task, rl, msg) then return end
     end
-    local state = rtype == 'hash' and redis.call('hget', rkey, 'state')
-    local task = string.match(msg, '"task":"(.-)"')
-    if te_final(state) then
-      -- Already finished (a replayed or re-sent message): never run again, record left as it is.
-      redis.call('del', p .. ':msg:' .. bid)
-      dups[#dups + 1] = {bid, state, task or ''}
-    elseif redis.call('hexists', K_INFLIGHT, bid) == 1 then
-      -- Running under a lease right now: a second copy of it, dropped (the running one owns the message).
-      dups[#dups + 1] = {bid, 'RUNNING', task or ''}
-    else
-      local revoked = redis.call('exists', p .. ':revoked:' .. bid)
-      local deferred = false
-      if revoked == 0 and task then
-        local o = redis.call('hget', K_RATE_LIMITS, task)
-        local rl = limits[task]
-        if o then
-          local parsed, value = pcall(cjson.decode, o)
-          if parsed and type(value) == 'table' and tonumber(value[1]) and tonumber(value[2]) then
-            rl = value
-          else
-            redis.call('hdel', K_RATE_LIMITS, task)  -- unreadable runtime limit: the declared one applies
-          end
-        end
-        if rl and rl[1] > 0 then deferred = rate_limited(bid, bq, bs, task, rl, msg) end
-      end
-      if not deferred then
-        redis.call('zadd', K_ACTIVE, lease, bid)
-        redis.call('hset', K_INFLIGHT, bid, bq .. '|' .. bs .. '|' .. wid)
-        local delivered = redis.call('hincrby', rkey, 'delivered', 1)
-        if revoked == 0 then
-          redis.call('hset', rkey, 'state', 'STARTED', 'worker', wid, 'date_started', string.format('%d', rnow))
-        end
-        out[#out + 1] = {bid, msg, revoked, delivered}
-        taken = taken + 1
-      end
-    end
+    take(bid, bq, bs, msg, revoked, rkey, record[2])
   end
 end
+out, dups, taken, popped, capped = {}, {}, 0, 0, false
+while taken < n do
+  if popped >= cap then capped = true break end
+  local jobs = next_jobs()
+  if #jobs == 0 then break end
+  popped = popped + #jobs
+  -- Their messages, revoke marks and leases in one read each for the whole batch.
+  local names, ids = {}, {}
+  for _, job in ipairs(jobs) do
+    names[#names + 1] = p .. ':msg:' .. job[2]
+    names[#names + 1] = p .. ':revoked:' .. job[2]
+    ids[#ids + 1] = job[2]
+  end
+  local values = redis.call('mget', unpack(names))
+  local running = redis.call('hmget', K_INFLIGHT, unpack(ids))
+  for i, job in ipairs(jobs) do
+    consider(job[1], job[2], job[3], values[2 * i - 1] or nil, values[2 * i] and 1 or 0, running[i])
+  end
+end
+te_chunked('zadd', K_ACTIVE, leases, 2)
+te_chunked('hset', K_INFLIGHT, owners, 2)
 if capped then
   redis.call('lpush', p .. ':wake:' .. queues[1], '1')  -- parked a long run of jobs: claim again at once
 elseif taken == 0 then

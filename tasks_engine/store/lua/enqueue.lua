@@ -9,7 +9,9 @@ for i = 3, #ARGV do
   items[#items + 1] = {id, string.sub(ARGV[i], at), q, prio, eta, nx}
 end
 local placed = {}
+te_batch_begin(#items)  -- their writes are gathered and made once for all at the end (lib.lua)
 for _, m in ipairs(items) do
   placed[#placed + 1] = te_enqueue(ARGV[1], m[1], m[2], m[3], m[4], m[5], ARGV[2], m[6])
 end
+te_batch_flush(ARGV[1])
 return placed

@@ -80,6 +80,43 @@ local function te_quarantine(p, id, reason, iso, ttl)
   end
 end
 
+-- One enqueue call (enqueue.lua) places many messages: te_batch_begin gathers their writes and
+-- te_batch_flush makes them with one command each for the whole call: one INCRBY for the sequence, one
+-- MSET for the messages, one ZADD and one wake-up per queue. A hand-off sees the messages gathered
+-- before it, so a later job never overtakes an earlier one. Outside such a call (nil) every write is
+-- made at once.
+local te_batch = nil
+local function te_batch_begin(count)
+  te_batch = {seq = 1, last = 0, left = math.max(count, 1), known = {}, mset = {}, zadd = {}, wake = {},
+    no_handoff = {}}
+end
+-- A completion call (complete.lua) acknowledges its jobs and deletes their messages at its end, a command
+-- for all (te_acks: ids, te_dels: message keys); nil outside one.
+local te_acks, te_dels = nil, nil
+
+-- redis.call(cmd, [key,] items...) in chunks of whole groups of `width` items.
+local function te_chunked(cmd, key, items, width)
+  local step = 1000 - 1000 % width
+  for first = 1, #items, step do
+    local last = math.min(first + step - 1, #items)
+    if key then
+      redis.call(cmd, key, unpack(items, first, last))
+    else
+      redis.call(cmd, unpack(items, first, last))
+    end
+  end
+end
+
+local function te_wake_now(p, q)
+  redis.call('lpush', p .. ':wake:' .. q, '1')
+  redis.call('ltrim', p .. ':wake:' .. q, 0, 999)
+end
+
+-- Wake the workers waiting on q (once per queue in an enqueue call).
+local function te_wake(p, q)
+  if te_batch then te_batch.wake[q] = true else te_wake_now(p, q) end
+end
+
 -- Direct hand-off: a worker whose claim found nothing is registered as idle (claim.lua); a ready job
 -- goes straight to the freshest such worker, already leased to it as a claim would, so it starts without
 -- a claim round trip. Never for a revoked, finished or running job or a task with a rate limit (the claim
@@ -89,8 +126,14 @@ end
 -- deferred and due): the claim those jobs woke it for takes them first, in priority and FIFO order, so a
 -- later job cannot overtake them.
 local function te_handoff(p, id, msg, q, score)
+  local b = te_batch
+  if b and (b.no_handoff[q] or b.zadd[q]) then return false end
   local idle = p .. ':idle:' .. q
-  if redis.call('exists', idle) == 0 or redis.call('exists', p .. ':q:' .. q) == 1 then return false end
+  if redis.call('exists', idle) == 0 or redis.call('exists', p .. ':q:' .. q) == 1 then
+    -- Within one enqueue call no worker registers as idle and no queue empties: asked once per queue.
+    if b then b.no_handoff[q] = true end
+    return false
+  end
   local now = te_time_ms()
   local due = redis.call('zrange', K_DELAYED, 0, 0, 'WITHSCORES')[2]
   if due and tonumber(due) <= now then return false end
@@ -106,27 +149,34 @@ local function te_handoff(p, id, msg, q, score)
       or redis.call('exists', p .. ':revoked:' .. id) == 1 then
     return false
   end
-  local rkey = p .. ':res:' .. id
-  local t = redis.call('type', rkey)['ok']
-  if t ~= 'hash' and t ~= 'none' then redis.call('del', rkey) end
-  -- A job already finished or running (a replayed or re-sent message): queued, the claim settles it.
-  if (t == 'hash' and te_final(redis.call('hget', rkey, 'state'))) or redis.call('hexists', K_INFLIGHT, id) == 1 then
-    return false
+  if te_acks and te_acks[id] then  -- acknowledged by this completion call (a retry): made now, not at its end
+    redis.call('zrem', K_ACTIVE, id)
+    redis.call('hdel', K_INFLIGHT, id)
+    te_acks[id] = nil
   end
+  local rkey = p .. ':res:' .. id
+  local readable, record = pcall(redis.call, 'hmget', rkey, 'state', 'delivered')
+  if not readable then  -- the store keeps only what its scripts can read
+    redis.call('del', rkey)
+    record = {false, false}
+  end
+  -- A job already finished or running (a replayed or re-sent message): queued, the claim settles it.
+  if te_final(record[1]) or redis.call('hexists', K_INFLIGHT, id) == 1 then return false end
   local lease_ms, queues = string.match(redis.call('hget', K_IDLE_INFO, wid) or '', '^(%d+)|(.*)$')
   if not lease_ms then
     redis.call('zrem', idle, wid)
     return false
   end
   for name in string.gmatch(queues, '[^\n]+') do
-    if redis.call('exists', p .. ':q:' .. name) == 1 then return false end
+    if (b and b.zadd[name]) or redis.call('exists', p .. ':q:' .. name) == 1 then return false end
   end
   for name in string.gmatch(queues, '[^\n]+') do redis.call('zrem', p .. ':idle:' .. name, wid) end
   redis.call('hdel', K_IDLE_INFO, wid)
   redis.call('zadd', K_ACTIVE, string.format('%d', now + tonumber(lease_ms)), id)
   redis.call('hset', K_INFLIGHT, id, q .. '|' .. score .. '|' .. wid)
-  local delivered = redis.call('hincrby', rkey, 'delivered', 1)
-  redis.call('hset', rkey, 'state', 'STARTED', 'worker', wid, 'date_started', string.format('%d', now))
+  local delivered = (tonumber(record[2]) or 0) + 1
+  redis.call('hset', rkey, 'delivered', delivered, 'state', 'STARTED', 'worker', wid, 'date_started',
+    string.format('%d', now))
   local box = p .. ':handoff:' .. wid
   redis.call('rpush', box, id .. '\n' .. delivered .. '\n' .. string.format('%d', now) .. '\n' .. msg)
   redis.call('pexpire', box, 60000)
@@ -134,26 +184,60 @@ local function te_handoff(p, id, msg, q, score)
 end
 
 local function te_enqueue(p, id, msg, q, prio, eta, now, nx)
+  local b = te_batch
   local mkey = p .. ':msg:' .. id
   if nx == '1' then
+    if b and b.known[id] then return 0 end
     if redis.call('exists', mkey) == 1 then return 0 end
     local st = redis.call('hget', p .. ':res:' .. id, 'state')
     if te_final(st) then return 0 end
   end
-  local seq = redis.call('incr', K_SEQ)
+  local seq
+  if b then
+    if b.seq > b.last then  -- one INCRBY reserves the sequence numbers of the whole call
+      b.last = tonumber(redis.call('incrby', K_SEQ, b.left))
+      b.seq = b.last - b.left + 1
+    end
+    seq = b.seq
+    b.seq = seq + 1
+    b.left = math.max(b.left - 1, 1)
+  else
+    seq = redis.call('incr', K_SEQ)
+  end
   local score = string.format('%d', tonumber(prio) * 1000000000000 + seq)
-  redis.call('set', mkey, msg)
+  if b then
+    b.known[id] = true
+    b.mset[#b.mset + 1] = mkey
+    b.mset[#b.mset + 1] = msg
+  else
+    if te_dels then te_dels[mkey] = nil end  -- written again after a delete this call put off
+    redis.call('set', mkey, msg)
+  end
   if tonumber(eta) > tonumber(now) then
     redis.call('zadd', K_DELAYED, eta, id)
     redis.call('hset', K_DQ, id, q .. '|' .. score)
-    redis.call('lpush', p .. ':wake:' .. q, '1')  -- an idle worker re-reads the next due time
-    redis.call('ltrim', p .. ':wake:' .. q, 0, 999)
+    te_wake(p, q)  -- an idle worker re-reads the next due time
   elseif not te_handoff(p, id, msg, q, score) then
-    redis.call('zadd', p .. ':q:' .. q, score, id)
-    redis.call('lpush', p .. ':wake:' .. q, '1')
-    redis.call('ltrim', p .. ':wake:' .. q, 0, 999)
+    if b then
+      local z = b.zadd[q] or {}
+      z[#z + 1] = score
+      z[#z + 1] = id
+      b.zadd[q] = z
+    else
+      redis.call('zadd', p .. ':q:' .. q, score, id)
+    end
+    te_wake(p, q)
   end
   return 1
+end
+
+-- The gathered writes of te_batch_begin, a command each (in chunks, under Lua's unpack limit).
+local function te_batch_flush(p)
+  local b = te_batch
+  te_batch = nil
+  te_chunked('mset', nil, b.mset, 2)
+  for q, z in pairs(b.zadd) do te_chunked('zadd', p .. ':q:' .. q, z, 2) end
+  for q in pairs(b.wake) do te_wake_now(p, q) end
 end
 
 -- One chord header part: count a result (the last one dispatches the body, once) or fail the chord
