@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from redis.exceptions import ResponseError
 
@@ -20,6 +21,7 @@ from tasks_engine.store.writes import Enqueue
 
 MAX_ITEMS = 500
 Flush = Callable[[Sequence[Enqueue]], Awaitable[list[int]]]
+Fetch = Callable[[Sequence[str]], Awaitable[list[Any]]]
 
 
 class EnqueueBatcher:
@@ -90,7 +92,60 @@ class EnqueueBatcher:
             start += len(items)
 
 
-def _settle(fut: asyncio.Future[int], outcome: int | BaseException) -> None:
+class ReadBatcher:
+    """Reads of one loop by key, coalesced like ``delay()``: one that finds no read in flight goes out at
+    once; those that arrive meanwhile share the next ``fetch`` (one pipeline: one round trip, and one
+    socket read in Redis instead of one per caller). ``fetch`` answers each key with its value or the
+    error for that key alone."""
+
+    def __init__(self, fetch: Fetch) -> None:
+        self.fetch = fetch
+        self.pending: list[tuple[str, asyncio.Future[Any]]] = []
+        self.running = False
+        self.task: asyncio.Future[None] | None = None
+
+    async def read(self, key: str) -> Any:
+        if not self.running:
+            self.running = True
+            try:
+                return _value((await self.fetch([key]))[0])
+            finally:
+                self.running = False
+                if self.pending:
+                    self.running = True
+                    self.task = asyncio.ensure_future(self._drain())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending.append((key, fut))
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch = [(k, f) for k, f in self.pending[:MAX_ITEMS] if not f.cancelled()]
+                del self.pending[:MAX_ITEMS]
+                if not batch:
+                    continue
+                try:
+                    values = await self.fetch([k for k, _ in batch])
+                except BaseException as exc:
+                    for _, fut in batch:
+                        _settle(fut, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, fut), value in zip(batch, values, strict=True):
+                    _settle(fut, value)
+        finally:
+            self.running = False
+
+
+def _value(outcome: Any) -> Any:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _settle(fut: asyncio.Future[Any], outcome: Any) -> None:
     if fut.done():
         return
     if isinstance(outcome, BaseException):

@@ -28,7 +28,7 @@ from tasks_engine.exceptions import (
     EngineConnectionError,
     NotReplicatedError,
 )
-from tasks_engine.store.batching import EnqueueBatcher
+from tasks_engine.store.batching import EnqueueBatcher, ReadBatcher
 from tasks_engine.store.connection import PubSubSource, async_client, awaited, sync_client
 from tasks_engine.store.housekeeping import Housekeeping
 from tasks_engine.store.keys import Keys
@@ -90,6 +90,7 @@ class Broker(Views, Housekeeping):
         self.base = self.keys.base
         self.waiter = ResultWaiter(self.pubsub, self.keys.done_channel)
         self.batcher = EnqueueBatcher(self._enqueue_now)
+        self.record_reads = ReadBatcher(self.fetch_records)
         self.redis_clock = (0, 0.0)  # (Redis ms, monotonic s) at the last claim: to age hand-offs
 
     def redis_now_ms(self) -> int:

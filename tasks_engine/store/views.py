@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from tasks_engine.core.config import EngineSettings
+    from tasks_engine.store.batching import ReadBatcher
     from tasks_engine.store.keys import Keys
 
 
@@ -24,17 +25,31 @@ class Views:
     keys: Keys
     settings: EngineSettings
     cluster: bool  # a Redis Cluster has no MULTI across commands (each one is atomic by itself)
+    record_reads: ReadBatcher  # over fetch_records
 
     # ------------------------------------------------------------ result records
     async def record(self, task_id: str) -> dict[bytes, bytes]:
         """The result hash; empty while there is none — or while something not ours sits under its key
-        (the worker replaces that with a proper record when it claims the job)."""
+        (the worker replaces that with a proper record when it claims the job). Concurrent reads share
+        one pipeline (``record_reads``)."""
         try:
-            return await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.result(task_id)))
+            return cast("dict[bytes, bytes]", await self.record_reads.read(task_id))
         except ResponseError as exc:
             if not str(exc).startswith("WRONGTYPE"):
                 raise
             return {}
+
+    async def fetch_records(self, task_ids: Sequence[str]) -> list[Any]:
+        """The result hashes of ``task_ids`` in one round trip; an error stands for its own id only."""
+        if len(task_ids) == 1:
+            try:
+                return [await cast("Awaitable[dict[bytes, bytes]]", self.redis.hgetall(self.keys.result(task_ids[0])))]
+            except ResponseError as exc:
+                return [exc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.keys.result(task_id))
+            return await pipe.execute(raise_on_error=False)
 
     async def record_field(self, task_id: str, name: str) -> str | None:
         try:
