@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pytest
 from redis.exceptions import ResponseError
 
+from tasks_engine import AsyncResult, states
 from tasks_engine.store import Enqueue, get_broker
 from tests import sample_tasks as t
 from tests.conftest import running_worker
@@ -71,3 +72,28 @@ async def test_a_cancelled_sender_does_not_strand_the_others(engine, concurrent:
     results = await asyncio.gather(*others)
     async with running_worker():
         assert sorted([await r.get(timeout=10) for r in results]) == list(range(1, concurrent + 1))
+
+
+# ---------------------------------------------------------------- result reads (ReadBatcher)
+async def test_concurrent_result_reads_share_round_trips_and_a_bad_key_hurts_only_its_reader(
+    engine, sync_client, prefix
+) -> None:
+    async with running_worker():
+        handles = [await t.add.delay(i, 1) for i in range(200)]
+        for h in handles:
+            await h.get(timeout=10)
+    sync_client.set(f"{{{prefix}}}:res:stray", "a string, not a hash")  # what a stray client could leave
+    reads = get_broker().record_reads
+    sizes: list[int] = []
+    fetch = reads.fetch
+
+    async def counted(ids: Sequence[str]) -> list[object]:
+        sizes.append(len(ids))
+        return await fetch(ids)
+
+    reads.fetch = counted
+    stray = AsyncResult("stray")
+    values = await asyncio.gather(stray.record(), *(h.result() for h in handles))
+    assert values[0]["state"] == states.PENDING  # a key of the wrong type reads as no record yet, as alone
+    assert list(values[1:]) == [i + 1 for i in range(200)]
+    assert sum(sizes) == 201 and len(sizes) <= 3, sizes  # the first goes alone, the rest together
