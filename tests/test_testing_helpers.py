@@ -3,6 +3,7 @@ and the pytest plugin's ``tasks_engine_worker`` fixture (a real worker, a key pr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,8 +12,6 @@ import redis as sync_redis
 from tasks_engine import EagerResult, EngineConnectionError, EngineSettings, chain, configure, shared_task
 from tasks_engine.testing import always_eager
 from tests import sample_tasks as t
-
-USED_PREFIXES: list[str] = []
 
 
 @shared_task(name="testing.send_email")
@@ -65,17 +64,26 @@ async def test_the_setting_switches_it_on_too(prefix):
         configure(EngineSettings())
 
 
-async def test_the_plugins_worker_fixture_runs_real_jobs(tasks_engine_worker):
-    USED_PREFIXES.append(tasks_engine_worker.settings.key_prefix)
-    assert tasks_engine_worker.settings.key_prefix.startswith("test-")
+@pytest.fixture
+def keys_left_after(sync_client: sync_redis.Redis) -> Iterator[list[str]]:
+    """Set up before ``tasks_engine_worker`` when listed first, so torn down after it: what its prefix
+    still holds in Redis once the plugin's fixture has cleaned up."""
+    prefixes: list[str] = []
+    yield prefixes
+    left = [k for p in prefixes for k in sync_client.scan_iter(f"{{{p}}}:*")]
+    assert not left, f"the plugin's worker fixture left {len(left)} keys: {left[:5]}"
+
+
+async def test_the_plugins_worker_fixture_runs_real_jobs_and_cleans_up(
+    keys_left_after, tasks_engine_worker, sync_client
+):
+    prefix = tasks_engine_worker.settings.key_prefix
+    keys_left_after.append(prefix)
+    assert prefix.startswith("test-")
     r = await t.add.delay(20, 22)
     assert not isinstance(r, EagerResult)
     assert await r.get(timeout=10) == 42
-
-
-def test_the_plugins_worker_fixture_cleaned_up(sync_client: sync_redis.Redis):
-    assert USED_PREFIXES, "runs after the fixture's test"
-    assert not list(sync_client.scan_iter(f"{USED_PREFIXES[-1]}:*"))
+    assert list(sync_client.scan_iter(f"{{{prefix}}}:*"))  # there is something to clean up
 
 
 def test_eager_fixture(tasks_engine_eager):
