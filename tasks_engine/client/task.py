@@ -8,13 +8,14 @@ from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, Type
 from pydantic import ValidationError
 
 from tasks_engine.client.canvas import chunks, group
+from tasks_engine.client.plan import build_plain
 from tasks_engine.client.results import AsyncResult, EagerResult, store_state
 from tasks_engine.client.signature import Signature, runs_eagerly
 from tasks_engine.client.sync import SyncResult, apply_sync
 from tasks_engine.core.context import worker_context
 from tasks_engine.exceptions import TaskDefinitionError
 from tasks_engine.model.registry import Request, TaskDefinition, TaskOptions, current_request, register, registry
-from tasks_engine.store import get_broker
+from tasks_engine.store import Writes, get_broker
 
 __all__ = ["Request", "Task", "TaskOptions", "current_request", "registry", "shared_task"]
 
@@ -45,6 +46,11 @@ class Task(TaskDefinition, Generic[P, R]):
         self, args: Iterable[Any] | None = None, kwargs: dict[str, Any] | None = None, **options: Any
     ) -> AsyncResult[R]:
         """Send to a worker; returns once the message is in Redis. Options: see :mod:`tasks_engine.client.plan`."""
+        if not options and not runs_eagerly():
+            plain = build_plain(self, args or (), kwargs or {})
+            if plain is not None:
+                await get_broker().write(Writes([plain]))
+                return AsyncResult(plain.id, ignore_result=bool(self.options.ignore_result))
         call = Signature(self.name, args, kwargs, options)  # made for this call: sent as it is, not copied
         result: AsyncResult[R] = await (call.apply() if runs_eagerly() else call.send())
         return result

@@ -20,11 +20,17 @@ except ImportError:  # the optional extra is not installed
 TRACER_NAME = "tasks_engine"
 
 
-def _active() -> bool:
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider) if trace is not None else ()
+_sdk_seen = False  # OpenTelemetry sets its global provider once: once a real one is seen, it stays
+
+
+def tracing_active() -> bool:
     """True once an SDK tracer provider is installed: until then spans are skipped, not just no-ops."""
-    if trace is None:
-        return False
-    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    global _sdk_seen
+    if _sdk_seen or trace is None:
+        return _sdk_seen
+    _sdk_seen = not isinstance(trace.get_tracer_provider(), _NO_SDK)
+    return _sdk_seen
 
 
 #: What :func:`sending_span` gives while no SDK is installed: nothing to enter or leave.
@@ -33,13 +39,13 @@ NO_SPAN = nullcontext()
 
 def sending_span(task: str, task_id: str, queue: str, headers: dict[str, Any]) -> AbstractContextManager[None]:
     """:func:`producer_span` once an SDK is installed, else :data:`NO_SPAN` (every send asks)."""
-    return producer_span(task, task_id, queue, headers) if _active() else NO_SPAN
+    return producer_span(task, task_id, queue, headers) if tracing_active() else NO_SPAN
 
 
 @contextmanager
 def producer_span(task: str, task_id: str, queue: str, headers: dict[str, Any]) -> Iterator[None]:
     """Around building one message: the span's context is written into ``headers`` (W3C ``traceparent``)."""
-    if not _active():
+    if not tracing_active():
         yield
         return
     tracer = trace.get_tracer(TRACER_NAME)
@@ -59,13 +65,13 @@ NO_RUN_SPAN = nullcontext(_no_outcome)
 
 def running_span(task: str, task_id: str, retries: int, headers: dict[str, Any]) -> AbstractContextManager[Any]:
     """:func:`consumer_span` once an SDK is installed, else :data:`NO_RUN_SPAN` (every attempt asks)."""
-    return consumer_span(task, task_id, retries, headers) if _active() else NO_RUN_SPAN
+    return consumer_span(task, task_id, retries, headers) if tracing_active() else NO_RUN_SPAN
 
 
 @contextmanager
 def consumer_span(task: str, task_id: str, retries: int, headers: dict[str, Any]) -> Iterator[Any]:
     """Around one attempt in the worker; yields a callable that records the outcome's state."""
-    if not _active():
+    if not tracing_active():
         yield lambda state, exc=None: None
         return
     tracer = trace.get_tracer(TRACER_NAME)

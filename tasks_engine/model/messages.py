@@ -266,6 +266,33 @@ def encode_sized(message: Message) -> tuple[bytes, int]:
     return head + _signature(head + body, key.get_secret_value().encode()) + b":" + body, size
 
 
+def encode_plain(
+    task_id: str, task: str, queue: str, priority: int, args: list[Any], kwargs: dict[str, Any]
+) -> bytes | None:
+    """What :func:`encode` writes for a call that sets nothing but its arguments (no option, workflow,
+    header or compression; ``root_id`` is its own id), built without the :class:`Message` model round trip.
+    ``args``/``kwargs`` are JSON-ready (the task's argument check made them so). None when a value needs
+    :func:`encode`'s own handling (not serializable, NaN/Infinity): it then says what is wrong."""
+    try:
+        values = to_json(args, inf_nan_mode="constants")
+        named = to_json(kwargs, inf_nan_mode="constants") if kwargs else b""
+    except PydanticSerializationError:
+        return None
+    if b"NaN" in values or b"Infinity" in values or b"NaN" in named or b"Infinity" in named:
+        return None
+    ident = task_id.encode()  # a new id: hex digits and dashes, nothing to escape
+    body = b"".join((
+        b'{"id":"', ident, b'","task":', to_json(task), b',"queue":', to_json(queue),
+        b',"priority":%d,"args":' % priority, values, b',"kwargs":' + named if named else b"",
+        b',"root_id":"', ident, b'","sent_at":', repr(time.time()).encode(), b"}",
+    ))  # fmt: skip
+    key = get_settings().signing_key
+    if key is None:
+        return body
+    head = _SIGNED_MARK + b"%d:" % _valid_until(time.time(), None, False)
+    return head + _signature(head + body, key.get_secret_value().encode()) + b":" + body
+
+
 def _with_chord_placeholder(body: bytes) -> bytes | None:
     """The body as it was signed if this is a chord body whose first argument Redis filled in.
 
