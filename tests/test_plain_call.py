@@ -6,6 +6,9 @@ path's own result for the same call."""
 from __future__ import annotations
 
 import math
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +18,7 @@ from pydantic import SecretStr
 from tasks_engine import configure, shared_task
 from tasks_engine.client.plan import Context, build_enqueue, build_plain
 from tasks_engine.client.signature import Signature
+from tasks_engine.core.ids import new_id
 from tasks_engine.model.messages import Message, decode
 from tests import sample_tasks as t
 from tests.conftest import running_worker
@@ -98,3 +102,21 @@ async def test_plain_calls_run_and_keep_their_handle_options(engine) -> None:
         assert (await t.add.delay(2, 3)).id != (await t.add.delay(2, 3)).id
         assert await (await t.add.delay(2, 3)).get(timeout=10) == 5
 
+
+def test_new_ids_stay_unique_across_threads_and_a_fork() -> None:
+    """Ids come from random bytes read ahead (core/ids.py): no two threads, and no forked child and its
+    parent, may hand out the same ones."""
+    with ThreadPoolExecutor(8) as pool:
+        batches = list(pool.map(lambda _: [new_id() for _ in range(2000)], range(8)))
+    seen = [i for batch in batches for i in batch]
+    assert len(set(seen)) == len(seen) == 16000
+    assert all(uuid.UUID(i).version == 4 for i in seen[:100])
+    read, write = os.pipe()
+    new_id()  # the pool now holds ids the parent has not used yet
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only reports its ids
+        os.write(write, " ".join(new_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    from_child = set(os.read(read, 1 << 16).decode().split())
+    assert len(from_child) == 50 and not from_child & {new_id() for _ in range(300)}

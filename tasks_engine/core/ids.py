@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from typing import Any
+
+_POOL_IDS = 256  # ids' worth of random bytes read from the OS at once (one getrandom call, not 256)
+_pool = bytearray()
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    global _pool_lock
+    _pool_lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    _pool.clear()  # a forked child must not hand out the ids its parent will
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def new_id() -> str:
     """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives, without the UUID object:
-    every ``delay()`` makes one."""
-    raw = bytearray(os.urandom(16))
+    every ``delay()`` makes one. The bytes are ``os.urandom``'s, read ahead for a few hundred ids."""
+    with _pool_lock:  # threads (sync tasks, the blocking API) must never take the same bytes
+        if not _pool:
+            _pool.extend(os.urandom(16 * _POOL_IDS))
+        raw = _pool[-16:]
+        del _pool[-16:]
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
