@@ -11,7 +11,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from tasks_engine import AsyncResult, states
-from tasks_engine.store import Enqueue, get_broker
+from tasks_engine.store import Completion, Enqueue, get_broker
 from tests import sample_tasks as t
 from tests.conftest import running_worker
 
@@ -97,3 +97,27 @@ async def test_concurrent_result_reads_share_round_trips_and_a_bad_key_hurts_onl
     assert values[0]["state"] == states.PENDING  # a key of the wrong type reads as no record yet, as alone
     assert list(values[1:]) == [i + 1 for i in range(200)]
     assert sum(sizes) == 201 and len(sizes) <= 3, sizes  # the first goes alone, the rest together
+
+
+# ---------------------------------------------------------------- completions (one complete.lua call)
+async def test_a_completion_that_fails_half_way_is_not_acknowledged_and_the_others_are_written(engine) -> None:
+    """One ``complete.lua`` call writes a whole commit batch. An entry that errors returns its error
+    and leaves its job in flight (so the worker's fallback completion passes the fence); the other
+    entries are written and acknowledged as usual."""
+    broker = get_broker()
+    keys, redis = broker.keys, broker.redis
+    for task_id in ("breaks", "fine"):
+        await redis.hset(keys.inflight, task_id, "default|1|w1")
+        await redis.zadd(keys.active, {task_id: 10**13})
+        await redis.set(keys.message(task_id), "{}")
+    await redis.set(keys.dead, "not a list")  # the failing entry's dead letter can't be pushed
+    breaks = Completion("breaks", {"state": states.FAILURE}, final=True, dead_letter=b"{}")
+    fine = Completion("fine", {"state": states.SUCCESS, "result": "1"}, final=True)
+    first, second = await broker.commit([breaks, fine])
+    assert isinstance(first, ResponseError) and "WRONGTYPE" in str(first)
+    assert second == "ok"
+    assert await redis.hexists(keys.inflight, "breaks") and await redis.zscore(keys.active, "breaks")
+    assert await redis.exists(keys.message("breaks")) and not await redis.exists(keys.result("breaks"))
+    assert not await redis.hexists(keys.inflight, "fine") and await redis.zscore(keys.active, "fine") is None
+    assert not await redis.exists(keys.message("fine"))
+    assert (await AsyncResult("fine").record())["state"] == states.SUCCESS

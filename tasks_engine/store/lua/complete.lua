@@ -10,12 +10,16 @@ local p, ttl, now_ms, iso = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local null = cjson.null
 local finished = {}
 te_acks, te_dels = {}, {}
+-- What the entry being written had already marked before it began: an entry that raises half-way is
+-- taken back off the call's acknowledgements, so the worker's fallback write still finds its lease.
+local entry = nil
 
 local function complete(payload)
   local c = cjson.decode(payload)
   local id = c.id
   local rkey = p .. ':res:' .. id
   local mkey = p .. ':msg:' .. id
+  entry = {id = id, mkey = mkey, acked = te_acks[id], deleted = te_dels[mkey], finished = #finished}
   local readable, record = pcall(redis.call, 'hmget', rkey, 'state', 'delivered')
   if not readable then
     redis.call('del', rkey)  -- the store keeps only what its scripts can read
@@ -66,9 +70,15 @@ end
 
 local statuses = {}
 for i = 5, #ARGV do
+  entry = nil
   local ok, status = pcall(complete, ARGV[i])
   if not ok then
     status = 'error:' .. tostring(type(status) == 'table' and (status.err or status.message) or status)
+    if entry ~= nil then
+      te_acks[entry.id] = entry.acked
+      te_dels[entry.mkey] = entry.deleted
+      for j = #finished, entry.finished + 1, -1 do finished[j] = nil end
+    end
   end
   statuses[#statuses + 1] = status
 end
