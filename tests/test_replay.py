@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog
 from pydantic import SecretStr
 
 import tests.sample_tasks as t
@@ -86,6 +87,10 @@ async def ran(key: str) -> int:
     return int(await broker.redis.llen(broker.key("test-log", key)))
 
 
+async def logged_for(logs: list[dict[str, Any]], task_id: str) -> bool:
+    return any(e.get("task_id") == task_id for e in logs)
+
+
 async def settled_unrun(task_id: str) -> bool:
     """Nothing of the job is left to deliver: no message, not queued, not leased."""
     broker = get_broker()
@@ -145,16 +150,22 @@ async def test_replays_of_a_finished_job_never_run_it_again(engine, final):
 
 
 async def test_unsigned_replay_of_a_finished_job_never_runs_it_again(engine):
-    """Signing off: the same holds, since the check is the record's, not the signature's; and a call that reuses
-    the finished job's id gets its first result, unrun."""
+    """Signing off: the same holds, since the check is the record's, not the signature's; the duplicate is
+    logged (a warning naming the job and its state); and a call that reuses the finished job's id gets its
+    first result, unrun."""
     key = f"plain-{uuid.uuid4().hex[:6]}"
     result = await t.record.delay(key, "once")
     raw = await get_broker().redis.get(get_broker().key("msg", result.id))
     async with running_worker():
         assert await result.get(timeout=10) == "once"
         before = await result.record()
-        await push_raw(result.id, raw)
-        await until(lambda: settled_unrun(result.id))
+        with structlog.testing.capture_logs() as logs:
+            await push_raw(result.id, raw)
+            await until(lambda: settled_unrun(result.id))
+            await until(lambda: logged_for(logs, result.id))
+        (logged,) = [e for e in logs if e.get("task_id") == result.id]
+        assert logged["log_level"] == "warning" and "duplicate delivery" in logged["event"]
+        assert logged["task_name"] == t.record.name and logged["state"] == states.SUCCESS
         again = await t.record.apply_async((key, "twice"), task_id=result.id)  # a call reusing the id
         assert await again.get(timeout=10) == "once"
         await until(lambda: settled_unrun(result.id))

@@ -12,6 +12,7 @@ import ast
 import io
 import os
 import pickle
+import re
 import secrets
 import shutil
 import socket
@@ -49,6 +50,8 @@ from tasks_engine.integrations.embedded import server_binary
 from tasks_engine.model.messages import arq_job_deserializer, arq_job_serializer
 from tasks_engine.store import Broker, Enqueue, get_broker
 from tests.conftest import skip_or_fail_in_ci
+from tests.dashboard_support import call, free_port
+from tests.test_dashboard_security import ROUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -440,6 +443,44 @@ async def test_wrong_password_is_reported_without_the_password(lab):
     log = handle.text()
     assert "invalid username-password pair" in log or "WRONGPASS" in log, log[-2000:]
     _assert_secret_hidden(lab.wrong_password, log)
+
+
+async def test_no_dashboard_page_api_answer_or_metric_shows_any_piece_of_the_password(lab, use, dashboard):
+    """Every GET route of the dashboard and a worker's ``/metrics``, both on the password-protected Redis,
+    with jobs to show: none holds the password, its URL-quoted form, or any 6-character run of either."""
+    handle = lab.wait("password")
+    use(handle)
+    done = await t.add.delay(2, 3)
+    assert await done.get(timeout=15) == 5
+    waiting = await t.add.apply_async((1, 2), queue="nobody-consumes")
+    metrics_port = free_port()
+    worker = _spawn(lab, "metrics", lab.urls["password"], WORKER, prefix=handle.prefix,
+                    TE_METRICS_PORT=str(metrics_port), TE_METRICS_HOST="127.0.0.1")  # fmt: skip
+    port = int(dashboard(env={"REDIS_URL": lab.urls["password"], "TE_KEY_PREFIX": handle.prefix}).rsplit(":", 1)[1])
+    secrets_ = (lab.password, quote(lab.password, safe=""))
+    pieces = {secret[i : i + 6] for secret in secrets_ for i in range(len(secret) - 5)}
+    shown: dict[str, str] = {}
+    for method, path in ROUTES:
+        if method == "GET":
+            real = re.sub(r"/x(?=/|\?|$)", f"/{done.id}", path)
+            reply = call(port, "GET", real, {"Host": f"127.0.0.1:{port}"})
+            shown[path] = reply.body.decode(errors="replace")
+    assert "127.0.0.1" in shown["/"] and waiting.id in shown["/api/tasks"]  # the pages really read that Redis
+    assert done.id in shown[next(path for path in shown if path.startswith("/api/tasks/"))]
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            shown["worker /metrics"] = call(metrics_port, "GET", "/metrics", {"Host": "127.0.0.1"}).body.decode()
+            break
+        except OSError:
+            assert worker.proc.poll() is None and time.monotonic() < deadline, worker.text()[-2000:]
+            time.sleep(0.1)
+    assert "tasks_engine_" in shown["worker /metrics"], shown["worker /metrics"][:500]
+    shown["worker log"] = worker.text()
+    leaks = {where: sorted(p for p in pieces if p in text) for where, text in shown.items()}
+    assert not {where: found for where, found in leaks.items() if found}
+    worker.proc.terminate()
+    worker.proc.wait(10)
 
 
 def test_password_in_url_query_is_redacted_too():
