@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import fastapi
+import httpx
 import psutil
 import pytest
 import redis as sync_redis
@@ -152,8 +154,6 @@ def test_blocking_reads_refuse_a_running_loop(sync_engine: None) -> None:
 
 
 async def test_inside_a_fastapi_def_endpoint(sync_engine: None) -> None:
-    httpx = pytest.importorskip("httpx")
-    fastapi = pytest.importorskip("fastapi")
     app = fastapi.FastAPI()
 
     @app.get("/add")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import celery  # noqa: F401 - a test dependency: when missing this module fails (never a silent skip)
 import pytest
 import redis as sync_redis
 from kombu import Connection
@@ -31,7 +32,6 @@ from tasks_engine.model.celery_outbound import encode_call
 from tests.conftest import REDIS_URL, ROOT, not_on_cluster, redis_client
 from tests.test_sync_api import our_redis_connections
 
-pytest.importorskip("celery")
 pytestmark = not_on_cluster
 
 
