@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 from redis.exceptions import ResponseError
 
-from tasks_engine import AsyncResult, states
+from tasks_engine import AsyncResult, send_task, states
 from tasks_engine.store import Completion, Enqueue, get_broker
 from tests import sample_tasks as t
 from tests.conftest import running_worker
@@ -121,3 +121,30 @@ async def test_a_completion_that_fails_half_way_is_not_acknowledged_and_the_othe
     assert not await redis.hexists(keys.inflight, "fine") and await redis.zscore(keys.active, "fine") is None
     assert not await redis.exists(keys.message("fine"))
     assert (await AsyncResult("fine").record())["state"] == states.SUCCESS
+
+
+async def test_a_worker_whose_completion_write_fails_records_the_job_failed_and_carries_on(
+    engine, spawn_worker, tmp_path
+) -> None:
+    """A real worker process: a message for an unknown task must be dead-lettered, but the dead-letter
+    list can't be written (a key of the wrong type), so its ``complete.lua`` entry errors. The job still
+    ends FAILURE (the worker's fallback write passes the fence), nothing of it stays leased, and the
+    worker goes on running other jobs."""
+    broker = get_broker()
+    await broker.redis.set(broker.keys.dead, "not a list")
+    unknown = await send_task("no.such.task", [1])
+    fine = await t.add.delay(1, 2)
+    spawn_worker()
+    assert await fine.get(timeout=15) == 3
+    record = await unknown.record()
+    for _ in range(100):
+        if record["state"] == states.FAILURE:
+            break
+        await asyncio.sleep(0.1)
+        record = await unknown.record()
+    assert record["state"] == states.FAILURE and "no.such.task" in record["exc_message"]
+    assert not await broker.redis.hexists(broker.keys.inflight, unknown.id)
+    assert await broker.redis.zscore(broker.keys.active, unknown.id) is None
+    assert not await broker.redis.exists(broker.keys.message(unknown.id))
+    assert "could not write the job's completion" in (tmp_path / "worker-0.log").read_text()
+    assert await (await t.add.delay(2, 3)).get(timeout=15) == 5

@@ -254,6 +254,17 @@ def settle_failed(msg: Message, exc: BaseException, worker_id: str) -> Completio
     return Completion(task_id=msg.id, record=record, final=True, failed_later=failed, chord_parts=parts, failed=True)
 
 
+def fallback(completion: Completion, msg: Message | None, exc: BaseException, worker_id: str) -> Completion:
+    """What to write when ``completion`` could not be: a rejection without its dead letter (the dead-letter
+    list is what Redis refused, and the record alone settles the job), else the job as FAILURE with that
+    error (:func:`settle_failed`), else ``completion`` once more."""
+    if completion.dead_letter is not None:
+        return replace(completion, dead_letter=None)
+    if msg is not None:
+        return settle_failed(msg, exc, worker_id)
+    return completion
+
+
 def rejected(
     task_id: str, raw: bytes, reason: str, worker_id: str, msg: Message | None, exc: BaseException | None = None
 ) -> Completion:

@@ -31,7 +31,7 @@ from tasks_engine.model.messages import Message, decode
 from tasks_engine.model.registry import Request, TaskDefinition, get_task
 from tasks_engine.runtime.celery_finish import finish_ops, started_record
 from tasks_engine.runtime.commit import CommitQueue
-from tasks_engine.runtime.completion import decide, format_error, rejected, settle_failed
+from tasks_engine.runtime.completion import decide, fallback, format_error, rejected, settle_failed
 from tasks_engine.store import Broker, Completion, Duplicate
 from tasks_engine.store.celery import CeleryStore
 
@@ -179,11 +179,12 @@ class Deliveries:
         try:
             outcome = await self.commits.submit(completion)
         except Exception as exc:
-            log.exception("could not write the job's completion; recording it as failed")
+            log.exception("could not write the job's completion; recording it as failed",
+                          dead_letter_dropped=completion.dead_letter is not None)  # fmt: skip
             try:
-                fallback = settle_failed(msg, exc, self.id) if msg is not None else completion
-                fallback.token, fallback.worker = delivered, self.id
-                outcome = await self.commits.submit(fallback)
+                second = fallback(completion, msg, exc, self.id)
+                second.token, second.worker = delivered, self.id
+                outcome = await self.commits.submit(second)
             except Exception as again:  # noqa: BLE001 - nothing can be written for it: take it off the books
                 await self._quarantine(completion.task_id, f"its completion cannot be written: {again!r}")
                 return
