@@ -214,6 +214,52 @@ def sync_mixed(n: int) -> int:
         return 1000 + n
 
 
+# Without a hard limit the body runs in its delivery's own task (no task of its own): the soft limit,
+# terminate and a cold shutdown must still reach it, and its own cancellations stay its own.
+@shared_task(name="tl.unbounded_soft", soft_time_limit=0.3)
+async def unbounded_soft(key: str) -> str:
+    try:
+        await asyncio.sleep(10)
+        return "finished"
+    except SoftTimeLimitExceeded:
+        await asyncio.sleep(0.05)
+        await note(key, "cleaned")
+        return "cleaned"
+
+
+@shared_task(name="tl.unbounded_stubborn")
+async def unbounded_stubborn(key: str) -> str:
+    """No limit at all, and swallows every cancellation."""
+    await note(key, "start")
+    broker = get_broker()
+    try:
+        while True:
+            try:
+                await broker.redis.incr(broker.key("tl-ticks", key))
+                await asyncio.sleep(0.02)
+            except asyncio.CancelledError:
+                pass
+    finally:
+        SYNC_LOG[f"{key}-finally"] = True
+
+
+@shared_task(name="tl.own_timeout")
+async def own_timeout() -> str:
+    """Its own ``asyncio.timeout`` and a future someone else cancels: both are the body's business."""
+    try:
+        async with asyncio.timeout(0.05):
+            await asyncio.sleep(5)
+    except TimeoutError:
+        pass
+    other = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.02, other.cancel)
+    try:
+        await other
+    except asyncio.CancelledError:
+        return "both handled"
+    return "not cancelled"
+
+
 # ---------------------------------------------------------------- soft limit
 
 
@@ -325,6 +371,54 @@ async def test_revoke_terminate_stops_a_cancellation_swallower(worker):
     frozen = await ticks("term")
     await asyncio.sleep(0.3)
     assert await ticks("term") == frozen
+
+
+async def test_a_task_without_a_hard_limit_still_gets_its_soft_limit_and_its_own_cancellations(worker):
+    r = await unbounded_soft.delay("us")
+    assert await r.get(timeout=5) == "cleaned"
+    assert await notes("us") == ["cleaned"]
+    assert 0.25 < await duration(r) < 2.5
+    assert await (await own_timeout.delay()).get(timeout=5) == "both handled"
+    assert await (await t.add.delay(1, 2)).get(timeout=5) == 3  # the worker is untouched
+
+
+async def test_revoke_terminate_stops_a_swallower_without_any_limit(worker):
+    r = await unbounded_stubborn.delay("ut")
+    deadline = time.monotonic() + 5
+    while await ticks("ut") < 3:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    await r.revoke(terminate=True)
+    with pytest.raises(Exception, match="revoked|terminated"):
+        await r.get(timeout=5)
+    assert await r.state() == states.REVOKED
+    assert SYNC_LOG.get("ut-finally") is True
+    frozen = await ticks("ut")
+    await asyncio.sleep(0.3)
+    assert await ticks("ut") == frozen
+    assert await (await t.add.delay(2, 2)).get(timeout=5) == 4
+
+
+async def test_cold_shutdown_stops_a_swallower_without_any_limit_and_requeues_it(engine):
+    broker = get_broker()
+    w = Worker(beat=False)
+    await w.start(handle_signals=False)
+    r = await unbounded_stubborn.delay("uc")
+    deadline = time.monotonic() + 5
+    while await ticks("uc") < 3:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    started = time.monotonic()
+    await asyncio.wait_for(w.stop(grace=0), timeout=10)
+    assert time.monotonic() - started < 5  # the swallowed cancellation did not hold the shutdown up
+    assert SYNC_LOG.get("uc-finally") is True
+    frozen = await ticks("uc")
+    await asyncio.sleep(0.3)
+    assert await ticks("uc") == frozen
+    # Requeued without counting a retry, not failed: the next worker runs it again.
+    assert await r.state() != states.FAILURE
+    assert await broker.redis.exists(broker.key("msg", r.id))
+    assert await broker.redis.zscore(broker.key("active"), r.id) is None
 
 
 # ---------------------------------------------------------------- sync tasks in the thread pool

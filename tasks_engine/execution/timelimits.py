@@ -124,14 +124,14 @@ class _Interruptible:
             try:
                 value = yield yielded
             except asyncio.CancelledError as cancelled:
-                if self.kill:
-                    error, dying = cancelled, True
-                elif self.inject is not None:
+                current = asyncio.current_task()
+                if self.inject is not None and not self.kill:
                     error, self.inject = self.inject, None
-                    current = asyncio.current_task()
                     if current is not None:
                         current.uncancel()
-                else:
+                elif self.kill:
+                    error, dying = cancelled, True
+                else:  # its own ``asyncio.timeout``, or a future it awaited cancelled by someone else
                     error = cancelled
             except GeneratorExit:
                 coro.close()
@@ -154,6 +154,7 @@ class LimitedRun:
         self._soft_due = False  # the soft limit passed before the sync function got a thread
         self.terminated = False
         self.timed_out = False  # the hard limit stopped it
+        self._body_over = False  # an inline body returned: its task goes on with the delivery
 
     def _raise_in_thread(self, exc_type: type[BaseException]) -> bool:
         """Raise ``exc_type`` in the thread running the sync function, if it is still running it."""
@@ -164,24 +165,38 @@ class LimitedRun:
             self._interrupted = True
             return True
 
+    def _running_body(self) -> asyncio.Future[Any] | None:
+        """The future running the body while it still runs, else None."""
+        if self.task is None or self.task.done() or self._body_over:
+            return None
+        return self.task
+
     def soft_interrupt(self) -> None:
-        if self.task is None or self.task.done():
+        task = self._running_body()
+        if task is None:
             return
         if self._driver is not None:
             self._driver.inject = SoftTimeLimitExceeded("soft time limit exceeded")
-            self.task.cancel()
+            task.cancel()
         elif not self._raise_in_thread(SoftTimeLimitExceeded):
             self._soft_due = True
 
     def _stop(self, exc_type: type[BaseException]) -> None:
-        if self.task is None or self.task.done():
+        task = self._running_body()
+        if task is None:
             return
         if self._driver is not None:
             self._driver.kill = True
         else:
             self._raise_in_thread(exc_type)
-        self.task.cancel()
-        self.task.add_done_callback(_consume)
+        task.cancel()
+        task.add_done_callback(_consume)
+
+    def shut_down(self) -> None:
+        """Cold shutdown, just before the worker cancels the delivery: the body is stopped as the hard
+        limit stops it, so one that swallows the cancellation cannot hold the shutdown up."""
+        if self._driver is not None and self._running_body() is not None:
+            self._driver.kill = True
 
     def terminate(self) -> None:
         """Stop the attempt now (revoke with terminate=True)."""
@@ -191,12 +206,32 @@ class LimitedRun:
     async def run_coroutine(self, coro: Coroutine[Any, Any, T], soft: float | None, hard: float | None) -> T:
         self._driver = _Interruptible(coro, self.label)
         driver = self._driver
+        if hard is None:
+            return await self._run_inline(driver, soft)  # type: ignore[no-any-return]
 
         async def drive() -> Any:
             return await driver
 
         self.task = asyncio.ensure_future(drive())
         return await self._supervise(soft, hard)  # type: ignore[no-any-return]
+
+    async def _run_inline(self, driver: _Interruptible, soft: float | None) -> Any:
+        """No hard limit: nothing must report while the body still runs, so the body is stepped in the
+        caller's own task, with no task of its own and no loop turn before it starts (issue 27: the
+        trickle's enqueue → start). The soft limit and ``terminate`` cancel that task; the driver turns
+        the cancellation into ``SoftTimeLimitExceeded``, or stops the coroutine, as it does in its own task."""
+        self.task = asyncio.current_task()
+        soft_handle = asyncio.get_running_loop().call_later(soft, self.soft_interrupt) if soft else None
+        try:
+            return await driver
+        except asyncio.CancelledError:
+            if self.terminated and self.task is not None:
+                self.task.uncancel()  # ours, answered by the CancelledError: the delivery goes on to settle
+            raise
+        finally:
+            self._body_over = True
+            if soft_handle is not None:
+                soft_handle.cancel()
 
     async def run_sync(
         self,
