@@ -560,3 +560,40 @@ async def test_50_concurrent_jobs_with_limits_do_not_disturb_each_other(worker):
         else:
             assert value == 1000 + n and 0.25 < took < 2.5, (mode, n, value, took)
     assert time.monotonic() - started < 8
+
+
+async def test_a_body_stopped_mid_connect_leaves_the_event_loop_able_to_connect(engine):
+    """A swallower stopped while its TCP connect is in flight: the next connection still completes.
+
+    Closing the coroutine at that pending await skipped the connect's clean-up, so the event loop kept
+    watching a closed descriptor and a new socket that reused its number never finished connecting
+    (a cold shutdown's put-back then timed out). The broker's own client must also still answer."""
+    from urllib.parse import urlsplit
+
+    from tasks_engine.execution.timelimits import LimitedRun
+
+    target = urlsplit(get_broker().settings.redis_url.get_secret_value())
+    host, port = target.hostname or "127.0.0.1", target.port or 6379
+    connects = 0
+
+    async def swallower() -> None:
+        nonlocal connects
+        while True:
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+                connects += 1
+                writer.close()
+            except asyncio.CancelledError:
+                pass
+
+    for round_ in range(40):
+        run = LimitedRun(f"mid-connect-{round_}")
+        body = asyncio.ensure_future(run.run_coroutine(swallower(), None, 30))
+        await asyncio.sleep(0.002 + (round_ % 5) * 0.0013)
+        run.terminate()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(body, timeout=2)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2)
+        writer.close()
+        assert await asyncio.wait_for(get_broker().redis.ping(), timeout=2)
+    assert connects > 40  # the bodies really were connecting when they were stopped

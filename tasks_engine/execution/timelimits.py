@@ -13,10 +13,15 @@ was awaiting is cancelled (a ``gather`` cancels its children, a ``shield`` does 
 plain cancellation would do.
 
 Hard limit. At ``time_limit`` the attempt is reported as FAILURE (``TimeLimitExceeded``) at once,
-without waiting for the coroutine, and the coroutine is stopped for good: it gets one
-``CancelledError`` at its current ``await`` so ``finally``/``async with`` clean-ups run, and if it
-swallows that and awaits anything again, the driver closes it (``GeneratorExit``) and never steps
-it again. A task that loops on ``except CancelledError: pass`` therefore cannot outlive its limit.
+without waiting for the coroutine, and the coroutine is stopped for good: it gets a
+``CancelledError`` at its current ``await`` so ``finally``/``async with`` clean-ups run. If it
+swallows that and awaits again, what it awaits is cancelled as ``Task.cancel()`` would cancel it
+(so that future's own clean-ups, such as a socket's registration with the event loop, run first)
+and it gets another ``CancelledError`` there; after a few of those the driver closes it
+(``GeneratorExit``) at an await whose future is already cancelled, and never steps it again. A task
+that loops on ``except CancelledError: pass`` therefore cannot outlive its limit. Closing it at a
+pending await instead would skip those clean-ups: a connect in flight left the loop's selector
+watching a dead descriptor, and the next connection on that descriptor number never completed.
 A hard limit is terminal, like Celery's killed child process: never turned into a retry.
 ``revoke(terminate=True)`` and a cold shutdown stop an attempt the same way.
 
@@ -56,6 +61,9 @@ T = TypeVar("T")
 # Which attempt each event-loop thread is stepping right now, and since when (monotonic).
 # Written by the driver around every step; read by the worker's watchdog thread.
 _steps: dict[int, tuple[str, float]] = {}
+
+# How many cancellations a stopped coroutine may swallow before it is closed.
+_STOP_ROUNDS = 3
 
 
 class _Absorbed(BaseException):
@@ -99,7 +107,7 @@ class _Interruptible:
         thread = threading.get_ident()
         value: Any = None
         error: BaseException | None = None
-        dying = False  # the coroutine has had its CancelledError after ``kill``
+        stops = 0  # cancellations it has been given since ``kill``
         while True:
             _steps[thread] = (self.label, time.monotonic())
             try:
@@ -113,31 +121,36 @@ class _Interruptible:
                 raise TaskExitError(exit_) from exit_
             finally:
                 _steps.pop(thread, None)
-            if dying:
-                # It swallowed the cancellation and awaits again: close it and never step it again.
-                try:
-                    coro.close()
-                except RuntimeError:  # it awaited inside its GeneratorExit handling too
-                    pass
-                raise asyncio.CancelledError
+            if stops and isinstance(yielded, asyncio.Future):
+                # It swallowed the cancellation and awaits again: cancel that await too, through the task.
+                yielded.cancel()
             value, error = None, None
             try:
                 value = yield yielded
             except asyncio.CancelledError as cancelled:
-                current = asyncio.current_task()
-                if self.inject is not None and not self.kill:
+                if self.kill:
+                    error, stops = cancelled, stops + 1
+                elif self.inject is not None:
                     error, self.inject = self.inject, None
+                    current = asyncio.current_task()
                     if current is not None:
                         current.uncancel()
-                elif self.kill:
-                    error, dying = cancelled, True
-                else:  # its own ``asyncio.timeout``, or a future it awaited cancelled by someone else
+                else:
                     error = cancelled
             except GeneratorExit:
                 coro.close()
                 raise
             except BaseException as other:  # noqa: BLE001 - forwarded into the coroutine as-is
                 error = other
+            if stops and error is None:  # a bare ``yield`` (sleep(0)) or an await that finished anyway
+                error, stops = asyncio.CancelledError(), stops + 1
+            if stops > _STOP_ROUNDS:
+                # Still swallowing: close it where it stands, its await already cancelled; never step it again.
+                try:
+                    coro.close()
+                except RuntimeError:  # it awaited inside its GeneratorExit handling too
+                    pass
+                raise asyncio.CancelledError
 
 
 class LimitedRun:
@@ -154,7 +167,6 @@ class LimitedRun:
         self._soft_due = False  # the soft limit passed before the sync function got a thread
         self.terminated = False
         self.timed_out = False  # the hard limit stopped it
-        self._body_over = False  # an inline body returned: its task goes on with the delivery
 
     def _raise_in_thread(self, exc_type: type[BaseException]) -> bool:
         """Raise ``exc_type`` in the thread running the sync function, if it is still running it."""
@@ -165,38 +177,24 @@ class LimitedRun:
             self._interrupted = True
             return True
 
-    def _running_body(self) -> asyncio.Future[Any] | None:
-        """The future running the body while it still runs, else None."""
-        if self.task is None or self.task.done() or self._body_over:
-            return None
-        return self.task
-
     def soft_interrupt(self) -> None:
-        task = self._running_body()
-        if task is None:
+        if self.task is None or self.task.done():
             return
         if self._driver is not None:
             self._driver.inject = SoftTimeLimitExceeded("soft time limit exceeded")
-            task.cancel()
+            self.task.cancel()
         elif not self._raise_in_thread(SoftTimeLimitExceeded):
             self._soft_due = True
 
     def _stop(self, exc_type: type[BaseException]) -> None:
-        task = self._running_body()
-        if task is None:
+        if self.task is None or self.task.done():
             return
         if self._driver is not None:
             self._driver.kill = True
         else:
             self._raise_in_thread(exc_type)
-        task.cancel()
-        task.add_done_callback(_consume)
-
-    def shut_down(self) -> None:
-        """Cold shutdown, just before the worker cancels the delivery: the body is stopped as the hard
-        limit stops it, so one that swallows the cancellation cannot hold the shutdown up."""
-        if self._driver is not None and self._running_body() is not None:
-            self._driver.kill = True
+        self.task.cancel()
+        self.task.add_done_callback(_consume)
 
     def terminate(self) -> None:
         """Stop the attempt now (revoke with terminate=True)."""
@@ -206,32 +204,12 @@ class LimitedRun:
     async def run_coroutine(self, coro: Coroutine[Any, Any, T], soft: float | None, hard: float | None) -> T:
         self._driver = _Interruptible(coro, self.label)
         driver = self._driver
-        if hard is None:
-            return await self._run_inline(driver, soft)  # type: ignore[no-any-return]
 
         async def drive() -> Any:
             return await driver
 
         self.task = asyncio.ensure_future(drive())
         return await self._supervise(soft, hard)  # type: ignore[no-any-return]
-
-    async def _run_inline(self, driver: _Interruptible, soft: float | None) -> Any:
-        """No hard limit: nothing must report while the body still runs, so the body is stepped in the
-        caller's own task, with no task of its own and no loop turn before it starts (issue 27: the
-        trickle's enqueue → start). The soft limit and ``terminate`` cancel that task; the driver turns
-        the cancellation into ``SoftTimeLimitExceeded``, or stops the coroutine, as it does in its own task."""
-        self.task = asyncio.current_task()
-        soft_handle = asyncio.get_running_loop().call_later(soft, self.soft_interrupt) if soft else None
-        try:
-            return await driver
-        except asyncio.CancelledError:
-            if self.terminated and self.task is not None:
-                self.task.uncancel()  # ours, answered by the CancelledError: the delivery goes on to settle
-            raise
-        finally:
-            self._body_over = True
-            if soft_handle is not None:
-                soft_handle.cancel()
 
     async def run_sync(
         self,

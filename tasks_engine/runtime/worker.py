@@ -237,7 +237,6 @@ class Worker:
             leftover = list(self.running)
             for task, run in list(self.running.values()):
                 run.terminated = False
-                run.shut_down()
                 task.cancel()
             await asyncio.gather(*(t for t, _ in list(self.running.values())), return_exceptions=True)
             if leftover:
