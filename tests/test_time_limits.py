@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import pytest
 
 from tasks_engine import SoftTimeLimitExceeded, TimeLimitExceeded, shared_task, states
 from tasks_engine.core.logs import configure_logging
-from tasks_engine.execution.timelimits import current_steps
+from tasks_engine.execution.timelimits import LimitedRun, current_steps
 from tasks_engine.runtime.worker import Worker
 from tasks_engine.store import get_broker
 from tests import sample_tasks as t
@@ -568,12 +569,19 @@ async def test_a_body_stopped_mid_connect_leaves_the_event_loop_able_to_connect(
     Closing the coroutine at that pending await skipped the connect's clean-up, so the event loop kept
     watching a closed descriptor and a new socket that reused its number never finished connecting
     (a cold shutdown's put-back then timed out). The broker's own client must also still answer."""
-    from urllib.parse import urlsplit
+    # A loopback listener in another thread, as Redis is to the worker: it accepts and hangs up.
+    server = socket.create_server(("127.0.0.1", 0), backlog=128)
+    host, port = server.getsockname()[:2]
 
-    from tasks_engine.execution.timelimits import LimitedRun
+    def hang_up() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
 
-    target = urlsplit(get_broker().settings.redis_url.get_secret_value())
-    host, port = target.hostname or "127.0.0.1", target.port or 6379
+    threading.Thread(target=hang_up, daemon=True).start()
     connects = 0
 
     async def swallower() -> None:
@@ -596,4 +604,5 @@ async def test_a_body_stopped_mid_connect_leaves_the_event_loop_able_to_connect(
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2)
         writer.close()
         assert await asyncio.wait_for(get_broker().redis.ping(), timeout=2)
+    server.close()
     assert connects > 40  # the bodies really were connecting when they were stopped
