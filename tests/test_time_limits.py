@@ -594,15 +594,17 @@ async def test_a_body_stopped_mid_connect_leaves_the_event_loop_able_to_connect(
             except asyncio.CancelledError:
                 pass
 
-    for round_ in range(40):
-        run = LimitedRun(f"mid-connect-{round_}")
-        body = asyncio.ensure_future(run.run_coroutine(swallower(), None, 30))
-        await asyncio.sleep(0.002 + (round_ % 5) * 0.0013)
-        run.terminate()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(body, timeout=2)
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2)
-        writer.close()
-        assert await asyncio.wait_for(get_broker().redis.ping(), timeout=2)
-    server.close()
+    try:
+        for round_ in range(40):
+            run = LimitedRun(f"mid-connect-{round_}")
+            body = asyncio.ensure_future(run.run_coroutine(swallower(), None, 30))
+            await asyncio.sleep(0.002 + (round_ % 5) * 0.0013)
+            run.terminate()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(body, timeout=2)
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=2)
+            writer.close()
+            assert await asyncio.wait_for(get_broker().redis.ping(), timeout=2)
+    finally:
+        server.close()
     assert connects > 40  # the bodies really were connecting when they were stopped

@@ -135,22 +135,23 @@ class _Interruptible:
                     current = asyncio.current_task()
                     if current is not None:
                         current.uncancel()
-                else:
+                else:  # its own ``asyncio.timeout``, or a future it awaited cancelled by someone else
                     error = cancelled
             except GeneratorExit:
                 coro.close()
                 raise
             except BaseException as other:  # noqa: BLE001 - forwarded into the coroutine as-is
                 error = other
-            if stops and error is None:  # a bare ``yield`` (sleep(0)) or an await that finished anyway
-                error, stops = asyncio.CancelledError(), stops + 1
-            if stops > _STOP_ROUNDS:
-                # Still swallowing: close it where it stands, its await already cancelled; never step it again.
-                try:
-                    coro.close()
-                except RuntimeError:  # it awaited inside its GeneratorExit handling too
-                    pass
-                raise asyncio.CancelledError
+            if stops:  # being stopped: one check per step on the normal path
+                if error is None:  # a bare ``yield`` (sleep(0)) or an await that finished anyway
+                    error, stops = asyncio.CancelledError(), stops + 1
+                if stops > _STOP_ROUNDS:
+                    # Still swallowing: close it where it stands, its await already cancelled; never step it again.
+                    try:
+                        coro.close()
+                    except RuntimeError:  # it awaited inside its GeneratorExit handling too
+                        pass
+                    raise asyncio.CancelledError
 
 
 class LimitedRun:
